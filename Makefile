@@ -1,0 +1,42 @@
+# jetqueue: every target that needs Python creates .venv first, so a fresh clone just works.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+QUEUES ?= queues.yaml
+OUT    ?= out
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup render install test lint docs bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements/dev.txt requirements/constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create .venv with the pinned dependencies (idempotent)
+
+render: $(STAMP) ## validate $(QUEUES) and render Helm values into $(OUT)/
+	$(BIN)/jetqueue render -f $(QUEUES) -o $(OUT)
+
+install: render ## helm upgrade --install NATS, the workers and the gateway, in order
+	$(BIN)/jetqueue install --plan $(OUT)/install-plan.json
+
+test: $(STAMP) ## run the whole test suite (real nats-server, real Helm engine)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+docs: $(STAMP) ## regenerate the generated parts of README.md from the schemas
+	$(BIN)/jetqueue docs --write
+
+clean: ## remove .venv, out/ and caches
+	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""jetqueue generator: validate queues.yaml and render Helm values for NATS, the workers and the gateway."""

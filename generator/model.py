@@ -1,0 +1,115 @@
+"""Resolve queues.yaml into complete settings: schema defaults filled, queues inheriting `defaults`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "queues.schema.json"
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_QUEUE_NAME = 40
+NATS_DEFAULT_MAX_PAYLOAD = 1024 * 1024
+
+_QTY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+_QTY_FACTOR = {
+    None: 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+@cache
+def schema() -> dict[str, Any]:
+    with SCHEMA_PATH.open(encoding="utf-8") as f:
+        data: dict[str, Any] = json.load(f)
+    return data
+
+
+def parse_quantity(text: str) -> float:
+    """A Kubernetes quantity (`10Gi`, `500m`, `2`) as a number."""
+    m = _QTY.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    return float(m.group(1)) * _QTY_FACTOR[m.group(2)]
+
+
+def fill_defaults(node_schema: dict[str, Any], data: Any) -> Any:
+    """Copy of data with every absent property set to its schema default, recursively."""
+    if not isinstance(data, dict) or node_schema.get("type") != "object":
+        return copy.deepcopy(data)
+    out: dict[str, Any] = {}
+    props: dict[str, Any] = node_schema.get("properties", {})
+    for key, sub in props.items():
+        if key in data:
+            out[key] = fill_defaults(sub, data[key])
+        elif "default" in sub:
+            out[key] = fill_defaults(sub, copy.deepcopy(sub["default"]))
+    extra = node_schema.get("additionalProperties")
+    for key, value in data.items():
+        if key not in props:
+            out[key] = fill_defaults(extra, value) if isinstance(extra, dict) else copy.deepcopy(value)
+    return out
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """`over` laid on `base`: mappings merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = copy.deepcopy(base)
+        for k, v in over.items():
+            out[k] = deep_merge(base.get(k), v) if k in base else copy.deepcopy(v)
+        return out
+    return copy.deepcopy(over)
+
+
+def nats_servers(nats: dict[str, Any]) -> int | None:
+    """How many NATS servers the declared profile runs; None when external (unknown)."""
+    if nats["profile"] == "production":
+        return int(nats["replicas"])
+    if nats["profile"] == "dev":
+        return 1
+    return None
+
+
+def resolve(data: dict[str, Any]) -> dict[str, Any]:
+    """Complete settings. Assumes `data` passed the schema."""
+    s = schema()
+    props = s["properties"]
+    top = {k: fill_defaults(props[k], data.get(k, copy.deepcopy(props[k]["default"]))) for k in props}
+    nats = top["nats"]
+    if not nats["url"]:
+        nats["url"] = f"nats://{nats['releaseName']}.{nats['namespace']}:4222"
+    raw_defaults = data.get("defaults") or {}
+    queue_schema = props["queues"]["additionalProperties"]
+    servers = nats_servers(nats)
+    queues: dict[str, Any] = {}
+    for name, raw in (data.get("queues") or {}).items():
+        raw = raw or {}
+        q = fill_defaults(queue_schema, deep_merge(raw_defaults, raw))
+        if "streamReplication" not in raw and "streamReplication" not in raw_defaults and servers:
+            q["streamReplication"] = min(q["streamReplication"], servers)
+        if q["maxAckPending"] is None:
+            q["maxAckPending"] = 2 * q["maxInflight"] * q["replicas"]
+        if q["functionURL"] is None:
+            q["functionURL"] = top["gateway"]["functionURL"]
+        overrides = {}
+        for fn, ov in (raw.get("functionOverrides") or {}).items():
+            ov = ov or {}
+            overrides[fn] = {
+                "upstreamTimeout": ov.get("upstreamTimeout", q["upstreamTimeout"]),
+                "retry": deep_merge(q["retry"], ov.get("retry") or {}),
+            }
+        q["functionOverrides"] = overrides
+        queues[name] = q
+    top["queues"] = queues
+    return top

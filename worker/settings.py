@@ -1,0 +1,234 @@
+"""Settings from `JETQUEUE_<NAME>` environment variables: one dataclass per process, `from_env()`.
+
+A bad value fails at start with a message naming the variable. Secrets never appear in `repr`.
+The README's settings table is generated from the field metadata here (`jetqueue docs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from worker import contract
+from worker.durations import format_duration, parse_duration
+
+PREFIX = "JETQUEUE_"
+T = TypeVar("T", bound="_Base")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _f(default: Any, help: str, kind: str = "", secret: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    """A setting: default, one-line help, and how to parse it (duration, size, list)."""
+    return field(default=default, metadata={"help": help, "kind": kind, "secret": secret, "choices": choices})
+
+
+@dataclass(repr=False)
+class _Base:
+    nats_url: str = _f("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated (cluster failover).")
+    nats_user: str = _f("", "NATS user name (user/password auth).")
+    nats_password: str = _f("", "NATS password.", secret=True)
+    nats_token: str = _f("", "NATS token (token auth).", secret=True)
+    nats_creds: str = _f("", "Path of a NATS .creds file (JWT auth).")
+    nats_tls_ca: str = _f("", "Path of the CA certificate that signed the NATS server's certificate.")
+    nats_tls_cert: str = _f("", "Path of the client certificate (mutual TLS).")
+    nats_tls_key: str = _f("", "Path of the client key (mutual TLS).")
+    call_status: bool = _f(True, "Record each call's status in the JetStream KV bucket `jetqueue-calls`.")
+    status_ttl: float = _f(86400.0, "How long a call's status is kept.", kind="duration")
+    stream_storage: str = _f("file", "Storage of streams this process creates.", choices=("file", "memory"))
+    log_format: str = _f("console", "Log format.", choices=("console", "json"))
+    log_level: str = _f("info", "Minimum log level.", choices=("debug", "info", "warning", "error"))
+
+    @classmethod
+    def from_env(cls: type[T], env: Mapping[str, str] | None = None) -> T:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = PREFIX + f.name.upper()
+            if name not in env:
+                continue
+            raw = env[name].strip()
+            try:
+                values[f.name] = _parse(raw, f)
+            except ValueError as e:
+                raise SettingsError(f"{name}={_shown(f, raw)!s}: {e}") from None
+        obj = cls(**values)
+        obj.check()
+        return obj
+
+    def check(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["choices"] and value not in f.metadata["choices"]:
+                opts = ", ".join(f.metadata["choices"])
+                raise SettingsError(f"{PREFIX}{f.name.upper()}={value!r}: must be one of {opts}")
+            if f.metadata["kind"] in ("duration", "size") and value < 0:
+                raise SettingsError(f"{PREFIX}{f.name.upper()}: must not be negative")
+        if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
+            raise SettingsError(f"{PREFIX}NATS_TLS_CERT and {PREFIX}NATS_TLS_KEY go together")
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={_shown(f, getattr(self, f.name))!r}" for f in fields(self))
+        return f"{type(self).__name__}({shown})"
+
+
+def _shown(f: dataclasses.Field[Any], value: Any) -> Any:
+    return "***" if f.metadata["secret"] and value else value
+
+
+def _parse(raw: str, f: dataclasses.Field[Any]) -> Any:
+    kind = f.metadata["kind"]
+    if kind == "duration":
+        return parse_duration(raw)
+    if kind == "codes":
+        codes = tuple(int(c) for c in raw.replace(" ", "").split(",") if c)
+        if any(not 100 <= c <= 599 for c in codes):
+            raise ValueError("HTTP status codes are 100-599")
+        return codes
+    if kind == "size":
+        units = {"ki": 1024, "mi": 1024**2, "k": 1000, "m": 1000**2}
+        low = raw.lower()
+        for suffix, mult in units.items():
+            if low.endswith(suffix):
+                return int(float(low[: -len(suffix)]) * mult)
+        return int(raw)
+    if isinstance(f.default, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(f.default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+    if isinstance(f.default, float):
+        return float(raw)
+    return raw
+
+
+@dataclass(repr=False)
+class WorkerSettings(_Base):
+    queue: str = _f(contract.DEFAULT_QUEUE, "Queue to work on.")
+    stream: str = _f("", "Stream name (default `OF_<queue>`).")
+    durable: str = _f("", "Durable consumer name (default `<queue>-workers`).")
+    dlq_stream: str = _f("", "Dead-letter stream (default `OF_<queue>_DLQ`).")
+    stream_replicas: int = _f(1, "Replicas of the streams this worker creates (1, 3 or 5).")
+    mode: str = _f(
+        "static",
+        "`static`: one consumer per queue; `function`: one per function.",
+        choices=("static", "function"),
+    )
+    max_inflight: int = _f(50, "Calls this worker runs at once.")
+    ack_wait: float = _f(30.0, "Consumer ack wait; in-progress signals are sent every ack_wait/2.", kind="duration")
+    max_ack_pending: int = _f(0, "Consumer max_ack_pending; 0 = 2 × max_inflight.")
+    max_waiting: int = _f(512, "Consumer max_waiting.")
+    inactive_threshold: float = _f(30.0, "Function mode: idle consumers are removed after this.", kind="duration")
+    adaptive_concurrency: bool = _f(True, "Function mode: learn each function's concurrency limit from 429s.")
+    upstream_timeout: float = _f(60.0, "Timeout of one invocation.", kind="duration")
+    function_url: str = _f(
+        "http://gateway.openfaas:8080/function/{function}",
+        "Function URL template; `{function}` is replaced by the function name.",
+    )
+    max_retry_attempts: int = _f(10, "Attempts per call, the first included.")
+    initial_retry_wait: float = _f(10.0, "First retry wait, and the minimum wait.", kind="duration")
+    max_retry_wait: float = _f(120.0, "Longest retry wait.", kind="duration")
+    retry_http_codes: tuple[int, ...] = _f(
+        (408, 429, 500, 502, 503, 504), "Status codes that are retried.", kind="codes"
+    )
+    backoff: str = _f("exponential", "Backoff jitter.", choices=("exponential", "full", "equal"))
+    functions_file: str = _f("", "JSON file of per-function overrides (upstreamTimeout, retry), from the generator.")
+    callback_attempts: int = _f(3, "Attempts to deliver a callback before it is counted as failed.")
+    callback_timeout: float = _f(10.0, "Timeout of one callback POST.", kind="duration")
+    http_port: int = _f(8081, "Port of /metrics, /healthz and /readyz.")
+    http_host: str = _f("0.0.0.0", "Address the HTTP server binds.")
+    shutdown_timeout: float = _f(
+        60.0, "On SIGTERM, how long in-flight calls may finish before they are handed back.", kind="duration"
+    )
+
+    def __post_init__(self) -> None:
+        self.stream = self.stream or contract.stream_name(self.queue)
+        self.durable = self.durable or contract.durable_name(self.queue)
+        self.dlq_stream = self.dlq_stream or contract.dlq_stream_name(self.queue)
+        self.max_ack_pending = self.max_ack_pending or 2 * self.max_inflight
+
+    def check(self) -> None:
+        super().check()
+        if not contract.QUEUE_NAME.match(self.queue):
+            raise SettingsError(f"{PREFIX}QUEUE={self.queue!r}: must be a DNS-1123 label")
+        if self.stream_replicas not in (1, 3, 5):
+            raise SettingsError(f"{PREFIX}STREAM_REPLICAS={self.stream_replicas}: must be 1, 3 or 5")
+        for name in ("max_inflight", "max_retry_attempts", "max_waiting", "callback_attempts"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{PREFIX}{name.upper()}: must be at least 1")
+        if self.ack_wait < 1:
+            raise SettingsError(f"{PREFIX}ACK_WAIT: must be at least 1s")
+        if "{function}" not in self.function_url:
+            raise SettingsError(f"{PREFIX}FUNCTION_URL={self.function_url!r}: needs a {{function}} placeholder")
+        if self.initial_retry_wait > self.max_retry_wait:
+            raise SettingsError(f"{PREFIX}INITIAL_RETRY_WAIT exceeds {PREFIX}MAX_RETRY_WAIT")
+
+
+@dataclass(repr=False)
+class GatewaySettings(_Base):
+    http_port: int = _f(8080, "Port of the gateway API, /metrics, /healthz and /readyz.")
+    http_host: str = _f("0.0.0.0", "Address the gateway binds.")
+    routes_file: str = _f(
+        "", "JSON routing table from the generator: function → queue, and each queue's stream settings."
+    )
+    default_queue: str = _f(contract.DEFAULT_QUEUE, "Queue for functions the routing table does not list.")
+    strict_routing: bool = _f(False, "Answer 404 for functions the routing table does not list.")
+    stream_replicas: int = _f(
+        1, "Replicas of streams the gateway creates for queues the routing table does not describe."
+    )
+    max_body_size: int = _f(1024 * 1024, "Largest accepted request body (413 above); e.g. 1Mi.", kind="size")
+    publish_timeout: float = _f(5.0, "How long to wait for JetStream's PubAck before answering 503.", kind="duration")
+    auth_token: str = _f("", "Bearer token required on the API (empty = no bearer auth).", secret=True)
+    auth_user: str = _f("", "Basic-auth user required on the API (empty = no basic auth).")
+    auth_password: str = _f("", "Basic-auth password.", secret=True)
+    callback_hosts: str = _f("", "Comma-separated host names callback URLs may point at (empty = any host).")
+    shutdown_timeout: float = _f(10.0, "On SIGTERM, how long open requests may finish.", kind="duration")
+
+
+def env_reference() -> str:
+    """Markdown table of every variable, for README.md."""
+    rows = ["| variable | worker | gateway | default | meaning |", "|---|---|---|---|---|"]
+    w = {f.name: f for f in fields(WorkerSettings)}
+    g = {f.name: f for f in fields(GatewaySettings)}
+    for name in list(w) + [n for n in g if n not in w]:
+        f = w.get(name) or g[name]
+        defaults = {(w[name].default if name in w else None), (g[name].default if name in g else None)} - {None}
+        shown = " / ".join(_fmt(f, d) for d in sorted(defaults, key=str)) if len(defaults) > 1 else _fmt(f, f.default)
+        if name in w and name in g and w[name].default != g[name].default:
+            shown = f"{_fmt(w[name], w[name].default)} (worker), {_fmt(g[name], g[name].default)} (gateway)"
+        help_text = f.metadata["help"] + (
+            " One of " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "." if f.metadata["choices"] else ""
+        )
+        if name in w and name in g and w[name].metadata["help"] != g[name].metadata["help"]:
+            help_text = f"Worker: {w[name].metadata['help']} Gateway: {g[name].metadata['help']}"
+        marks = " | ".join("✓" if name in side else "" for side in (w, g))
+        rows.append(f"| `{PREFIX}{name.upper()}` | {marks} | {shown} | {help_text} |")
+    return "\n".join(rows)
+
+
+def _fmt(f: dataclasses.Field[Any], value: Any) -> str:
+    kind = f.metadata["kind"]
+    if kind == "duration":
+        return f"`{format_duration(value)}`"
+    if kind == "codes":
+        return "`" + ",".join(str(c) for c in value) + "`"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if value == "":
+        return "(empty)"
+    return f"`{value}`"
