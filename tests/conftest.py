@@ -12,3 +12,30 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    from tests.servers import NatsServer
+
+    server = NatsServer(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def functions():
+    from tests.servers import FunctionServer
+
+    server = await FunctionServer().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def callbacks():
+    from tests.servers import CallbackReceiver
+
+    receiver = await CallbackReceiver().start()
+    yield receiver
+    await receiver.stop()

@@ -33,7 +33,6 @@ H_PATH = "Jq-Path"
 H_QUERY = "Jq-Query"
 H_CALLBACK = "Jq-Callback-Url"
 H_FORWARD = "Jq-Header-"
-H_ATTEMPT_BASE = "Jq-Attempt-Base"  # attempts already spent before a DLQ replay reset
 # Dead-letter metadata
 H_DLQ_REASON = "Jq-Dlq-Reason"
 H_DLQ_STATUS = "Jq-Dlq-Status"
@@ -110,7 +109,6 @@ class Call:
     callback_url: str = ""
     start_time_ns: int = field(default_factory=time.time_ns)
     headers: dict[str, str] = field(default_factory=dict)
-    attempt_base: int = 0
 
     def to_headers(self) -> dict[str, str]:
         h = {H_MSG_ID: self.call_id, H_CALL_ID: self.call_id, H_START: str(self.start_time_ns)}
@@ -122,8 +120,6 @@ class Call:
             h[H_QUERY] = self.query
         if self.callback_url:
             h[H_CALLBACK] = self.callback_url
-        if self.attempt_base:
-            h[H_ATTEMPT_BASE] = str(self.attempt_base)
         for k, v in self.headers.items():
             h[H_FORWARD + k] = v
         return h
@@ -156,7 +152,6 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, seq: int) 
         raise BadMessage(f"path {path[:80]!r} must start with / and hold no ?, # or line breaks")
     try:
         start = int(h.get(H_START) or time.time_ns())
-        base = int(h.get(H_ATTEMPT_BASE) or 0)
     except ValueError as e:
         raise BadMessage(f"bad numeric header: {e}") from None
     forwarded = {k[len(H_FORWARD) :]: v for k, v in h.items() if k.startswith(H_FORWARD)}
@@ -171,5 +166,4 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, seq: int) 
         callback_url=h.get(H_CALLBACK, ""),
         start_time_ns=start,
         headers=forwarded,
-        attempt_base=base,
     )

@@ -1,0 +1,73 @@
+"""Helpers: run a worker in the test's loop, enqueue calls following the message contract."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+from tests.servers import free_port
+from worker import contract
+from worker.contract import Call
+from worker.metrics import WorkerMetrics
+from worker.settings import WorkerSettings
+from worker.worker import Worker
+
+
+def worker_settings(nats_url: str, function_url: str, **kw: Any) -> WorkerSettings:
+    base: dict[str, Any] = {
+        "nats_url": nats_url,
+        "function_url": function_url,
+        "http_host": "127.0.0.1",
+        "http_port": free_port(),
+        "initial_retry_wait": 0.2,
+        "max_retry_wait": 2.0,
+        "shutdown_timeout": 5.0,
+    }
+    base.update(kw)
+    s = WorkerSettings(**base)
+    s.check()
+    return s
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: WorkerSettings) -> AsyncIterator[Worker]:
+    w = Worker(settings, WorkerMetrics())
+    try:
+        await w.start()
+        yield w
+    finally:
+        await w.stop()
+
+
+async def enqueue(
+    nc: Client, function: str, body: bytes = b"", queue: str = contract.DEFAULT_QUEUE, **call_fields: Any
+) -> str:
+    call = Call(
+        call_id=call_fields.pop("call_id", contract.new_call_id()),
+        queue=queue,
+        function=function,
+        body=body,
+        **call_fields,
+    )
+    js = nc.jetstream()
+    ack = await js.publish(contract.subject(queue, function), body, headers=call.to_headers())
+    assert ack.seq > 0
+    return call.call_id
+
+
+async def dead_letters(nc: Client, queue: str = contract.DEFAULT_QUEUE) -> list[Any]:
+    js = nc.jetstream()
+    stream = contract.dlq_stream_name(queue)
+    info = await js.stream_info(stream)
+    out = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else []:
+        out.append(await js.get_msg(stream, seq))
+    return out
+
+
+async def connect(url: str) -> Client:
+    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)

@@ -1,0 +1,275 @@
+"""Pull calls from one consumer and carry each out: invoke, extend, retry, dead-letter, call back.
+
+`Slots` bounds the calls running in the worker; each `ConsumerLoop` (one for the static consumer,
+one per function in function mode) fetches only as many messages as there are free slots, so a
+fetched message always has a task and `max_inflight` is never exceeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+
+from worker import contract, status
+from worker.callback import CallbackRequest, CallbackSender
+from worker.contract import BadMessage, Call
+from worker.deadletter import dead_letter
+from worker.functions import Policies
+from worker.invoke import Invoker, Outcome
+from worker.metrics import WorkerMetrics, status_class
+from worker.retry import parse_retry_after
+from worker.status import StatusStore
+
+log = logging.getLogger("jetqueue.worker")
+FETCH_MAX = 256
+FETCH_TIMEOUT = 1.0  # also bounds how long shutdown waits for the last fetch
+CANCELLED_STATUS = 499  # nginx's "client closed request": the call was cancelled
+
+
+class Slots:
+    """A counting limit that can be asked how much is free (a Semaphore cannot)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def free(self) -> int:
+        return max(0, self.limit - self.used)
+
+    def take(self, n: int = 1) -> None:
+        self.used += n
+
+    def release(self) -> None:
+        self.used -= 1
+        self._changed.set()
+
+    async def wait_free(self, timeout: float) -> None:
+        self._changed.clear()
+        if self.free:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+
+@dataclass
+class Context:
+    queue: str
+    js: JetStreamContext
+    policies: Policies
+    invoker: Invoker
+    callbacks: CallbackSender
+    status: StatusStore
+    metrics: WorkerMetrics
+    ack_wait: float
+
+
+class Processor:
+    """Carries out one message. Shared by every consumer loop of a worker."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.running: dict[str, asyncio.Task[Outcome]] = {}
+        self.cancel_requested: set[str] = set()
+        self.stopping = False
+
+    def cancel(self, call_id: str) -> bool:
+        task = self.running.get(call_id)
+        if task is None:
+            return False
+        self.cancel_requested.add(call_id)
+        task.cancel()
+        return True
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            await self._handle(msg)
+        except asyncio.CancelledError:
+            if self.stopping:  # shutdown timeout: hand the call back for another worker, at once
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(msg.nak())
+            raise
+        except Exception:
+            # A bug or a lost connection: the message is redelivered after ack_wait. Never crash the loop.
+            log.exception("unexpected error handling message on %s", msg.subject)
+
+    async def _handle(self, msg: Msg) -> None:
+        c = self.ctx
+        meta = msg.metadata
+        attempt = meta.num_delivered or 1
+        try:
+            call = contract.decode(msg.subject, msg.data, msg.headers, meta.sequence.stream)
+        except BadMessage as e:
+            log.error("undecodable message on %s: %s; dead-lettered", msg.subject, e)
+            function = msg.subject.partition(".")[2]
+            label = function if contract.FUNCTION_NAME.match(function) else "_invalid"
+            await dead_letter(c.js, msg, c.queue, label, "undecodable", None, attempt, str(e))
+            await msg.term()
+            c.metrics.dead_letters.labels(c.queue, label, "undecodable").inc()
+            return
+        policy = c.policies(call.function)
+        rec, _ = await c.status.begin(call, attempt, policy.retry.max_attempts)
+        if rec is not None and rec.get("state") == "cancelled":
+            await msg.term()
+            self._finish_cancelled(call, attempt, policy.retry.max_attempts, Outcome(status=None, error="cancelled"))
+            return
+        outcome = await self._invoke(msg, call, policy.upstream_timeout)
+        fields = {"function": call.function}
+        labels = (c.queue, call.function)
+        c.metrics.duration.labels(*labels, status_class(outcome.status)).observe(outcome.duration)
+        log_extra = {
+            "call_id": call.call_id,
+            **dict(zip(("queue", "function"), labels, strict=True)),
+            "attempt": attempt,
+            "status": outcome.status,
+            "duration": round(outcome.duration, 4),
+        }
+        max_attempts = policy.retry.max_attempts
+        if outcome.error == "cancelled":
+            await msg.term()
+            await c.status.finish(call.call_id, rec, state="cancelled", status_code=None)
+            self._finish_cancelled(call, attempt, max_attempts, outcome)
+            return
+        if outcome.ok:
+            await msg.ack()
+            log.debug("succeeded", extra=log_extra)
+            await c.status.finish(call.call_id, rec, state="succeeded", status_code=outcome.status, **fields)
+            self._final(call, outcome, attempt, max_attempts)
+            return
+        if policy.retry.retryable(outcome.status) and attempt < max_attempts:
+            retry_after = parse_retry_after(outcome.retry_after) if outcome.status in (429, 503) else None
+            delay = policy.retry.delay(attempt, retry_after)
+            await msg.nak(delay=delay)
+            c.metrics.retries.labels(*labels).inc()
+            log.info(
+                "attempt failed (%s); retrying",
+                outcome.excerpt()[:200] or outcome.status,
+                extra={**log_extra, "delay": round(delay, 3)},
+            )
+            await c.status.finish(
+                call.call_id,
+                rec,
+                state="retrying",
+                status_code=outcome.status,
+                error=outcome.excerpt(),
+                next_try=round(status.now() + delay, 3),
+            )
+            return
+        reason = "exhausted" if policy.retry.retryable(outcome.status) else "rejected"
+        await dead_letter(c.js, msg, c.queue, call.function, reason, outcome.status, attempt, outcome.excerpt())
+        await msg.term()
+        c.metrics.dead_letters.labels(*labels, reason).inc()
+        log.warning("dead-lettered (%s): %s", reason, outcome.excerpt()[:200], extra={**log_extra, "reason": reason})
+        state = "dead-lettered" if reason == "exhausted" else "failed"
+        await c.status.finish(call.call_id, rec, state=state, status_code=outcome.status, error=outcome.excerpt())
+        self._final(call, outcome, attempt, max_attempts)
+
+    async def _invoke(self, msg: Msg, call: Call, timeout: float) -> Outcome:
+        c = self.ctx
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        inflight = c.metrics.inflight.labels(c.queue, call.function)
+        inflight.inc()
+        task = asyncio.create_task(c.invoker.invoke(call, timeout))
+        self.running[call.call_id] = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if call.call_id in self.cancel_requested and not self.stopping:
+                return Outcome(status=None, error="cancelled")
+            raise
+        finally:
+            self.running.pop(call.call_id, None)
+            self.cancel_requested.discard(call.call_id)
+            heartbeat.cancel()
+            inflight.dec()
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        """+WPI every ack_wait/2, so a long call is never redelivered while it runs."""
+        interval = max(0.5, self.ctx.ack_wait / 2)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):  # disconnected: the next beat or the ack will do
+                await msg.in_progress()
+
+    def _finish_cancelled(self, call: Call, attempt: int, max_attempts: int, outcome: Outcome) -> None:
+        self.ctx.metrics.processed.labels(self.ctx.queue, call.function, "cancelled").inc()
+        log.info("cancelled", extra={"call_id": call.call_id, "function": call.function})
+        self._final(call, Outcome(status=CANCELLED_STATUS, error="cancelled"), attempt, max_attempts, "cancelled")
+
+    def _final(self, call: Call, outcome: Outcome, attempt: int, max_attempts: int, state: str = "") -> None:
+        """Count the finished call and queue its callback (never awaited: callbacks never block)."""
+        if state != "cancelled":
+            self.ctx.metrics.processed.labels(self.ctx.queue, call.function, status_class(outcome.status)).inc()
+        if not call.callback_url:
+            return
+        headers = {
+            "X-Call-Id": call.call_id,
+            "X-Function-Name": call.function,
+            "X-Function-Status": str(outcome.status if outcome.status is not None else 503),
+            "X-Duration-Seconds": f"{outcome.duration:.6f}",
+            "X-Start-Time": str(call.start_time_ns),
+            "X-Retry": str(attempt),
+            "X-Retry-Max": str(max_attempts),
+        }
+        if state:
+            headers["X-Call-Status"] = state
+        if outcome.content_type:
+            headers["Content-Type"] = outcome.content_type
+        body = outcome.body if outcome.status is not None else outcome.error.encode()
+        self.ctx.callbacks.submit(CallbackRequest(call.callback_url, body, headers, call.call_id))
+
+
+class ConsumerLoop:
+    """Fetch from one pull subscription into free slots; one task per message, tracked."""
+
+    def __init__(
+        self,
+        name: str,
+        psub: JetStreamContext.PullSubscription,
+        slots: Slots,
+        processor: Processor,
+        share: Callable[[], int] | None = None,
+    ) -> None:
+        self.name = name
+        self.psub = psub
+        self.slots = slots
+        self.processor = processor
+        self.share = share  # function mode: this consumer's fair share of the free slots
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self.bound = True
+
+    async def run(self) -> None:
+        while not self.stopping:
+            free = self.slots.free if self.share is None else min(self.slots.free, self.share())
+            if free <= 0:
+                await self.slots.wait_free(FETCH_TIMEOUT)
+                continue
+            try:
+                msgs = await self.psub.fetch(min(free, FETCH_MAX), timeout=FETCH_TIMEOUT)
+            except NatsTimeout:
+                continue
+            except ConnectionClosedError:
+                break
+            except Exception as e:  # disconnected, consumer deleted, ...: keep trying
+                log.warning("fetch from %s failed: %r", self.name, e)
+                await asyncio.sleep(1)
+                continue
+            for m in msgs:
+                self.slots.take()
+                task = asyncio.create_task(self.processor.handle(m))
+                self.tasks.add(task)
+                task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.slots.release()

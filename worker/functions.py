@@ -1,0 +1,68 @@
+"""Per-function overrides (upstream timeout, retry policy), from the JSON file the generator renders.
+
+File shape: ``{"<function>": {"upstreamTimeout": "2m", "retry": {"maxAttempts": 5, "initialWait": "1s",
+"maxWait": "1m", "httpCodes": [429, 503], "backoff": "full"}}}``; every key optional.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.durations import parse_duration
+from worker.retry import RetryPolicy
+from worker.settings import SettingsError, WorkerSettings
+
+
+@dataclass(frozen=True)
+class FunctionPolicy:
+    upstream_timeout: float
+    retry: RetryPolicy
+
+
+class Policies:
+    """The policy of each function: its overrides over the worker's settings."""
+
+    def __init__(self, default: FunctionPolicy, overrides: dict[str, FunctionPolicy]) -> None:
+        self.default = default
+        self.overrides = overrides
+
+    def __call__(self, function: str) -> FunctionPolicy:
+        return self.overrides.get(function, self.default)
+
+    @classmethod
+    def from_settings(cls, s: WorkerSettings) -> Policies:
+        default = FunctionPolicy(
+            upstream_timeout=s.upstream_timeout,
+            retry=RetryPolicy(
+                max_attempts=s.max_retry_attempts,
+                initial_wait=s.initial_retry_wait,
+                max_wait=s.max_retry_wait,
+                http_codes=frozenset(s.retry_http_codes),
+                backoff=s.backoff,
+            ),
+        )
+        overrides: dict[str, FunctionPolicy] = {}
+        if s.functions_file:
+            try:
+                data = json.loads(Path(s.functions_file).read_text(encoding="utf-8"))
+                overrides = {fn: _override(default, spec) for fn, spec in data.items()}
+            except (OSError, ValueError, TypeError, AttributeError) as e:
+                raise SettingsError(f"JETQUEUE_FUNCTIONS_FILE={s.functions_file}: {e}") from None
+        return cls(default, overrides)
+
+
+def _override(default: FunctionPolicy, spec: dict[str, Any]) -> FunctionPolicy:
+    r = spec.get("retry") or {}
+    d = default.retry
+    retry = RetryPolicy(
+        max_attempts=int(r.get("maxAttempts", d.max_attempts)),
+        initial_wait=parse_duration(r["initialWait"]) if "initialWait" in r else d.initial_wait,
+        max_wait=parse_duration(r["maxWait"]) if "maxWait" in r else d.max_wait,
+        http_codes=frozenset(int(c) for c in r["httpCodes"]) if "httpCodes" in r else d.http_codes,
+        backoff=str(r.get("backoff", d.backoff)),
+    )
+    timeout = parse_duration(spec["upstreamTimeout"]) if "upstreamTimeout" in spec else default.upstream_timeout
+    return FunctionPolicy(upstream_timeout=timeout, retry=retry)

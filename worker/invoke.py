@@ -1,0 +1,83 @@
+"""Invoke a function over HTTP: the original method, path, query, headers and body."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from multidict import CIMultiDict
+
+from worker.contract import Call
+
+BODY_EXCERPT = 512
+
+
+@dataclass
+class Outcome:
+    status: int | None  # None: the platform failed (refused, reset, timeout)
+    body: bytes = b""
+    content_type: str = ""
+    retry_after: str | None = None
+    error: str = ""
+    duration: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    def excerpt(self) -> str:
+        text = self.error or self.body[:BODY_EXCERPT].decode("utf-8", "replace")
+        return " ".join(text.split())[:BODY_EXCERPT]
+
+
+def function_url(template: str, call: Call) -> str:
+    url = template.replace("{function}", call.function).rstrip("/") + call.path
+    return f"{url}?{call.query}" if call.query else url
+
+
+class Invoker:
+    """One shared ClientSession with keep-alive for every invocation of a worker."""
+
+    def __init__(self, template: str, limit: int) -> None:
+        self.template = template
+        # Connections beyond max_inflight would never be used; 0 would mean unlimited.
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max(limit, 1), limit_per_host=0, ttl_dns_cache=60),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def invoke(self, call: Call, timeout: float) -> Outcome:
+        headers = CIMultiDict(call.headers)
+        headers["X-Call-Id"] = call.call_id
+        headers["X-Start-Time"] = str(call.start_time_ns)
+        t0 = time.monotonic()
+        try:
+            async with self.session.request(
+                call.method,
+                function_url(self.template, call),
+                data=call.body if call.body or call.method not in ("GET", "HEAD") else None,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as resp:
+                body = await resp.read()
+                return Outcome(
+                    status=resp.status,
+                    body=body,
+                    content_type=resp.headers.get("Content-Type", ""),
+                    retry_after=resp.headers.get("Retry-After"),
+                    duration=time.monotonic() - t0,
+                    headers={k: v for k, v in resp.headers.items() if k.lower().startswith("x-")},
+                )
+        except TimeoutError:
+            return Outcome(status=None, error=f"timed out after {timeout:g}s", duration=time.monotonic() - t0)
+        except (aiohttp.ClientError, OSError) as e:
+            return Outcome(status=None, error=f"{type(e).__name__}: {e}", duration=time.monotonic() - t0)
+
+    async def close(self) -> None:
+        await self.session.close()
+        await asyncio.sleep(0)

@@ -1,0 +1,177 @@
+"""The queue-worker process: connect, set up the queue's streams, run consumer loops, shut down cleanly.
+
+SIGTERM/SIGINT: stop fetching, let in-flight calls finish up to the shutdown timeout, hand the rest
+back with a NAK (redelivered at once elsewhere), flush callbacks, drain the connection, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from aiohttp import web
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from worker import contract, streams
+from worker.callback import CallbackSender
+from worker.connections import connect
+from worker.consumer import ConsumerLoop, Context, Processor, Slots
+from worker.functions import Policies
+from worker.httpserver import add_probes, serve
+from worker.invoke import Invoker
+from worker.metrics import WorkerMetrics
+from worker.settings import WorkerSettings
+from worker.status import StatusStore, open_bucket
+
+log = logging.getLogger("jetqueue.worker")
+PENDING_REFRESH = 5.0
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, metrics: WorkerMetrics | None = None) -> None:
+        self.s = settings
+        self.metrics = metrics or WorkerMetrics()
+        self.policies = Policies.from_settings(settings)
+        self.slots = Slots(settings.max_inflight)
+        self.loops: list[ConsumerLoop] = []
+        self.nc: Client | None = None
+        self.http: web.AppRunner | None = None
+        self._loop_tasks: list[asyncio.Task[None]] = []
+        self._timer: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.processor: Processor | None = None
+        self.callbacks: CallbackSender | None = None
+        self.invoker: Invoker | None = None
+
+    @property
+    def queue_streams(self) -> streams.QueueStreams:
+        s = self.s
+        return streams.QueueStreams(s.queue, s.stream, s.dlq_stream, s.stream_replicas, s.stream_storage)
+
+    async def start(self) -> None:
+        s = self.s
+        log.info("starting worker for queue %s: %r", s.queue, s)
+        self.http = await self._serve_http()
+
+        async def reconnected() -> None:
+            self.metrics.reconnects.inc()
+
+        self.nc = await connect(s, f"jetqueue-worker-{s.queue}", on_reconnect=reconnected)
+        js = self.nc.jetstream()
+        qs = self.queue_streams
+        await streams.ensure_stream(js, qs)
+        await streams.ensure_dlq_stream(js, qs)
+        want = streams.static_consumer(s.durable, s.ack_wait, s.max_ack_pending, s.max_waiting)
+        ack_wait = await streams.ensure_consumer(js, s.stream, want)
+        kv = await open_bucket(js, s.status_ttl, s.stream_replicas, s.stream_storage) if s.call_status else None
+        self.invoker = Invoker(s.function_url, s.max_inflight)
+        self.callbacks = CallbackSender(s.queue, self.metrics, s.callback_attempts, s.callback_timeout)
+        ctx = Context(s.queue, js, self.policies, self.invoker, self.callbacks, StatusStore(kv), self.metrics, ack_wait)
+        self.processor = Processor(ctx)
+        await self.nc.subscribe(contract.CANCEL_SUBJECT, cb=self._on_cancel)
+        psub = await js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
+        self._add_loop(ConsumerLoop(s.durable, psub, self.slots, self.processor))
+        self._timer = asyncio.create_task(self._refresh_pending(js))
+        log.info("worker ready: queue=%s stream=%s mode=%s max_inflight=%d", s.queue, s.stream, s.mode, s.max_inflight)
+
+    def _add_loop(self, loop: ConsumerLoop) -> None:
+        self.loops.append(loop)
+        self._loop_tasks.append(asyncio.create_task(loop.run(), name=f"consumer-{loop.name}"))
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        call_id = msg.data.decode(errors="replace")
+        if self.processor and self.processor.cancel(call_id):
+            log.info("cancelling running call", extra={"call_id": call_id})
+
+    async def _serve_http(self) -> web.AppRunner:
+        app = web.Application()
+        add_probes(app, self.metrics.registry, self._alive, self._ready)
+        return await serve(app, self.s.http_host, self.s.http_port)
+
+    def _alive(self) -> bool:
+        return not any(t.done() for t in self._loop_tasks) or self._stop.is_set()
+
+    def _ready(self) -> str | None:
+        if self.nc is None or not self.nc.is_connected:
+            return "not connected to NATS"
+        if self.processor is None:
+            return "consumer not bound"
+        return None
+
+    async def _refresh_pending(self, js: object) -> None:
+        """queue_worker_pending_messages per function, from the subjects holding messages."""
+        from nats.js import JetStreamContext
+
+        assert isinstance(js, JetStreamContext)
+        known: set[str] = set()
+        while True:
+            try:
+                info = await js.stream_info(self.s.stream, subjects_filter=f"{self.s.queue}.>")
+                counts = {subj.partition(".")[2]: n for subj, n in (info.state.subjects or {}).items()}
+                for fn in known - set(counts):
+                    self.metrics.pending.labels(self.s.queue, fn).set(0)
+                for fn, n in counts.items():
+                    self.metrics.pending.labels(self.s.queue, fn).set(n)
+                known |= set(counts)
+            except Exception as e:
+                log.debug("pending refresh failed: %r", e)
+            await asyncio.sleep(PENDING_REFRESH)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        """Stop fetching, wait for in-flight calls up to the shutdown timeout, NAK the rest, drain."""
+        t0 = time.monotonic()
+        for loop in self.loops:
+            loop.stopping = True
+        await asyncio.gather(*self._loop_tasks, return_exceptions=True)
+        tasks = {t for loop in self.loops for t in loop.tasks}
+        if tasks:
+            log.info("shutting down: waiting up to %.0fs for %d in-flight call(s)", self.s.shutdown_timeout, len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=self.s.shutdown_timeout)
+            if pending:
+                log.warning("handing %d unfinished call(s) back to the queue", len(pending))
+                if self.processor:
+                    self.processor.stopping = True
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._timer:
+            self._timer.cancel()
+        if self.callbacks:
+            await self.callbacks.close(timeout=5.0)
+        if self.invoker:
+            await self.invoker.close()
+        for loop in self.loops:  # a pull subscription never drains by itself: it has no callback
+            with contextlib.suppress(Exception):
+                await loop.psub.unsubscribe()
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.http:
+            await self.http.cleanup()
+        log.info("worker stopped in %.1fs", time.monotonic() - t0)
+
+
+async def run(settings: WorkerSettings) -> int:
+    worker = Worker(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    try:
+        await worker.start()
+    except (streams.StreamSetupError, ConnectionError, OSError) as e:
+        log.error("cannot start: %s", e)
+        await worker.stop()
+        return 1
+    await worker.wait()
+    await worker.stop()
+    return 0
