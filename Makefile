@@ -40,3 +40,6 @@ docs: $(STAMP) ## regenerate the generated parts of README.md from the schemas
 
 clean: ## remove .venv, out/ and caches
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+bench: $(STAMP) ## measure jetqueue against bare baselines; writes bench/results.md
+	$(BIN)/python bench/bench.py

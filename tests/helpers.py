@@ -70,4 +70,4 @@ async def dead_letters(nc: Client, queue: str = contract.DEFAULT_QUEUE) -> list[
 
 
 async def connect(url: str) -> Client:
-    return await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    return await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
 from worker import contract, status
@@ -78,7 +77,9 @@ class Processor:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.running: dict[str, asyncio.Task[Outcome]] = {}
+        # call id -> the task handling it, for cancel; msg -> last time it was acked or extended.
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.beats: dict[int, tuple[Msg, float]] = {}  # id(msg): Msg is an unhashable dataclass
         self.cancel_requested: set[str] = set()
         self.stopping = False
 
@@ -89,6 +90,19 @@ class Processor:
         self.cancel_requested.add(call_id)
         task.cancel()
         return True
+
+    async def heartbeat(self) -> None:
+        """One ticker for every running call: +WPI once a call has run ack_wait/2 since its last signal,
+        so a long call is never redelivered while it runs (cheaper than a timer task per call)."""
+        half = max(0.5, self.ctx.ack_wait / 2)
+        while True:
+            await asyncio.sleep(half / 4)
+            now = asyncio.get_running_loop().time()
+            for key, (msg, last) in list(self.beats.items()):
+                if now - last >= half * 0.75 and key in self.beats:
+                    self.beats[key] = (msg, now)
+                    with contextlib.suppress(Exception):  # disconnected: the next beat or the ack will do
+                        await msg.in_progress()
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -123,16 +137,8 @@ class Processor:
             self._finish_cancelled(call, attempt, policy.retry.max_attempts, Outcome(status=None, error="cancelled"))
             return
         outcome = await self._invoke(msg, call, policy.upstream_timeout)
-        fields = {"function": call.function}
         labels = (c.queue, call.function)
         c.metrics.duration.labels(*labels, status_class(outcome.status)).observe(outcome.duration)
-        log_extra = {
-            "call_id": call.call_id,
-            **dict(zip(("queue", "function"), labels, strict=True)),
-            "attempt": attempt,
-            "status": outcome.status,
-            "duration": round(outcome.duration, 4),
-        }
         max_attempts = policy.retry.max_attempts
         if outcome.error == "cancelled":
             await msg.term()
@@ -141,10 +147,17 @@ class Processor:
             return
         if outcome.ok:
             await msg.ack()
-            log.debug("succeeded", extra=log_extra)
-            await c.status.finish(call.call_id, rec, state="succeeded", status_code=outcome.status, **fields)
+            await c.status.finish(call.call_id, rec, state="succeeded", status_code=outcome.status)
             self._final(call, outcome, attempt, max_attempts)
             return
+        log_extra = {
+            "call_id": call.call_id,
+            "queue": c.queue,
+            "function": call.function,
+            "attempt": attempt,
+            "status": outcome.status,
+            "duration": round(outcome.duration, 4),
+        }
         if policy.retry.retryable(outcome.status) and attempt < max_attempts:
             retry_after = parse_retry_after(outcome.retry_after) if outcome.status in (429, 503) else None
             delay = policy.retry.delay(attempt, retry_after)
@@ -175,30 +188,24 @@ class Processor:
 
     async def _invoke(self, msg: Msg, call: Call, timeout: float) -> Outcome:
         c = self.ctx
-        heartbeat = asyncio.create_task(self._heartbeat(msg))
         inflight = c.metrics.inflight.labels(c.queue, call.function)
         inflight.inc()
-        task = asyncio.create_task(c.invoker.invoke(call, timeout))
+        task = asyncio.current_task()
+        assert task is not None
         self.running[call.call_id] = task
+        self.beats[id(msg)] = (msg, asyncio.get_running_loop().time())
         try:
-            return await task
+            return await c.invoker.invoke(call, timeout)
         except asyncio.CancelledError:
             if call.call_id in self.cancel_requested and not self.stopping:
+                task.uncancel()
                 return Outcome(status=None, error="cancelled")
             raise
         finally:
             self.running.pop(call.call_id, None)
             self.cancel_requested.discard(call.call_id)
-            heartbeat.cancel()
+            self.beats.pop(id(msg), None)
             inflight.dec()
-
-    async def _heartbeat(self, msg: Msg) -> None:
-        """+WPI every ack_wait/2, so a long call is never redelivered while it runs."""
-        interval = max(0.5, self.ctx.ack_wait / 2)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):  # disconnected: the next beat or the ack will do
-                await msg.in_progress()
 
     def _finish_cancelled(self, call: Call, attempt: int, max_attempts: int, outcome: Outcome) -> None:
         self.ctx.metrics.processed.labels(self.ctx.queue, call.function, "cancelled").inc()
@@ -251,12 +258,14 @@ class ConsumerLoop:
     async def run(self) -> None:
         while not self.stopping:
             free = self.slots.free if self.share is None else min(self.slots.free, self.share())
-            if free <= 0:
+            # Low-water mark: while most slots are busy, wait for a few more to free up rather than pay a
+            # round trip to the server for every single slot.
+            if free <= 0 or (free < self.slots.limit // 4 and self.slots.used and not await self._settle()):
                 await self.slots.wait_free(FETCH_TIMEOUT)
                 continue
             try:
                 msgs = await self.psub.fetch(min(free, FETCH_MAX), timeout=FETCH_TIMEOUT)
-            except NatsTimeout:
+            except TimeoutError:  # nats' TimeoutError subclasses it; fetch raises either when idle
                 continue
             except ConnectionClosedError:
                 break
@@ -269,6 +278,11 @@ class ConsumerLoop:
                 task = asyncio.create_task(self.processor.handle(m))
                 self.tasks.add(task)
                 task.add_done_callback(self._done)
+
+    async def _settle(self) -> bool:
+        """Give in-flight calls a moment to finish so the next fetch asks for a batch."""
+        await asyncio.sleep(0.002)
+        return True
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)

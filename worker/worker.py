@@ -42,6 +42,7 @@ class Worker:
         self.http: web.AppRunner | None = None
         self._loop_tasks: list[asyncio.Task[None]] = []
         self._timer: asyncio.Task[None] | None = None
+        self._beat: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.processor: Processor | None = None
         self.callbacks: CallbackSender | None = None
@@ -76,6 +77,7 @@ class Worker:
         psub = await js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
         self._add_loop(ConsumerLoop(s.durable, psub, self.slots, self.processor))
         self._timer = asyncio.create_task(self._refresh_pending(js))
+        self._beat = asyncio.create_task(self.processor.heartbeat())
         log.info("worker ready: queue=%s stream=%s mode=%s max_inflight=%d", s.queue, s.stream, s.mode, s.max_inflight)
 
     def _add_loop(self, loop: ConsumerLoop) -> None:
@@ -144,8 +146,9 @@ class Worker:
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        if self._timer:
-            self._timer.cancel()
+        for timer in (self._timer, self._beat):
+            if timer:
+                timer.cancel()
         if self.callbacks:
             await self.callbacks.close(timeout=5.0)
         if self.invoker:
