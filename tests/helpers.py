@@ -71,3 +71,31 @@ async def dead_letters(nc: Client, queue: str = contract.DEFAULT_QUEUE) -> list[
 
 async def connect(url: str) -> Client:
     return await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+
+
+def gateway_settings(nats_url: str, **kw: Any) -> Any:
+    from worker.settings import GatewaySettings
+
+    base: dict[str, Any] = {"nats_url": nats_url, "http_host": "127.0.0.1", "http_port": free_port()}
+    base.update(kw)
+    s = GatewaySettings(**base)
+    s.check()
+    return s
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: Any) -> AsyncIterator[Any]:
+    import asyncio
+
+    from worker.gateway import Gateway
+
+    gw = Gateway(settings)
+    await gw.start()
+    try:
+        for _ in range(400):  # connected and streams ready
+            if gw.nc is not None and gw.nc.is_connected and gw.ready_streams:
+                break
+            await asyncio.sleep(0.025)
+        yield gw
+    finally:
+        await gw.stop()

@@ -1,24 +1,169 @@
-"""The runtime's subcommands: worker, gateway, and the queue operations."""
+"""The runtime's subcommands: worker, gateway, submit, and the queue operations."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from collections.abc import Awaitable, Callable
 
-from worker import logs
-from worker.settings import SettingsError, WorkerSettings
+from worker import contract, logs, ops
+from worker.settings import GatewaySettings, SettingsError, WorkerSettings, _Base
+
+ENV_HELP = "Every setting is an environment variable; see README.md, 'Runtime settings'."
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "worker",
-        help="run a queue-worker (settings from JETQUEUE_* environment variables)",
-        description="Pull calls for one queue from JetStream and invoke the functions: retries, dead letters, "
-        "callbacks, long-job ack extension, metrics on JETQUEUE_HTTP_PORT. Every setting is an environment "
-        "variable; see README.md, 'Runtime settings'.",
+        help="run a queue-worker (settings from JETQUEUE_* variables)",
+        description="Pull calls for one queue from JetStream and invoke the functions: retries, "
+        "dead letters, callbacks, long-job ack extension, metrics on JETQUEUE_HTTP_PORT. " + ENV_HELP,
     )
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "gateway",
+        help="run the async gateway (settings from JETQUEUE_* variables)",
+        description="Accept POST /async-function/<name>, store each call in JetStream and answer "
+        "202 once stored; cancel and status under /async-calls. " + ENV_HELP,
+    )
+    p.set_defaults(func=cmd_gateway)
+
+    def nats_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--nats-url",
+            help="NATS URL(s) (default: JETQUEUE_NATS_URL or nats://127.0.0.1:4222); "
+            "credentials come from the JETQUEUE_NATS_* variables",
+        )
+
+    p = sub.add_parser(
+        "submit",
+        help="submit a call and print its id",
+        description="Submit an async call through the gateway (--gateway) or straight to NATS "
+        "by the message contract (default). Prints the call id.",
+    )
+    p.add_argument("function", help="function name (name or name.namespace)")
+    p.add_argument("--data", default="", help="body: text, @FILE, or - for standard input")
+    p.add_argument("--callback", default="", help="callback URL")
+    p.add_argument("--header", action="append", default=[], metavar="K=V", help="a header for the function")
+    p.add_argument("--call-id", default="", help="call id (default: a new UUID)")
+    p.add_argument("--gateway", help="gateway URL, e.g. http://127.0.0.1:8080 (token: JETQUEUE_AUTH_TOKEN)")
+    p.add_argument("--queue", default=contract.DEFAULT_QUEUE, help="queue, when publishing to NATS directly")
+    nats_args(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="pending, in-flight, redelivered and dead letters per queue and function")
+    p.add_argument("queue", nargs="?", help="one queue (default: every OF_* stream)")
+    nats_args(p)
+    p.set_defaults(func=lambda a: _ops(a, lambda nc: ops.status(nc.jetstream(), a.queue)))
+
+    for name, text in (
+        ("purge", "drop the queued calls of a queue (stream and consumers kept)"),
+        ("reset", "delete a queue's stream and consumers; workers recreate them"),
+    ):
+        p = sub.add_parser(name, help=text, description=text + ". Asks for confirmation, or --yes.")
+        p.add_argument("queue")
+        p.add_argument("--yes", action="store_true", help="do not ask")
+        nats_args(p)
+        p.set_defaults(
+            func=lambda a, name=name: _ops(a, lambda nc: getattr(ops, name)(nc.jetstream(), a.queue, ops.ask(a.yes)))
+        )
+
+    p = sub.add_parser(
+        "dlq",
+        help="list, show, replay or purge dead letters",
+        description="Dead letters live in OF_<queue>_DLQ with why they failed. Replay puts them "
+        "back on the queue as new calls (fresh attempt count) and removes them from the DLQ.",
+    )
+    p.add_argument("action", choices=("list", "show", "replay", "purge"))
+    p.add_argument("queue")
+    p.add_argument("--function", help="only this function")
+    p.add_argument("--call-id", help="only this call")
+    p.add_argument("--yes", action="store_true", help="do not ask (replay, purge)")
+    nats_args(p)
+    p.set_defaults(func=cmd_dlq)
+
+
+def _settings_for_cli(nats_url: str | None) -> _Base:
+    s = _Base.from_env()
+    if nats_url:
+        s.nats_url = nats_url
+    return s
+
+
+def _ops(args: argparse.Namespace, action: Callable[..., Awaitable[int]]) -> int:
+    from worker.connections import connect
+
+    async def go() -> int:
+        nc = await connect(_settings_for_cli(args.nats_url), "jetqueue-cli", connect_attempts=3)
+        try:
+            return await action(nc)
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(go())
+    except (ops.OpsError, ConnectionError, SettingsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _ops(args, lambda nc: ops.dlq_list(nc.jetstream(), args.queue, args.function, args.call_id))
+    if args.action == "show":
+        return _ops(args, lambda nc: ops.dlq_show(nc.jetstream(), args.queue, args.function, args.call_id))
+    if args.action == "replay":
+        return _ops(args, lambda nc: ops.dlq_replay(nc, args.queue, args.function, args.call_id, ops.ask(args.yes)))
+    return _ops(args, lambda nc: ops.dlq_purge(nc.jetstream(), args.queue, args.function, ops.ask(args.yes)))
+
+
+def _body(data: str) -> bytes:
+    if data == "-":
+        return sys.stdin.buffer.read()
+    if data.startswith("@"):
+        with open(data[1:], "rb") as f:
+            return f.read()
+    return data.encode()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from worker.submit import SubmitError, submit_http, submit_nats
+
+    try:
+        body = _body(args.data)
+        headers = dict(h.split("=", 1) for h in args.header)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    async def go() -> str:
+        if args.gateway:
+            return await submit_http(
+                args.gateway,
+                args.function,
+                body,
+                args.callback,
+                headers,
+                args.call_id,
+                token=os.environ.get("JETQUEUE_AUTH_TOKEN", ""),
+            )
+        from worker.connections import connect
+
+        nc = await connect(_settings_for_cli(args.nats_url), "jetqueue-submit", connect_attempts=3)
+        try:
+            return await submit_nats(nc, args.function, body, args.queue, args.callback, headers, args.call_id)
+        finally:
+            await nc.close()
+
+    try:
+        print(asyncio.run(go()))
+    except (SubmitError, ConnectionError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -32,5 +177,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from worker.worker import run
+
+    return asyncio.run(run(settings))
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    try:
+        settings = GatewaySettings.from_env()
+        logs.setup(settings.log_format, settings.log_level)
+        from worker.routing import Routing
+
+        Routing.from_settings(settings)
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from worker.gateway import run
 
     return asyncio.run(run(settings))

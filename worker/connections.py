@@ -34,7 +34,8 @@ async def connect(
     """Connect, retrying for up to `connect_attempts` seconds at start, then reconnecting for ever."""
 
     async def disconnected() -> None:
-        log.warning("disconnected from NATS; reconnecting")
+        if not (nc.is_closed or nc.is_draining):  # closing on purpose is not news
+            log.warning("disconnected from NATS; reconnecting")
 
     async def reconnected() -> None:
         log.info("reconnected to NATS at %s", nc.connected_url.netloc if nc.connected_url else "?")
@@ -67,6 +68,7 @@ async def connect(
     if ctx is not None:
         opts["tls"] = ctx
     last: Exception | None = None
+    nc: Client
     for _ in range(max(1, connect_attempts)):
         try:
             nc = await nats.connect(**opts)
