@@ -73,7 +73,7 @@ class Gateway:
         for method in INVOKE_METHODS:
             r.add_route(method, "/async-function/{name}", self.submit)
             r.add_route(method, "/async-function/{name}/{path:.*}", self.submit)
-        r.add_delete("/async-function/{call_id}", self.cancel)
+        r.add_delete("/async-function/{name}", self.cancel)  # OpenFaaS form: the segment is the call id
         r.add_delete("/async-calls/{call_id}", self.cancel)
         r.add_get("/async-calls/{call_id}", self.get_status)
         add_probes(app, self.registry, lambda: True, self._ready)
@@ -275,7 +275,7 @@ class Gateway:
         return web.json_response(entry.record)
 
     async def cancel(self, request: web.Request) -> web.Response:
-        call_id = request.match_info["call_id"]
+        call_id = request.match_info.get("call_id") or request.match_info["name"]
         if (bad := self._check_id(call_id)) is not None:
             return bad
         assert self.nc is not None
