@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 QUEUES ?= queues.yaml
 OUT    ?= out
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup render install test lint docs bench demo clean
@@ -40,6 +41,9 @@ docs: $(STAMP) ## regenerate the generated parts of README.md from the schemas
 
 clean: ## remove .venv, out/ and caches
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+demo: $(STAMP) ## the whole system locally: embedded NATS, gateway, workers, sample functions, a burst of calls
+	$(BIN)/jetqueue dev $(DEMO_ARGS)
 
 bench: $(STAMP) ## measure jetqueue against bare baselines; writes bench/results.md
 	$(BIN)/python bench/bench.py

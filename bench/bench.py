@@ -216,11 +216,18 @@ def gateway_process(nats_url: str, status: bool) -> object:
     import os
 
     port = free_port()
-    env = {**os.environ, "JETQUEUE_NATS_URL": nats_url, "JETQUEUE_HTTP_HOST": "127.0.0.1",
-           "JETQUEUE_HTTP_PORT": str(port), "JETQUEUE_DEFAULT_QUEUE": QUEUE, "JETQUEUE_LOG_LEVEL": "warning",
-           "JETQUEUE_CALL_STATUS": "true" if status else "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "worker", "gateway"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "JETQUEUE_NATS_URL": nats_url,
+        "JETQUEUE_HTTP_HOST": "127.0.0.1",
+        "JETQUEUE_HTTP_PORT": str(port),
+        "JETQUEUE_DEFAULT_QUEUE": QUEUE,
+        "JETQUEUE_LOG_LEVEL": "warning",
+        "JETQUEUE_CALL_STATUS": "true" if status else "false",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "gateway"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         for _ in range(400):
             try:
@@ -273,8 +280,10 @@ async def gateway_bench(nats_url: str, n: int, concurrency: int, rounds: int) ->
     bare = results["bare"][0]
     rows = ["| contender | accepted/s | ratio | p50 | p99 |", "|---|---|---|---|---|"]
     for key, (rate, lat) in results.items():
-        rows.append(f"| {key} | {rate:,.0f} | {rate / bare:.2f}× | {percentile(lat, 0.5) * 1000:.2f} ms | "
-                    f"{percentile(lat, 0.99) * 1000:.2f} ms |")
+        rows.append(
+            f"| {key} | {rate:,.0f} | {rate / bare:.2f}× | {percentile(lat, 0.5) * 1000:.2f} ms | "
+            f"{percentile(lat, 0.99) * 1000:.2f} ms |"
+        )
     return rows
 
 

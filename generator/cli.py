@@ -43,6 +43,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=lambda a: install.run(Path(a.plan), a.dry_run))
 
+    p = sub.add_parser(
+        "dev",
+        help="run the whole system locally on an embedded NATS and show calls flow",
+        description="Start nats-server, the gateway, one worker per queue and sample functions "
+        "(echo, sleep, flaky, limited, fail) on loopback, submit a burst of calls, show progress and "
+        "a summary, then keep running for curl experiments until Ctrl-C.",
+    )
+    p.add_argument("-f", "--file", default=None, help="queues file (default: examples/dev.yaml)")
+    p.add_argument("--calls", type=int, default=40, help="calls per sample function (default: 40)")
+    p.add_argument("--no-load", action="store_true", help="submit nothing; just run the system")
+    p.add_argument("--exit", action="store_true", help="stop after the summary")
+    p.add_argument("--port", type=int, default=None, help="gateway port (default: a free one)")
+    p.add_argument("--keep-data", action="store_true", help="keep the temporary directory (JetStream data, logs)")
+    p.set_defaults(func=cmd_dev)
+
     p = sub.add_parser("docs", help="regenerate README.md's reference tables from the schemas")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true", help="rewrite the blocks in README.md")
@@ -102,3 +117,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     for rel in sorted(files):
         print(f"  {args.out}/{rel}")
     return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from generator import dev
+
+    file = Path(args.file) if args.file else dev.DEFAULT_FILE
+    return asyncio.run(dev.run(file, args.calls, args.no_load, args.exit, args.port, args.keep_data))

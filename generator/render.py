@@ -169,6 +169,7 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
             "requests": {"cpu": q["resources"]["cpu"], "memory": q["resources"]["memory"]},
             "limits": {"memory": q["resources"]["memory"]},
         },
+        "metrics": {"port": 8081},
         "terminationGracePeriodSeconds": int(grace),
     }
 
@@ -180,11 +181,13 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
         "replicaCount": g["replicas"],
         "image": dict(cfg["image"]),
         "gateway": {
+            "port": 8080,
             "defaultQueue": g["defaultQueue"],
             "strictRouting": g["strictRouting"],
             "maxBodySize": g["maxBodySize"],
             "callStatus": dict(g["callStatus"]),
             "auth": dict(g["auth"]),
+            "callbackHosts": list(g["callbackHosts"]),
             "routes": dict(sorted(routes.items())),
             "queues": {
                 name: {"streamReplicas": q["streamReplication"], "streamStorage": _storage(cfg)}

@@ -156,7 +156,8 @@ class FunctionServer:
     async def start(self) -> FunctionServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/function/{name}{path:.*}", self._dispatch)
-        self.runner = web.AppRunner(app, access_log=None)
+        # handler_cancellation: a caller that hangs up aborts the handler, as in real function runtimes.
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=2)
         await self.runner.setup()
         self.port = free_port()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
