@@ -89,14 +89,18 @@ def update(text: str) -> str:
 
 
 def run(write: bool, path: Path = README) -> int:
+    from generator.chartdocs import stale
+
     current = path.read_text(encoding="utf-8")
     fresh = update(current)
-    if fresh == current:
-        print(f"{path.name} reference blocks are up to date")
+    charts = stale(write)
+    if fresh == current and not charts:
+        print("README.md and the chart READMEs are up to date")
         return 0
     if write:
-        path.write_text(fresh, encoding="utf-8")
-        print(f"rewrote the reference blocks in {path.name}")
+        if fresh != current:
+            path.write_text(fresh, encoding="utf-8")
+        print("rewrote: " + ", ".join([*([path.name] if fresh != current else []), *map(str, charts)]))
         return 0
-    print(f"{path.name} reference blocks are stale: run `make docs`")
+    print("stale: " + ", ".join([*([path.name] if fresh != current else []), *map(str, charts)]) + "; run `make docs`")
     return 1

@@ -1,0 +1,285 @@
+"""The charts, proven without a cluster: the real Helm engine, strict Kubernetes schemas, and the
+rendered Deployments run as local processes against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+
+from generator import envmap
+from generator.chartdocs import stale
+from generator.render import render
+from generator.validate import validate_text
+from tests.servers import eventually, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CHARTS = {"queue-worker": ROOT / "charts" / "queue-worker", "gateway": ROOT / "charts" / "gateway"}
+K8S_VERSION = "1.34.0"
+CRD_KINDS = {"ServiceMonitor"}  # Prometheus Operator: not in the Kubernetes schemas
+
+
+def rendered_values(source: str) -> dict[str, dict[str, Any]]:
+    """chart values keyed by out/ path, as `jetqueue render` writes them for a queues file."""
+    result = validate_text((ROOT / source).read_text())
+    assert result.config is not None
+    files = render(result.config)
+    return {rel: yaml.safe_load(text) for rel, text in files.items() if rel.startswith(("queues/", "gateway/"))}
+
+
+def chart_for(rel: str) -> str:
+    return "gateway" if rel.startswith("gateway/") else "queue-worker"
+
+
+def manifests(chart: str, values: dict[str, Any] | None, name: str = "rel") -> list[dict[str, Any]]:
+    out = helm_python.Chart.load(CHARTS[chart]).render(values, name=name, namespace="jetqueue")
+    docs = []
+    for path, text in out.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+ALL_FEATURES = {
+    "queue-worker": {
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "networkPolicy": {"enabled": True},
+        "nats": {
+            "auth": {"method": "userPassword", "secretName": "nats-client"},
+            "tls": {"enabled": True, "secretName": "nats-tls", "clientCert": True},
+        },
+        "queue": {"functions": {"train": {"upstreamTimeout": "10m"}}},
+    },
+    "gateway": {
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "networkPolicy": {"enabled": True},
+        "nats": {"auth": {"method": "creds", "secretName": "nats-creds"}},
+        "gateway": {
+            "auth": {"method": "bearer", "secretName": "gw"},
+            "routes": {"a": "q"},
+            "queues": {"q": {"streamReplicas": 3, "streamStorage": "file"}},
+        },
+    },
+}
+
+CASES = (
+    [(c, None, f"{c} defaults") for c in CHARTS]
+    + [(c, ALL_FEATURES[c], f"{c} every feature") for c in CHARTS]
+    + [
+        (chart_for(rel), v, f"{src}:{rel}")
+        for src in ("queues.yaml", "tests/data/dev.yaml", "tests/data/external.yaml")
+        for rel, v in rendered_values(src).items()
+    ]
+)
+
+
+@pytest.mark.parametrize(("chart", "values", "label"), CASES, ids=[c[2] for c in CASES])
+def test_renders_lints_and_validates_strictly(chart, values, label):
+    lint = helm_python.lint(CHARTS[chart], values)
+    assert not [m for m in lint["messages"] if m["severity"] >= 3] and not lint["errors"], lint
+    docs = manifests(chart, values)
+    assert {d["kind"] for d in docs} >= {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"}
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == "Deployment")
+
+
+def test_pods_are_locked_down():
+    for chart in CHARTS:
+        spec = deployment(manifests(chart, None))["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        c = spec["containers"][0]
+        assert c["command"] == ["jetqueue"] and c["args"] in (["worker"], ["gateway"])  # exec form
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize("rel", sorted(rendered_values("queues.yaml")))
+def test_deployment_env_is_what_the_code_reads(rel):
+    """The chart's env equals envmap (which `jetqueue dev` runs with), and secrets come from Secrets."""
+    values = rendered_values("queues.yaml")[rel]
+    chart = chart_for(rel)
+    for variant in (values, {**values, **copy.deepcopy(ALL_FEATURES[chart])}):
+        merged = helm_python.Chart.load(CHARTS[chart]).merge_values(variant)
+        env = deployment(manifests(chart, variant))["spec"]["template"]["spec"]["containers"][0]["env"]
+        plain = {e["name"]: e["value"] for e in env if "value" in e}
+        secret = {
+            e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for e in env
+            if "valueFrom" in e
+        }
+        expected = envmap.gateway_env(merged) if chart == "gateway" else envmap.worker_env(merged)
+        assert plain == expected
+        expected_secret = envmap.secret_env(merged["nats"])
+        if chart == "gateway" and merged["gateway"]["auth"]["method"] == "bearer":
+            expected_secret["JETQUEUE_AUTH_TOKEN"] = (merged["gateway"]["auth"]["secretName"], "token")
+        assert secret == expected_secret
+        from worker.settings import GatewaySettings, WorkerSettings
+
+        cls = GatewaySettings if chart == "gateway" else WorkerSettings
+        known = {f"JETQUEUE_{f.upper()}" for f in cls.__dataclass_fields__}
+        assert set(plain) | set(secret) <= known  # no variable the code does not read
+
+
+@pytest.mark.parametrize("chart", sorted(CHARTS))
+def test_values_schema_rejects_typos_and_wrong_types(chart):
+    c = helm_python.Chart.load(CHARTS[chart])
+    c.validate_schema({"replicaCount": 2})
+    with pytest.raises(helm_python.HelmError, match="replicaCont"):
+        c.validate_schema({"replicaCont": 2})
+    with pytest.raises(helm_python.HelmError):
+        c.validate_schema({"replicaCount": "two"})
+    with pytest.raises(helm_python.HelmError):
+        c.validate_schema({"logs": {"format": "xml"}})
+
+
+def test_chart_readmes_are_current():
+    assert stale(write=False) == [], "run `make docs`"
+
+
+def test_dockerfile_is_exec_form_non_root_and_runtime_only():
+    text = (ROOT / "worker" / "Dockerfile").read_text()
+    assert re.search(r'^ENTRYPOINT \["jetqueue"\]$', text, re.M)
+    assert re.search(r'^CMD \["worker"\]$', text, re.M)
+    assert re.search(r"^USER 10001", text, re.M) and "PYTHONUNBUFFERED=1" in text
+    assert "requirements/worker.txt" in text and "[generator]" not in text
+    runtime = (ROOT / "requirements" / "worker.txt").read_text().lower()
+    for heavy in ("pyyaml", "jsonschema", "pytest", "helm"):
+        assert heavy not in runtime
+
+
+# ---- manifest-driven local run ------------------------------------------------------------------
+
+
+def local_command(doc: dict[str, Any], files: dict[str, str], tmp: Path) -> tuple[list[str], dict[str, str], int]:
+    """A Deployment's container as a local process: command, args and env exactly as rendered, with Secret
+    refs replaced by test values, mounted files written to tmp and the listening port moved to a free one."""
+    c = doc["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    for e in c["env"]:
+        if "valueFrom" in e:
+            env[e["name"]] = "test-secret"
+    for mount, content in files.items():
+        local = tmp / Path(mount).name
+        local.write_text(content)
+        for k, v in env.items():
+            if v == mount:
+                env[k] = str(local)
+    port = free_port()
+    assert env["JETQUEUE_HTTP_PORT"] == str(c["ports"][0]["containerPort"])
+    env["JETQUEUE_HTTP_PORT"] = str(port)
+    env["JETQUEUE_HTTP_HOST"] = "127.0.0.1"  # tests listen on loopback only
+    argv = [str(Path(sys.executable).parent / c["command"][0]), *c["args"]]
+    return argv, env, port
+
+
+def configmap_files(docs: list[dict[str, Any]]) -> dict[str, str]:
+    out = {}
+    for d in docs:
+        if d["kind"] == "ConfigMap" and "grafana_dashboard" not in d["metadata"].get("labels", {}):
+            for key, value in d["data"].items():
+                out[f"/etc/jetqueue/{key}"] = value
+    return out
+
+
+async def test_rendered_deployments_run_locally(nats_server, functions, callbacks, tmp_path):
+    doc = yaml.safe_load((ROOT / "queues.yaml").read_text())
+    doc["nats"] = {"profile": "external", "url": nats_server.url}
+    doc["gateway"]["functionURL"] = functions.url_template
+    doc["queues"]["ml-batch"]["mode"] = "static"  # function mode is not in this release yet
+    doc["queues"]["ml-batch"]["streamReplication"] = 1
+    doc["queues"]["faas-request"]["streamReplication"] = 1
+    result = validate_text(yaml.safe_dump(doc))
+    assert result.config is not None, [p.format("q") for p in result.problems]
+    files = render(result.config)
+    procs: list[subprocess.Popen[bytes]] = []
+    ports: dict[str, int] = {}
+    try:
+        for rel, text in sorted(files.items()):
+            if not rel.startswith(("queues/", "gateway/")):
+                continue
+            chart = chart_for(rel)
+            docs = manifests(chart, yaml.safe_load(text), name=Path(rel).stem)
+            argv, env, port = local_command(deployment(docs), configmap_files(docs), tmp_path)
+            ports[rel] = port
+            log = open(tmp_path / f"{Path(rel).stem}-{chart}.log", "wb")  # noqa: ASYNC230, SIM115 - start-up only
+            procs.append(
+                subprocess.Popen(  # noqa: ASYNC220 - starting the rendered processes is the test
+                    argv,
+                    env={**{k: v for k, v in os.environ.items() if not k.startswith("JETQUEUE_")}, **env},
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http:
+
+            async def ready(port: int) -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            deadline = time.monotonic() + 60
+            for port in ports.values():
+                while not await ready(port):
+                    assert time.monotonic() < deadline, "a rendered Deployment never became ready"
+                    await asyncio.sleep(0.1)
+            gateway = f"http://127.0.0.1:{ports['gateway/values.yaml']}"
+            for fn in ("echo", "train"):  # default queue and the ml-batch queue
+                async with http.post(
+                    f"{gateway}/async-function/{fn}", data=b"from the chart", headers={"X-Callback-Url": callbacks.url}
+                ) as r:
+                    assert r.status == 202
+        await eventually(lambda: len(callbacks.received) == 2, timeout=60)
+        assert {h["X-Function-Name"] for h, _ in callbacks.received} == {"echo", "train"}
+        assert all(b == b"from the chart" for _, b in callbacks.received)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(60)
+
+
+def test_generated_values_match_chart_values_shape():
+    """Every key the generator writes exists in the chart's values.yaml (no value referenced but not defined)."""
+
+    def keys(d: Any, prefix: str = "") -> set[str]:
+        if not isinstance(d, dict):
+            return set()
+        out = set()
+        for k, v in d.items():
+            p = f"{prefix}.{k}" if prefix else k
+            out.add(p)
+            if k not in ("functions", "routes", "queues", "resources") or not prefix.startswith(("queue", "gateway")):
+                out |= keys(v, p)
+        return out
+
+    for src in ("queues.yaml", "tests/data/dev.yaml", "tests/data/external.yaml"):
+        for rel, values in rendered_values(src).items():
+            defaults = yaml.safe_load((CHARTS[chart_for(rel)] / "values.yaml").read_text())
+            missing = {k for k in keys(values) if k.split(".")[0] != "resources"} - keys(defaults)
+            assert not missing, (src, rel, missing)
+            helm_python.Chart.load(CHARTS[chart_for(rel)]).validate_schema(values)
