@@ -222,7 +222,7 @@ async def test_rendered_deployments_run_locally(nats_server, functions, callback
             docs = manifests(chart, yaml.safe_load(text), name=Path(rel).stem)
             argv, env, port = local_command(deployment(docs), configmap_files(docs), tmp_path)
             ports[rel] = port
-            log = open(tmp_path / f"{Path(rel).stem}-{chart}.log", "wb")  # noqa: ASYNC230, SIM115 - start-up only
+            log = open(tmp_path / f"{Path(rel).stem}-{chart}.log", "wb")  # noqa: ASYNC230 - start-up only
             procs.append(
                 subprocess.Popen(  # noqa: ASYNC220 - starting the rendered processes is the test
                     argv,
