@@ -45,5 +45,8 @@ clean: ## remove .venv, out/ and caches
 demo: $(STAMP) ## the whole system locally: embedded NATS, gateway, workers, sample functions, a burst of calls
 	$(BIN)/jetqueue dev $(DEMO_ARGS)
 
+kind-test: $(STAMP) ## the kind suite (needs Docker, kind, helm and kubectl; skips otherwise)
+	$(BIN)/python -m pytest tests/kind -m kind -rs $(PYTEST_ARGS)
+
 bench: $(STAMP) ## measure jetqueue against bare baselines; writes bench/results.md
 	$(BIN)/python bench/bench.py

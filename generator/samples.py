@@ -71,3 +71,21 @@ class Samples:
             self.callbacks[call_id] = (time.monotonic(), status)
             self.callback_statuses[status] += 1
         return web.Response(status=204)
+
+
+async def _stats(samples: Samples, request: web.Request) -> web.Response:
+    return web.json_response({"callbacks": len(samples.callbacks), "statuses": dict(samples.callback_statuses)})
+
+
+def main() -> None:
+    """`python -m generator.samples PORT`: the sample functions as a server (the kind suite deploys it)."""
+    import sys
+
+    samples = Samples()
+    app = samples.app()
+    app.router.add_get("/stats", lambda r: _stats(samples, r))
+    web.run_app(app, host="0.0.0.0", port=int(sys.argv[1]) if len(sys.argv) > 1 else 8080, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
