@@ -206,7 +206,6 @@ async def test_rendered_deployments_run_locally(nats_server, functions, callback
     doc = yaml.safe_load((ROOT / "queues.yaml").read_text())
     doc["nats"] = {"profile": "external", "url": nats_server.url}
     doc["gateway"]["functionURL"] = functions.url_template
-    doc["queues"]["ml-batch"]["mode"] = "static"  # function mode is not in this release yet
     doc["queues"]["ml-batch"]["streamReplication"] = 1
     doc["queues"]["faas-request"]["streamReplication"] = 1
     result = validate_text(yaml.safe_dump(doc))

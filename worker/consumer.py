@@ -52,10 +52,9 @@ class Slots:
         self.used -= 1
         self._changed.set()
 
-    async def wait_free(self, timeout: float) -> None:
+    async def wait_release(self, timeout: float) -> None:
+        """Until the next call finishes (or timeout): then there may be room again."""
         self._changed.clear()
-        if self.free:
-            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
 
@@ -70,6 +69,8 @@ class Context:
     status: StatusStore
     metrics: WorkerMetrics
     ack_wait: float
+    # Function mode: told every outcome (function, status, had Retry-After) for adaptive concurrency.
+    observer: Callable[[str, int | None, bool], None] | None = None
 
 
 class Processor:
@@ -137,6 +138,8 @@ class Processor:
             self._finish_cancelled(call, attempt, policy.retry.max_attempts, Outcome(status=None, error="cancelled"))
             return
         outcome = await self._invoke(msg, call, policy.upstream_timeout)
+        if c.observer is not None:
+            c.observer(call.function, outcome.status, outcome.retry_after is not None)
         labels = (c.queue, call.function)
         c.metrics.duration.labels(*labels, status_class(outcome.status)).observe(outcome.duration)
         max_attempts = policy.retry.max_attempts
@@ -245,44 +248,69 @@ class ConsumerLoop:
         slots: Slots,
         processor: Processor,
         share: Callable[[], int] | None = None,
+        idle_exit: float | None = None,
     ) -> None:
         self.name = name
         self.psub = psub
         self.slots = slots
         self.processor = processor
-        self.share = share  # function mode: this consumer's fair share of the free slots
+        self.share = share  # function mode: how many more calls this consumer may start now
+        self.idle_exit = idle_exit  # function mode: stop pulling after this long without a message
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
-        self.bound = True
+        self.has_work = False
 
     async def run(self) -> None:
+        last_message = asyncio.get_running_loop().time()
+        try:
+            await self._run(last_message)
+        finally:
+            self.has_work = False
+
+    async def _run(self, last_message: float) -> None:
+        clock = asyncio.get_running_loop().time
         while not self.stopping:
             free = self.slots.free if self.share is None else min(self.slots.free, self.share())
             # Low-water mark: while most slots are busy, wait for a few more to free up rather than pay a
             # round trip to the server for every single slot.
-            if free <= 0 or (free < self.slots.limit // 4 and self.slots.used and not await self._settle()):
-                await self.slots.wait_free(FETCH_TIMEOUT)
+            if free <= 0:
+                await self.slots.wait_release(FETCH_TIMEOUT)
                 continue
+            if free < self.slots.limit // 4 and self.slots.used:
+                await asyncio.sleep(0.002)  # let a few more calls finish, then fetch them as one batch
+                free = self.slots.free if self.share is None else min(self.slots.free, self.share())
+                if free <= 0:
+                    continue
             try:
                 msgs = await self.psub.fetch(min(free, FETCH_MAX), timeout=FETCH_TIMEOUT)
             except TimeoutError:  # nats' TimeoutError subclasses it; fetch raises either when idle
+                self.has_work = bool(self.tasks)
+                if self.idle_exit is not None and not self.tasks and clock() - last_message > self.idle_exit:
+                    await self._retire("idle")
+                    return
                 continue
             except ConnectionClosedError:
                 break
             except Exception as e:  # disconnected, consumer deleted, ...: keep trying
+                if self.idle_exit is not None and "consumer" in str(e).lower() and "deleted" in str(e).lower():
+                    await self._retire("consumer deleted by the server")
+                    return
                 log.warning("fetch from %s failed: %r", self.name, e)
                 await asyncio.sleep(1)
                 continue
+            last_message = clock()
+            self.has_work = True
             for m in msgs:
                 self.slots.take()
                 task = asyncio.create_task(self.processor.handle(m))
                 self.tasks.add(task)
                 task.add_done_callback(self._done)
 
-    async def _settle(self) -> bool:
-        """Give in-flight calls a moment to finish so the next fetch asks for a batch."""
-        await asyncio.sleep(0.002)
-        return True
+    async def _retire(self, why: str) -> None:
+        """Stop pulling, so the server's inactive_threshold can remove the idle consumer."""
+        log.info("consumer %s stops pulling (%s)", self.name, why)
+        with contextlib.suppress(Exception):
+            await self.psub.unsubscribe()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)

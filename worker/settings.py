@@ -166,10 +166,6 @@ class WorkerSettings(_Base):
         super().check()
         if not contract.QUEUE_NAME.match(self.queue):
             raise SettingsError(f"{PREFIX}QUEUE={self.queue!r}: must be a DNS-1123 label")
-        if self.mode == "function":
-            raise SettingsError(
-                f"{PREFIX}MODE=function: function mode is not available in this release yet; use static"
-            )
         if self.stream_replicas not in (1, 3, 5):
             raise SettingsError(f"{PREFIX}STREAM_REPLICAS={self.stream_replicas}: must be 1, 3 or 5")
         for name in ("max_inflight", "max_retry_attempts", "max_waiting", "callback_attempts"):

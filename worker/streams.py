@@ -18,7 +18,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from worker import contract
 
@@ -102,7 +102,17 @@ async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfi
     try:
         info = await js.consumer_info(stream, name)
     except NotFoundError:
-        info = await js.add_consumer(stream, want)
+        try:
+            info = await js.add_consumer(stream, want)
+        except BadRequestError as e:
+            if e.err_code in (10100, 10099):  # overlapping / non-unique consumers on a work queue
+                raise StreamSetupError(
+                    f"cannot add consumer {name} to {stream}: {e.description}. A work queue takes either one "
+                    "static consumer or per-function consumers, never both: static and function mode must not "
+                    f"run on the same queue. See `nats consumer ls {stream}`; stop the other mode's workers and "
+                    "remove its consumers."
+                ) from None
+            raise
         log.info("created consumer %s on %s", name, stream)
         return float(info.config.ack_wait or want.ack_wait or 30.0)
     cfg = info.config

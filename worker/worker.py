@@ -20,6 +20,7 @@ from worker import contract, streams
 from worker.callback import CallbackSender
 from worker.connections import connect
 from worker.consumer import ConsumerLoop, Context, Processor, Slots
+from worker.functionmode import FunctionMode
 from worker.functions import Policies
 from worker.httpserver import add_probes, serve
 from worker.invoke import Invoker
@@ -47,6 +48,7 @@ class Worker:
         self.processor: Processor | None = None
         self.callbacks: CallbackSender | None = None
         self.invoker: Invoker | None = None
+        self.function_mode: FunctionMode | None = None
 
     @property
     def queue_streams(self) -> streams.QueueStreams:
@@ -66,16 +68,22 @@ class Worker:
         qs = self.queue_streams
         await streams.ensure_stream(js, qs)
         await streams.ensure_dlq_stream(js, qs)
-        want = streams.static_consumer(s.durable, s.ack_wait, s.max_ack_pending, s.max_waiting)
-        ack_wait = await streams.ensure_consumer(js, s.stream, want)
+        ack_wait = s.ack_wait
+        if s.mode == "static":
+            want = streams.static_consumer(s.durable, s.ack_wait, s.max_ack_pending, s.max_waiting)
+            ack_wait = await streams.ensure_consumer(js, s.stream, want)
         kv = await open_bucket(js, s.status_ttl, s.stream_replicas, s.stream_storage) if s.call_status else None
         self.invoker = Invoker(s.function_url, s.max_inflight)
         self.callbacks = CallbackSender(s.queue, self.metrics, s.callback_attempts, s.callback_timeout)
         ctx = Context(s.queue, js, self.policies, self.invoker, self.callbacks, StatusStore(kv), self.metrics, ack_wait)
         self.processor = Processor(ctx)
         await self.nc.subscribe(contract.CANCEL_SUBJECT, cb=self._on_cancel)
-        psub = await js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
-        self._add_loop(ConsumerLoop(s.durable, psub, self.slots, self.processor))
+        if s.mode == "static":
+            psub = await js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
+            self._add_loop(ConsumerLoop(s.durable, psub, self.slots, self.processor))
+        else:
+            self.function_mode = FunctionMode(s, js, ctx, self.processor, self.slots)
+            await self.function_mode.start()
         self._timer = asyncio.create_task(self._refresh_pending(js))
         self._beat = asyncio.create_task(self.processor.heartbeat())
         log.info("worker ready: queue=%s stream=%s mode=%s max_inflight=%d", s.queue, s.stream, s.mode, s.max_inflight)
@@ -95,6 +103,8 @@ class Worker:
         return await serve(app, self.s.http_host, self.s.http_port)
 
     def _alive(self) -> bool:
+        if self.function_mode is not None and self.function_mode._discover is not None:
+            return not self.function_mode._discover.done() or self._stop.is_set()
         return not any(t.done() for t in self._loop_tasks) or self._stop.is_set()
 
     def _ready(self) -> str | None:
@@ -134,6 +144,9 @@ class Worker:
         t0 = time.monotonic()
         for loop in self.loops:
             loop.stopping = True
+        if self.function_mode is not None:
+            await self.function_mode.stop()
+            self.loops.extend(self.function_mode.all_loops())
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
         tasks = {t for loop in self.loops for t in loop.tasks}
         if tasks:

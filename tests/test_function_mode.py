@@ -1,0 +1,192 @@
+"""Function mode: fairness between functions, adaptive concurrency, idle consumers, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from tests.helpers import connect, enqueue, running_worker, worker_settings
+from tests.servers import eventually
+from worker.adaptive import Adaptive
+from worker.streams import StreamSetupError
+from worker.worker import Worker
+
+
+def sleeper(seconds: float):
+    async def handler(request, server):
+        await asyncio.sleep(seconds)
+        return web.Response(text="ok")
+
+    return handler
+
+
+async def b_completion_time(nats_server, functions, mode: str, backlog: int, wait: float) -> float | None:
+    """Queue `backlog` calls for slow A, then 20 for B; seconds until B's 20 complete (None: not in `wait`)."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    functions.completed.clear()
+    settings = worker_settings(
+        nats_server.url, functions.url_template, mode=mode, max_inflight=10, adaptive_concurrency=False
+    )
+    async with running_worker(settings):
+        await asyncio.sleep(0.2)
+        for start in range(0, backlog, 500):
+            await asyncio.gather(
+                *(
+                    js.publish("faas-request.a", b"", headers={"Nats-Msg-Id": f"{mode}-{backlog}-a{i}"})
+                    for i in range(start, min(backlog, start + 500))
+                )
+            )
+        t0 = time.monotonic()
+        for i in range(20):
+            await enqueue(nc, "b", call_id=f"{mode}-{backlog}-b{i}")
+        deadline = t0 + wait
+        while time.monotonic() < deadline and len(functions.completed["b"]) < 20:  # noqa: ASYNC110 - polling a test server
+            await asyncio.sleep(0.02)
+        took = time.monotonic() - t0 if len(functions.completed["b"]) == 20 else None
+        await js.purge_stream("OF_faas-request")
+    await nc.close()
+    return took
+
+
+async def test_fairness_a_backlog_does_not_starve_b(nats_server, functions):
+    functions.handlers["a"] = sleeper(0.02)
+    functions.handlers["b"] = sleeper(0.02)
+    idle = await b_completion_time(nats_server, functions, "function", 0, 30)
+    fair = await b_completion_time(nats_server, functions, "function", 5000, 30)
+    nc = await connect(nats_server.url)
+    for c in await nc.jetstream().consumers_info("OF_faas-request"):  # make room for the static consumer
+        await nc.jetstream().delete_consumer("OF_faas-request", c.name)
+    await nc.close()
+    static = await b_completion_time(nats_server, functions, "static", 5000, 5)
+    print(
+        f"B's 20 calls: idle {idle:.2f}s, behind 5000 A calls: function mode {fair:.2f}s, "
+        f"static mode {'not done after 5s' if static is None else f'{static:.2f}s'}"
+    )
+    assert idle is not None and fair is not None
+    assert fair < max(2.0, 10 * idle)  # a small multiple of idle (generous: a shared machine)
+    assert static is None or static > 3 * fair
+
+
+def test_adaptive_limit_follows_capacity():
+    a = Adaptive(cap=50)
+    assert a.limit("f") == 2
+    for _ in range(20):
+        a.record("f", 200, False, 1)
+    grown = a.limit("f")
+    assert grown > 5
+    a.record("f", 429, True, 8)
+    assert a.limit("f") <= 7  # below the concurrency that overloaded it
+    cut = a.limit("f")
+    limits = a.limits["f"]
+    limits.last_probe -= 10  # time passes: the next successes probe upward
+    for _ in range(40):
+        a.record("f", 200, False, cut)
+        limits.last_probe -= 10
+    assert a.limit("f") > cut
+    assert Adaptive(cap=50, enabled=False).limit("f") == 50
+
+
+def capacity_function(state: dict[str, float]):
+    """At most 5 concurrent calls per replica, 429 beyond; replicas grow 1 → 10 over the run."""
+
+    async def handler(request, server):
+        replicas = min(10, 1 + int((time.monotonic() - state["t0"]) / state["step"]))
+        if state["running"] >= 5 * replicas:
+            state["rejected"] += 1
+            return web.Response(status=429, text="busy")
+        state["running"] += 1
+        try:
+            await asyncio.sleep(0.05)
+            return web.Response(text="ok")
+        finally:
+            state["running"] -= 1
+
+    return handler
+
+
+async def run_capacity_scenario(nats_server, functions, adaptive: bool, name: str) -> tuple[float, int]:
+    state = {"t0": time.monotonic(), "step": 0.3, "running": 0, "rejected": 0}
+    functions.handlers[name] = capacity_function(state)
+    nc = await connect(nats_server.url)
+    settings = worker_settings(
+        nats_server.url,
+        functions.url_template,
+        mode="function",
+        max_inflight=50,
+        adaptive_concurrency=adaptive,
+        initial_retry_wait=0.1,
+        max_retry_wait=0.5,
+        max_retry_attempts=1000,
+    )
+    async with running_worker(settings):
+        await asyncio.gather(*(enqueue(nc, name, call_id=f"{name}-{i}") for i in range(500)))
+        state["t0"] = time.monotonic()
+        await eventually(lambda: len(functions.completed[name]) == 500, timeout=120)
+        took = time.monotonic() - state["t0"]
+    await nc.close()
+    return took, int(state["rejected"])
+
+
+async def test_adaptive_versus_greedy(nats_server, functions):
+    greedy_time, greedy_429 = await run_capacity_scenario(nats_server, functions, False, "greedy")
+    adaptive_time, adaptive_429 = await run_capacity_scenario(nats_server, functions, True, "adaptive")
+    print(
+        f"500 calls, 5 per replica, replicas 1→10: greedy {greedy_time:.2f}s with {greedy_429} 429s; "
+        f"adaptive {adaptive_time:.2f}s with {adaptive_429} 429s"
+    )
+    assert adaptive_429 < greedy_429 / 2
+
+
+async def test_idle_consumers_vanish_and_come_back(nats_server, functions):
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    settings = worker_settings(nats_server.url, functions.url_template, mode="function", inactive_threshold=2.0)
+    async with running_worker(settings):
+        await enqueue(nc, "echo")
+        await eventually(lambda: len(functions.completed["echo"]) == 1)
+        names = [c.name for c in await js.consumers_info("OF_faas-request")]
+        assert names == ["faas-request-fn-echo"]
+        deadline = time.monotonic() + 30
+        while await js.consumers_info("OF_faas-request") and time.monotonic() < deadline:  # noqa: ASYNC110 - polling the server
+            await asyncio.sleep(0.25)
+        assert await js.consumers_info("OF_faas-request") == []  # removed by the server when idle
+        await enqueue(nc, "echo")
+        await eventually(lambda: len(functions.completed["echo"]) == 2, timeout=30)
+    await nc.close()
+
+
+async def test_restart_reuses_consumers_and_loses_nothing(nats_server, functions):
+    functions.handlers["slow"] = sleeper(0.2)
+    nc = await connect(nats_server.url)
+    settings = worker_settings(
+        nats_server.url, functions.url_template, mode="function", max_inflight=5, inactive_threshold=60.0
+    )
+    async with running_worker(settings):
+        ids = [await enqueue(nc, "slow") for _ in range(30)]
+        await eventually(lambda: len(functions.completed["slow"]) >= 5)
+    before = [c.name for c in await nc.jetstream().consumers_info("OF_faas-request")]
+    async with running_worker(
+        worker_settings(
+            nats_server.url, functions.url_template, mode="function", max_inflight=5, inactive_threshold=60.0
+        )
+    ):
+        await eventually(lambda: set(ids) <= set(functions.completed["slow"]), timeout=60)
+    after = [c.name for c in await nc.jetstream().consumers_info("OF_faas-request")]
+    assert before == after == ["faas-request-fn-slow"]
+    assert sorted(functions.completed["slow"]) == sorted(ids)
+    await nc.close()
+
+
+async def test_static_and_function_mode_refuse_to_share_a_stream(nats_server, functions):
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+        w = Worker(worker_settings(nats_server.url, functions.url_template, mode="function"))
+        try:
+            await w.start()
+            raise AssertionError("function mode started next to a static consumer")
+        except StreamSetupError as e:
+            assert "static" in str(e) and "both" in str(e)
+        finally:
+            await w.stop()
