@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -31,19 +32,30 @@ async def connect(
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     connect_attempts: int = 60,
 ) -> Client:
-    """Connect, retrying for up to `connect_attempts` seconds at start, then reconnecting for ever."""
+    """Connect, trying for up to `connect_attempts` seconds at start, then reconnecting for ever.
+
+    Raises ConnectionError when NATS cannot be reached in time or refuses the credentials."""
+
+    current: list[Client] = []  # set once connected; callbacks may fire before
 
     async def disconnected() -> None:
-        if not (nc.is_closed or nc.is_draining):  # closing on purpose is not news
+        if current and not (current[0].is_closed or current[0].is_draining):  # closing on purpose is not news
             log.warning("disconnected from NATS; reconnecting")
 
     async def reconnected() -> None:
-        log.info("reconnected to NATS at %s", nc.connected_url.netloc if nc.connected_url else "?")
+        url = current[0].connected_url if current else None
+        log.info("reconnected to NATS at %s", url.netloc if url else "?")
         if on_reconnect:
             await on_reconnect()
 
+    auth_refused = asyncio.Event()
+
     async def error(e: Exception) -> None:
-        log.debug("NATS client error: %r", e)
+        if "authorization" in str(e).lower() or "authentication" in str(e).lower():
+            auth_refused.set()
+            log.error("NATS refused our credentials: %s", e)
+        else:
+            log.debug("NATS client error: %r", e)
 
     opts: dict[str, Any] = {
         "servers": s.nats_servers,
@@ -67,15 +79,30 @@ async def connect(
     ctx = tls_context(s)
     if ctx is not None:
         opts["tls"] = ctx
-    last: Exception | None = None
-    nc: Client
-    for _ in range(max(1, connect_attempts)):
-        try:
-            nc = await nats.connect(**opts)
+    last: BaseException | None = None
+    deadline = asyncio.get_running_loop().time() + max(1, connect_attempts)
+    while asyncio.get_running_loop().time() < deadline:
+        # nats-py keeps retrying a server that refuses our credentials: watch for that and give up at once.
+        attempt = asyncio.ensure_future(nats.connect(**opts))
+        refused = asyncio.ensure_future(auth_refused.wait())
+        remaining = deadline - asyncio.get_running_loop().time()
+        done, _ = await asyncio.wait(
+            {attempt, refused}, timeout=max(0.1, remaining), return_when=asyncio.FIRST_COMPLETED
+        )
+        refused.cancel()
+        if attempt in done and attempt.exception() is None:
+            nc: Client = attempt.result()
+            current.append(nc)
             return nc
-        except (OSError, nats.errors.Error, TimeoutError) as e:  # retry: NATS may start after us
-            if "authorization" in str(e).lower():
-                raise ConnectionError(f"NATS at {s.nats_url} refused our credentials: {e}") from None
-            last = e
-            await asyncio.sleep(1)
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
+        if auth_refused.is_set():
+            raise ConnectionError(f"NATS at {s.nats_url} refused our credentials (check JETQUEUE_NATS_*)")
+        if attempt.done() and not attempt.cancelled():
+            last = attempt.exception()
+            if last is not None and "authorization" in str(last).lower():
+                raise ConnectionError(f"NATS at {s.nats_url} refused our credentials: {last}") from None
+        await asyncio.sleep(min(1.0, max(0.0, deadline - asyncio.get_running_loop().time())))
     raise ConnectionError(f"cannot connect to NATS at {s.nats_url}: {last!r}")
