@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup render install test lint docs bench demo clean
+.PHONY: help setup render install test lint docs bench demo chaos kind-test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ clean: ## remove .venv, out/ and caches
 
 demo: $(STAMP) ## the whole system locally: embedded NATS, gateway, workers, sample functions, a burst of calls
 	$(BIN)/jetqueue dev $(DEMO_ARGS)
+
+chaos: $(STAMP) ## the chaos suite three times in a row, printing each ledger
+	for i in 1 2 3; do $(BIN)/python -m pytest tests/chaos -q -s -p no:randomly $(PYTEST_ARGS) || exit 1; done
 
 kind-test: $(STAMP) ## the kind suite (needs Docker, kind, helm and kubectl; skips otherwise)
 	$(BIN)/python -m pytest tests/kind -m kind -rs $(PYTEST_ARGS)

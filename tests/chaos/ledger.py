@@ -1,0 +1,43 @@
+"""The ledger every chaos test ends with: accepted calls versus what the functions and the status saw."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+
+from worker import contract
+from worker.status import FINAL
+
+
+@dataclass
+class Ledger:
+    name: str
+    accepted: list[str] = field(default_factory=list)  # call ids that got a 202 / PubAck
+    refused: int = 0  # answered 503: not accepted
+
+    async def check(self, nc: Client, invoked: list[str], max_duplicates: int) -> dict[str, int]:
+        """Every accepted call reached the function at least once and reached one final state."""
+        kv = await nc.jetstream().key_value(contract.STATUS_BUCKET)
+        counts = Counter(invoked)
+        finals: Counter[str] = Counter()
+        missing = [c for c in self.accepted if counts[c] == 0]
+        for call_id in self.accepted:
+            entry = await kv.get(call_id)
+            state = json.loads(entry.value or b"{}").get("state")
+            finals[state] += 1
+        duplicates = sum(counts[c] - 1 for c in self.accepted if counts[c] > 1)
+        report = {
+            "accepted": len(self.accepted),
+            "refused": self.refused,
+            "missing": len(missing),
+            "duplicates": duplicates,
+            **{f"final {k}": v for k, v in finals.items()},
+        }
+        print(f"ledger [{self.name}]: " + ", ".join(f"{k} {v}" for k, v in report.items()))
+        assert not missing, f"accepted calls never invoked: {missing[:5]}"
+        assert set(finals) <= FINAL, f"calls not in a final state: {finals}"
+        assert duplicates <= max_duplicates, report
+        return report
