@@ -71,7 +71,7 @@ async def _run(batch):
 
                 async def settled() -> bool:
                     info = await js.consumer_info("OF_faas-request", "faas-request-workers")
-                    return info.num_pending == 0 and info.num_ack_pending == 0
+                    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
                 for _ in range(600):
                     if await settled():
