@@ -46,7 +46,7 @@ demo: $(STAMP) ## the whole system locally: embedded NATS, gateway, workers, sam
 	$(BIN)/jetqueue dev $(DEMO_ARGS)
 
 chaos: $(STAMP) ## the chaos suite three times in a row, printing each ledger
-	for i in 1 2 3; do $(BIN)/python -m pytest tests/chaos -q -s -p no:randomly $(PYTEST_ARGS) || exit 1; done
+	for i in 1 2 3; do $(BIN)/python -m pytest tests/chaos -q -s $(PYTEST_ARGS) || exit 1; done
 
 kind-test: $(STAMP) ## the kind suite (needs Docker, kind, helm and kubectl; skips otherwise)
 	$(BIN)/python -m pytest tests/kind -m kind -rs $(PYTEST_ARGS)

@@ -25,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import NatsServer, free_port  # noqa: E402
+from tests.servers import NatsServer, cluster, free_port  # noqa: E402
 from worker import contract  # noqa: E402
 from worker.metrics import WorkerMetrics  # noqa: E402
 from worker.settings import WorkerSettings  # noqa: E402
@@ -287,6 +287,184 @@ async def gateway_bench(nats_url: str, n: int, concurrency: int, rounds: int) ->
     return rows
 
 
+async def latency(nats_url: str, fn_url: str, samples: int, backlog: int) -> tuple[list[float], list[float]]:
+    """Publish → function invoked, seconds: jetqueue worker and the bare loop, with `backlog` calls queued
+    ahead of each sample (0 = idle)."""
+    from aiohttp import web
+
+    invoked: dict[str, float] = {}
+    app = web.Application()
+
+    async def fn(request: web.Request) -> web.Response:
+        invoked[request.headers.get("X-Call-Id", "") or (await request.read()).decode()] = time.perf_counter()
+        return web.Response(text="ok")
+
+    app.router.add_route("*", "/function/{name}", fn)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    timing_url = f"http://127.0.0.1:{port}/function/{{function}}"
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await fill(nc, 0, 1)
+    results: list[list[float]] = []
+    for contender in ("worker", "bare"):
+        lat: list[float] = []
+        stop = asyncio.Event()
+        if contender == "worker":
+            ctx = jetqueue_worker(nc, nats_url, timing_url, 50, False)
+            await ctx.__aenter__()
+        else:
+            task = asyncio.create_task(bare_loop(nc, timing_url, 50, stop))
+        await asyncio.sleep(0.5)
+        for i in range(samples):
+            if backlog:
+                await asyncio.gather(*(js.publish(f"{QUEUE}.noop", b"{}") for _ in range(backlog)))
+            call_id = f"{contender}-{backlog}-{i}"
+            t0 = time.perf_counter()
+            await js.publish(f"{QUEUE}.noop", call_id.encode(), headers={"X-Call-Id": call_id})
+            for _ in range(2000):
+                if call_id in invoked:
+                    break
+                await asyncio.sleep(0.0005)
+            lat.append(invoked.get(call_id, time.perf_counter()) - t0)
+        await drained(nc)
+        if contender == "worker":
+            await ctx.__aexit__(None, None, None)
+        else:
+            stop.set()
+            await task
+        results.append(lat)
+    await nc.close()
+    await runner.cleanup()
+    return results[0], results[1]
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def rss_with_backlog(nats_url: str, fn_url: str, backlogs: list[int]) -> list[tuple[int, float]]:
+    """Peak RSS of a worker process that works for 5 s on a queue holding `n` calls."""
+    import os
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    rows = []
+    for n in backlogs:
+        await fill(nc, 0, 1)
+        for start in range(0, n, 5000):
+            await asyncio.gather(*(js.publish(f"{QUEUE}.noop", b"{}") for _ in range(min(5000, n - start))))
+        env = {
+            **os.environ,
+            "JETQUEUE_NATS_URL": nats_url,
+            "JETQUEUE_FUNCTION_URL": fn_url,
+            "JETQUEUE_QUEUE": QUEUE,
+            "JETQUEUE_HTTP_HOST": "127.0.0.1",
+            "JETQUEUE_HTTP_PORT": str(free_port()),
+            "JETQUEUE_LOG_LEVEL": "warning",
+            "JETQUEUE_CALL_STATUS": "false",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        await asyncio.sleep(5)
+        rows.append((n, peak_rss_mib(proc.pid)))
+        proc.terminate()
+        proc.wait()
+        await js.delete_consumer(STREAM, f"{QUEUE}-workers")
+        progress(f"RSS with {n:,} queued: {rows[-1][1]:.1f} MiB")
+    await js.purge_stream(STREAM)
+    await nc.close()
+    return rows
+
+
+async def scale_out(nats_url: str, n: int) -> tuple[float, float]:
+    """Calls/s draining `n` calls to a 50 ms function with one worker, then two (max_inflight 10 each)."""
+    from aiohttp import web
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.05)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/function/{name}", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}/function/{{function}}"
+    nc = await nats.connect(nats_url)
+    rates = []
+    for workers in (1, 2):
+        await fill(nc, n, 1)
+        t0 = time.perf_counter()
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(workers):
+                s = WorkerSettings(
+                    nats_url=nats_url,
+                    function_url=url,
+                    queue=QUEUE,
+                    max_inflight=10,
+                    http_host="127.0.0.1",
+                    http_port=free_port(),
+                    call_status=False,
+                    log_level="warning",
+                )
+                w = Worker(s, WorkerMetrics())
+                await w.start()
+                stack.push_async_callback(w.stop)
+            await drained(nc)
+            rates.append(n / (time.perf_counter() - t0))
+        await nc.jetstream().delete_consumer(STREAM, f"{QUEUE}-workers")
+    await nc.close()
+    await runner.cleanup()
+    return rates[0], rates[1]
+
+
+async def durability(n: int, concurrency: int) -> tuple[float, float]:
+    """Publish-with-PubAck rate on a server with sync_interval: always (strict) and with the default."""
+    rates = []
+    for strict in (True, False):
+        with tempfile.TemporaryDirectory() as tmp:
+            server = NatsServer(Path(tmp), jetstream_conf="sync_interval: always" if strict else "")
+            server.start()
+            try:
+                nc = await nats.connect(server.url)
+                await fill(nc, 0, 1)
+                rate, _ = await bare_publish(nc, n, concurrency)
+                rates.append(rate)
+                await nc.close()
+            finally:
+                server.stop()
+    return rates[0], rates[1]
+
+
+def plot(path: Path, rows: list[tuple[str, float, float, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r[0].replace(", max_inflight ", "\ninflight ") for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 1.2), 4))
+    width = 0.27
+    ax.bar([i - width for i in x], [r[1] for r in rows], width, label="bare loop")
+    ax.bar(list(x), [r[2] for r in rows], width, label="jetqueue")
+    ax.bar([i + width for i in x], [r[3] for r in rows], width, label="jetqueue + status")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("calls/s (no-op function)")
+    ax.set_title("Worker throughput vs a bare fetch + POST + ack loop (same run)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def write_results(path: Path, sections: list[str]) -> None:
     head = [
         "# jetqueue benchmark results",
@@ -301,6 +479,7 @@ def write_results(path: Path, sections: list[str]) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
+    started = time.monotonic()
     sections: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, function_server() as fn_url:
         server = NatsServer(Path(tmp) / "r1").start()
@@ -309,45 +488,102 @@ async def main(args: argparse.Namespace) -> None:
             rows = await worker_throughput(server.url, fn_url, args.calls, args.inflight, 1, args.rounds)
             progress(f"gateway submissions, {args.calls} per run, {args.clients} concurrent clients")
             gw_rows = await gateway_bench(server.url, args.calls, args.clients, args.rounds)
+            progress("latency publish → function invoked, idle and behind a backlog")
+            idle_w, idle_b = await latency(server.url, fn_url, 200, 0)
+            load_w, load_b = await latency(server.url, fn_url, 20, 500)
+            progress("two workers vs one, 50 ms function")
+            one, two = await scale_out(server.url, 2000)
+            progress(f"worker peak RSS with {', '.join(f'{n:,}' for n in args.backlogs)} calls queued")
+            rss = await rss_with_backlog(server.url, fn_url, args.backlogs)
         finally:
             server.stop()
-        sections += [
-            "## Worker throughput, no-op function",
-            "",
-            "Calls/s draining a pre-filled stream. Bare: nats-py fetch + aiohttp POST + ack, nothing else. "
-            "jetqueue: the worker with retries, metrics, heartbeats and callbacks armed; `+status` also "
-            "records each call's status in the KV bucket (3 KV operations per call). Best of "
-            f"{args.rounds} rounds.",
-            "",
-            "| setup | bare loop | jetqueue | ratio | jetqueue + status | ratio |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, bare, ours, ours_status in rows:
-            sections.append(
-                f"| {name} | {bare:,.0f}/s | {ours:,.0f}/s | {ours / bare:.2f}× | "
-                f"{ours_status:,.0f}/s | {ours_status / bare:.2f}× |"
-            )
-        sections.append("")
-        sections += [
-            "## Gateway: accepted submissions",
-            "",
-            f"{args.calls} submissions from {args.clients} concurrent HTTP clients (aiohttp, keep-alive) to "
-            "`POST /async-function/noop`; each 202 is sent after JetStream's PubAck. Bare: the same number of "
-            "concurrent nats-py coroutines publishing with a PubAck each. Latency: request to 202 (to PubAck "
-            "for bare). `+ status` also writes the `queued` record to the KV bucket.",
-            "",
-            *gw_rows,
-            "",
-        ]
+        servers = cluster(Path(tmp) / "r3")
+        try:
+            progress("worker throughput, R3 (3-node cluster)")
+            rows += await worker_throughput(",".join(s.url for s in servers), fn_url, args.calls, [50], 3, args.rounds)
+        finally:
+            for s3 in servers:
+                s3.stop()
+    progress("durability: publish rate, strict (sync_interval: always) vs relaxed")
+    strict, relaxed = await durability(args.calls, args.clients)
+
+    def ms(values: list[float], p: float) -> str:
+        return f"{percentile(values, p) * 1000:.2f} ms"
+
+    sections += [
+        "## Worker throughput, no-op function",
+        "",
+        "Calls/s draining a pre-filled stream. Bare: nats-py fetch + aiohttp POST + ack, nothing else. "
+        "jetqueue: the worker with retries, metrics, heartbeats and callbacks armed; `+ status` also "
+        "records each call's status in the KV bucket (3 KV operations per call). Best of "
+        f"{args.rounds} rounds. Goal: jetqueue ≥ 0.9× bare.",
+        "",
+        "![throughput](throughput.png)",
+        "",
+        "| setup | bare loop | jetqueue | ratio | jetqueue + status | ratio |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {bare:,.0f}/s | {ours:,.0f}/s | {ours / bare:.2f}× | {ours_status:,.0f}/s | "
+            f"{ours_status / bare:.2f}× |"
+            for name, bare, ours, ours_status in rows
+        ),
+        "",
+        "## Gateway: accepted submissions",
+        "",
+        f"{args.calls} submissions from {args.clients} concurrent HTTP clients (aiohttp, keep-alive) to "
+        "`POST /async-function/noop`; each 202 is sent after JetStream's PubAck. Bare: the same number of "
+        "concurrent nats-py coroutines publishing with a PubAck each. Latency: request to 202 (to PubAck "
+        "for bare). `+ status` also writes the `queued` record to the KV bucket.",
+        "",
+        *gw_rows,
+        "",
+        "## Latency: publish → function invoked",
+        "",
+        "Idle: one call at a time (200 samples). Under load: each sample published behind 500 queued calls "
+        "(20 samples). Goal: idle p50 ≤ 2 ms.",
+        "",
+        "| | jetqueue p50 | jetqueue p99 | bare p50 | bare p99 |",
+        "|---|---|---|---|---|",
+        f"| idle | {ms(idle_w, 0.5)} | {ms(idle_w, 0.99)} | {ms(idle_b, 0.5)} | {ms(idle_b, 0.99)} |",
+        f"| behind 500 queued | {ms(load_w, 0.5)} | {ms(load_w, 0.99)} | {ms(load_b, 0.5)} | {ms(load_b, 0.99)} |",
+        "",
+        "## Scale-out: two workers vs one",
+        "",
+        "2,000 calls to a function that takes 50 ms, max_inflight 10 per worker. Goal ≥ 1.8×.",
+        "",
+        f"| one worker | two workers | ratio |\n|---|---|---|\n| {one:,.0f}/s | {two:,.0f}/s | {two / one:.2f}× |",
+        "",
+        "## Worker memory with a backlog",
+        "",
+        "Peak RSS (VmHWM) of a worker process after 5 s of work on a queue holding N calls. Goal: flat, "
+        "under 100 MB: the worker holds only what it fetched (at most max_inflight).",
+        "",
+        "| calls queued | peak RSS |",
+        "|---|---|",
+        *(f"| {n:,} | {mib:.1f} MiB |" for n, mib in rss),
+        "",
+        "## Durability cost",
+        "",
+        f"Publish with PubAck, {args.clients} concurrent publishers, {args.calls} messages. strict = "
+        "`sync_interval: always` (fsync before the ack; what `nats.durability: strict` renders), relaxed = "
+        "the NATS default (flush every 2 minutes).",
+        "",
+        f"| strict | relaxed | strict / relaxed |\n|---|---|---|\n| {strict:,.0f}/s | {relaxed:,.0f}/s | "
+        f"{strict / relaxed:.2f}× |",
+        "",
+        f"Total benchmark time: {time.monotonic() - started:.0f} s.",
+    ]
+    plot(args.out.parent / "throughput.png", rows)
     write_results(args.out, sections)
-    progress(f"wrote {args.out}")
+    progress(f"wrote {args.out} and {args.out.parent / 'throughput.png'}")
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--calls", type=int, default=5000, help="calls per measured run")
     p.add_argument("--rounds", type=int, default=3, help="rounds per setting (best is kept)")
-    p.add_argument("--inflight", type=int, nargs="+", default=[10, 50, 200])
+    p.add_argument("--inflight", type=int, nargs="+", default=[1, 10, 50, 200])
+    p.add_argument("--backlogs", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--clients", type=int, default=50, help="concurrent HTTP clients for the gateway")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
     asyncio.run(main(p.parse_args()))

@@ -48,6 +48,7 @@ class NatsServer:
         cluster_port: int | None = None,
         routes: list[int] | None = None,
         extra_conf: str = "",
+        jetstream_conf: str = "",
     ) -> None:
         self.store = store
         self.name = name
@@ -56,6 +57,7 @@ class NatsServer:
         self.cluster_port = cluster_port
         self.routes = routes or []
         self.extra_conf = extra_conf
+        self.jetstream_conf = jetstream_conf  # inside the jetstream {} block, e.g. "sync_interval: always"
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = store / f"{name}.conf"
 
@@ -69,7 +71,7 @@ class NatsServer:
             "host: 127.0.0.1",
             f"port: {self.port}",
             f"http: 127.0.0.1:{self.monitor}",
-            f'jetstream {{ store_dir: "{self.store / self.name}" }}',
+            f'jetstream {{\n  store_dir: "{self.store / self.name}"\n  {self.jetstream_conf}\n}}',
         ]
         if self.cluster_port:
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
@@ -128,7 +130,7 @@ def cluster(base: Path, n: int = 3) -> list[NatsServer]:
     for s in servers:
         s.start(wait=False)
     for s in servers:
-        s.wait_ready(timeout=30)
+        s.wait_ready(timeout=60, js=False)  # full health: JetStream has a meta leader
     return servers
 
 
