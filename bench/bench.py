@@ -459,7 +459,7 @@ def plot(path: Path, rows: list[tuple[str, float, float, float]]) -> None:
     ax.bar([i + width for i in x], [r[3] for r in rows], width, label="jetqueue + status")
     ax.set_xticks(list(x), labels, fontsize=8)
     ax.set_ylabel("calls/s (no-op function)")
-    ax.set_title("Worker throughput vs a bare fetch + POST + ack loop (same run)")
+    ax.set_title("Worker vs bare fetch + POST + ack loop (same run)", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

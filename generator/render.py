@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -171,6 +172,30 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
         },
         "metrics": {"port": 8081},
         "terminationGracePeriodSeconds": int(grace),
+        "autoscaling": _autoscaling(cfg, name),
+    }
+
+
+def _autoscaling(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    q = cfg["queues"][name]
+    a = q["autoscaling"]
+    n = cfg["nats"]
+    if n["profile"] == "external":
+        host = urlsplit(n["url"].split(",")[0]).hostname or "nats"
+        endpoint = f"{host}:8222"
+    else:
+        endpoint = f"{n['releaseName']}.{n['namespace']}.svc.cluster.local:8222"
+    if q["mode"] == "static":
+        consumers = [contract.durable_name(name)]
+    else:
+        consumers = [f"{name}-fn-{fn.replace('.', '_')}" for fn in q["functions"]]
+    return {
+        "type": a["type"],
+        "minReplicas": a["minReplicas"],
+        "maxReplicas": a["maxReplicas"],
+        "lagThreshold": a["lagThreshold"],
+        "natsMonitoringEndpoint": endpoint,
+        "consumers": consumers,
     }
 
 

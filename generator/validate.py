@@ -360,6 +360,27 @@ def check_body_size(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
         )
 
 
+def check_autoscaling(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
+    for qname, q in _queues(data).items():
+        a = {**((data.get("defaults") or {}).get("autoscaling") or {}), **(q.get("autoscaling") or {})}
+        kind = a.get("type", "none")
+        if kind == "none":
+            continue
+        path: Path = ("queues", qname, "autoscaling") if "autoscaling" in q else ("defaults", "autoscaling")
+        low, high = a.get("minReplicas", 1), a.get("maxReplicas", 10)
+        if low > high:
+            yield _at(src, path, f"autoscaling.minReplicas {low} exceeds maxReplicas {high}")
+        if kind == "hpa" and low < 1:
+            yield _at(src, path, "an HPA cannot scale to zero: minReplicas must be at least 1 (use keda)")
+        mode, _ = _effective(data, qname, "mode")
+        if kind == "keda" and mode == "function" and not q.get("functions"):
+            yield _at(
+                src,
+                path,
+                "keda in function mode scales on each function's consumer: list the queue's functions, or use hpa",
+            )
+
+
 _CHECKS: list[Check] = [
     check_queue_names,
     check_routing,
@@ -369,6 +390,7 @@ _CHECKS: list[Check] = [
     check_queue_limits,
     check_urls,
     check_body_size,
+    check_autoscaling,
 ]
 
 

@@ -27,7 +27,7 @@ from tests.servers import eventually, free_port
 ROOT = Path(__file__).resolve().parent.parent
 CHARTS = {"queue-worker": ROOT / "charts" / "queue-worker", "gateway": ROOT / "charts" / "gateway"}
 K8S_VERSION = "1.34.0"
-CRD_KINDS = {"ServiceMonitor"}  # Prometheus Operator: not in the Kubernetes schemas
+CRD_KINDS = {"ServiceMonitor", "ScaledObject"}  # Prometheus Operator, KEDA: not in the Kubernetes schemas
 
 
 def rendered_values(source: str) -> dict[str, dict[str, Any]]:
@@ -282,3 +282,17 @@ def test_generated_values_match_chart_values_shape():
             missing = {k for k in keys(values) if k.split(".")[0] != "resources"} - keys(defaults)
             assert not missing, (src, rel, missing)
             helm_python.Chart.load(CHARTS[chart_for(rel)]).validate_schema(values)
+
+
+def test_autoscaling_renders_keda_per_consumer_and_hpa():
+    values = rendered_values("queues.yaml")["queues/ml-batch.yaml"]
+    docs = manifests("queue-worker", values)
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    consumers = [t["metadata"]["consumer"] for t in scaled["spec"]["triggers"]]
+    assert consumers == ["ml-batch-fn-train", "ml-batch-fn-infer"]
+    assert scaled["spec"]["maxReplicaCount"] == 8 and scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] == "50"
+    assert "replicas" not in deployment(docs)["spec"]  # the scaler owns the replica count
+    hpa_values = {**values, "autoscaling": {**values["autoscaling"], "type": "hpa"}}
+    hpa = next(d for d in manifests("queue-worker", hpa_values) if d["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["metrics"][0]["external"]["metric"]["name"] == "queue_worker_pending_messages"
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)

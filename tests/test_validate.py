@@ -197,3 +197,12 @@ def test_empty_and_non_mapping_documents():
 def test_yaml_merge_keys_rejected():
     out = problems("queues:\n  faas-request:\n    <<: {maxInflight: 3}\n")
     assert out == ["q.yaml:3:5: $.queues.faas-request: YAML merge keys (<<) are not supported"]
+
+
+def test_autoscaling_checks():
+    assert "exceeds maxReplicas" in only_error(
+        "queues:\n  faas-request: {autoscaling: {type: keda, minReplicas: 5, maxReplicas: 2}}\n"
+    )
+    assert "cannot scale to zero" in only_error("queues:\n  faas-request: {autoscaling: {type: hpa, minReplicas: 0}}\n")
+    out = only_error("queues:\n  faas-request: {mode: function, autoscaling: {type: keda}}\n")
+    assert out.startswith("q.yaml:2:47: $.queues.faas-request.autoscaling:") and "list the queue's functions" in out

@@ -145,12 +145,12 @@ class Processor:
         max_attempts = policy.retry.max_attempts
         if outcome.error == "cancelled":
             await msg.term()
-            await c.status.finish(call.call_id, rec, state="cancelled", status_code=None)
+            await c.status.finish(call, rec, state="cancelled", status_code=None)
             self._finish_cancelled(call, attempt, max_attempts, outcome)
             return
         if outcome.ok:
             await msg.ack()
-            await c.status.finish(call.call_id, rec, state="succeeded", status_code=outcome.status)
+            await c.status.finish(call, rec, state="succeeded", status_code=outcome.status)
             self._final(call, outcome, attempt, max_attempts)
             return
         log_extra = {
@@ -172,7 +172,7 @@ class Processor:
                 extra={**log_extra, "delay": round(delay, 3)},
             )
             await c.status.finish(
-                call.call_id,
+                call,
                 rec,
                 state="retrying",
                 status_code=outcome.status,
@@ -186,7 +186,7 @@ class Processor:
         c.metrics.dead_letters.labels(*labels, reason).inc()
         log.warning("dead-lettered (%s): %s", reason, outcome.excerpt()[:200], extra={**log_extra, "reason": reason})
         state = "dead-lettered" if reason == "exhausted" else "failed"
-        await c.status.finish(call.call_id, rec, state=state, status_code=outcome.status, error=outcome.excerpt())
+        await c.status.finish(call, rec, state=state, status_code=outcome.status, error=outcome.excerpt())
         self._final(call, outcome, attempt, max_attempts)
 
     async def _invoke(self, msg: Msg, call: Call, timeout: float) -> Outcome:

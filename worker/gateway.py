@@ -212,6 +212,9 @@ class Gateway:
             return problem(400, reason)
         body = await request.read()
         path = request.match_info.get("path", "")
+        headers = contract.forwardable(request.headers)
+        if self.s.auth_token or self.s.auth_user:  # the credential was for the gateway, not the function
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         call = contract.Call(
             call_id=call_id,
             queue=queue,
@@ -221,9 +224,7 @@ class Gateway:
             path=f"/{path}" if path else "",
             query=request.query_string,
             callback_url=callback,
-            headers=contract.forwardable(request.headers)
-            if not (self.s.auth_token or self.s.auth_user)
-            else {k: v for k, v in contract.forwardable(request.headers).items() if k.lower() != "authorization"},
+            headers=headers,
         )
         if self.js is None or self.nc is None or not self.nc.is_connected or not await self._ensure_queue(queue):
             self._count(name, queue, 503)
@@ -246,10 +247,10 @@ class Gateway:
             with contextlib.suppress(Exception):  # the worker may have begun already: its write wins
                 await self.status.update(call_id, status.base_record(call), None)
         self._count(name, queue, 202)
-        headers = {"X-Call-Id": call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
+        answer = {"X-Call-Id": call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
         if ack.duplicate:
-            headers["X-Duplicate"] = "true"
-        return web.Response(status=202, headers=headers)
+            answer["X-Duplicate"] = "true"
+        return web.Response(status=202, headers=answer)
 
     # ---- status and cancel --------------------------------------------------------------------
 

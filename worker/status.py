@@ -8,6 +8,7 @@ Status is observability: a failing write is logged, never allowed to stop a call
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -110,13 +111,23 @@ class StatusStore:
                 return None, None
         return None, None
 
-    async def finish(self, call_id: str, rec: Record | None, **fields: Any) -> None:
-        if self.kv is None or rec is None:
+    async def finish(self, call: contract.Call, rec: Record | None, **fields: Any) -> None:
+        """Record a transition. Retried a few times: a NATS failover must not leave a call `running`."""
+        if self.kv is None:
             return
-        rec = {**rec, **fields, "updated_at": now()}
+        rec = {**(rec or base_record(call)), **fields, "updated_at": now()}
         if rec["state"] in FINAL:
             rec["finished_at"] = rec["updated_at"]
-        await self.put(call_id, rec)
+        value = json.dumps(rec).encode()
+        for pause in (0.2, 0.5, 1.0, 2.0, None):
+            try:
+                await self.kv.put(call.call_id, value)
+                return
+            except Exception as e:
+                if pause is None:
+                    log.warning("status write failed: %r", e, extra={"call_id": call.call_id})
+                    return
+                await asyncio.sleep(pause)
 
 
 def base_record(call: contract.Call, state: str = "queued") -> Record:

@@ -15,6 +15,7 @@ import time
 from aiohttp import web
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
 from worker import contract, streams
 from worker.callback import CallbackSender
@@ -114,11 +115,8 @@ class Worker:
             return "consumer not bound"
         return None
 
-    async def _refresh_pending(self, js: object) -> None:
+    async def _refresh_pending(self, js: JetStreamContext) -> None:
         """queue_worker_pending_messages per function, from the subjects holding messages."""
-        from nats.js import JetStreamContext
-
-        assert isinstance(js, JetStreamContext)
         known: set[str] = set()
         while True:
             try:
