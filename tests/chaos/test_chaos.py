@@ -7,30 +7,20 @@ import os
 import random
 import signal
 import subprocess
-import sys
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from tests.chaos.ledger import Ledger
 from tests.helpers import connect, enqueue, gateway_settings, running_gateway, running_worker, worker_settings
-from tests.servers import eventually, free_port
+from tests.servers import eventually
+from tests.test_worker_process import start_worker, worker_env
 
 
-def worker_process(nats_url: str, function_url: str, log, **kw: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETQUEUE_")}
-    env.update(
-        {
-            "JETQUEUE_NATS_URL": nats_url,
-            "JETQUEUE_FUNCTION_URL": function_url,
-            "JETQUEUE_HTTP_HOST": "127.0.0.1",
-            "JETQUEUE_HTTP_PORT": str(free_port()),
-            "JETQUEUE_INITIAL_RETRY_WAIT": "100ms",
-            "JETQUEUE_MAX_RETRY_WAIT": "1s",
-        }
-    )
-    env.update({f"JETQUEUE_{k.upper()}": v for k, v in kw.items()})
-    return subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=env, stdout=log, stderr=log)
+def worker_process(nats_url: str, function_url: str, log: Path, **kw: str) -> subprocess.Popen[bytes]:
+    env = worker_env(nats_url, function_url, initial_retry_wait="100ms", max_retry_wait="1s", **kw)
+    return start_worker(env, log)
 
 
 async def test_kill_9_worker_mid_flight(nats_server, functions, tmp_path):
@@ -41,7 +31,7 @@ async def test_kill_9_worker_mid_flight(nats_server, functions, tmp_path):
     functions.handlers["job"] = work
     ledger = Ledger("kill -9 a worker mid-flight")
     nc = await connect(nats_server.url)
-    log = open(tmp_path / "w.log", "ab")  # noqa: ASYNC230 - test process log
+    log = tmp_path / "w.log"
     first = worker_process(nats_server.url, functions.url_template, log, max_inflight="20", ack_wait="2s")
     await eventually(lambda: b"worker ready" in (tmp_path / "w.log").read_bytes(), timeout=30)
     ledger.accepted += await asyncio.gather(*(enqueue(nc, "job") for _ in range(300)))
