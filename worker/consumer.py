@@ -271,16 +271,9 @@ class ConsumerLoop:
         clock = asyncio.get_running_loop().time
         while not self.stopping:
             free = self.slots.free if self.share is None else min(self.slots.free, self.share())
-            # Low-water mark: while most slots are busy, wait for a few more to free up rather than pay a
-            # round trip to the server for every single slot.
             if free <= 0:
                 await self.slots.wait_release(FETCH_TIMEOUT)
                 continue
-            if free < self.slots.limit // 4 and self.slots.used:
-                await asyncio.sleep(0.002)  # let a few more calls finish, then fetch them as one batch
-                free = self.slots.free if self.share is None else min(self.slots.free, self.share())
-                if free <= 0:
-                    continue
             try:
                 msgs = await self.psub.fetch(min(free, FETCH_MAX), timeout=FETCH_TIMEOUT)
             except TimeoutError:  # nats' TimeoutError subclasses it; fetch raises either when idle
