@@ -83,6 +83,7 @@ class Dev:
     runner: web.AppRunner | None = None
     samples: Samples = field(default_factory=Samples)
     submitted: dict[str, tuple[float, str]] = field(default_factory=dict)  # call id -> (time, function)
+    nats_url: str = ""
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -113,7 +114,7 @@ class Dev:
         )
         self._spawn("nats-server", [nats_binary(), "-c", str(conf)], {})
         await self._wait_http(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true", "nats-server")
-        nats_url = f"nats://127.0.0.1:{nats_port}"
+        nats_url = self.nats_url = f"nats://127.0.0.1:{nats_port}"
         self.say(f"nats-server  {nats_url}  (JetStream in {self.tmp / 'jetstream'})")
 
         self.runner = web.AppRunner(self.samples.app(), access_log=None)
@@ -293,13 +294,8 @@ class Dev:
             f"  curl -s {g}/async-calls/<X-Call-Id from above>\n"
             f"  curl -i -X POST {g}/async-function/sleep -d 20 && curl -X DELETE {g}/async-calls/<call id>\n"
             f"  curl -s {g}/metrics | grep gateway_async\n"
-            f"  JETQUEUE_NATS_URL={self.nats_url()} .venv/bin/jetqueue status"
+            f"  JETQUEUE_NATS_URL={self.nats_url} .venv/bin/jetqueue status"
         )
-
-    def nats_url(self) -> str:
-        conf = (self.tmp / "nats.conf").read_text()
-        port = conf.split("port: ", 1)[1].split("\n", 1)[0]
-        return f"nats://127.0.0.1:{port}"
 
     # ---- stop ------------------------------------------------------------------------------------
 
