@@ -122,11 +122,8 @@ async def bare_loop(nc: nats.NATS, url: str, inflight: int, stop: asyncio.Event)
     await js.delete_consumer(STREAM, "bare")
 
 
-@contextlib.asynccontextmanager
-async def jetqueue_worker(
-    nc: nats.NATS, url_nats: str, url_fn: str, inflight: int, status: bool
-) -> AsyncIterator[None]:
-    s = WorkerSettings(
+def bench_settings(url_nats: str, url_fn: str, inflight: int, status: bool) -> WorkerSettings:
+    return WorkerSettings(
         nats_url=url_nats,
         function_url=url_fn,
         queue=QUEUE,
@@ -136,6 +133,32 @@ async def jetqueue_worker(
         call_status=status,
         log_level="warning",
     )
+
+
+@contextlib.asynccontextmanager
+async def local_function(
+    handler: Callable[[aiohttp.web.Request], Awaitable[aiohttp.web.Response]],
+) -> AsyncIterator[str]:
+    """An in-process function server on loopback; yields its URL template."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route("*", "/function/{name}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/function/{{function}}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def jetqueue_worker(
+    nc: nats.NATS, url_nats: str, url_fn: str, inflight: int, status: bool
+) -> AsyncIterator[None]:
+    s = bench_settings(url_nats, url_fn, inflight, status)
     w = Worker(s, WorkerMetrics())
     await w.start()
     try:
@@ -293,18 +316,18 @@ async def latency(nats_url: str, fn_url: str, samples: int, backlog: int) -> tup
     from aiohttp import web
 
     invoked: dict[str, float] = {}
-    app = web.Application()
 
     async def fn(request: web.Request) -> web.Response:
         invoked[request.headers.get("X-Call-Id", "") or (await request.read()).decode()] = time.perf_counter()
         return web.Response(text="ok")
 
-    app.router.add_route("*", "/function/{name}", fn)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    timing_url = f"http://127.0.0.1:{port}/function/{{function}}"
+    async with local_function(fn) as timing_url:
+        return await _latency(nats_url, timing_url, invoked, samples, backlog)
+
+
+async def _latency(
+    nats_url: str, timing_url: str, invoked: dict[str, float], samples: int, backlog: int
+) -> tuple[list[float], list[float]]:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await fill(nc, 0, 1)
@@ -337,7 +360,6 @@ async def latency(nats_url: str, fn_url: str, samples: int, backlog: int) -> tup
             await task
         results.append(lat)
     await nc.close()
-    await runner.cleanup()
     return results[0], results[1]
 
 
@@ -391,13 +413,11 @@ async def scale_out(nats_url: str, n: int) -> tuple[float, float]:
         await asyncio.sleep(0.05)
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_route("*", "/function/{name}", slow)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    url = f"http://127.0.0.1:{port}/function/{{function}}"
+    async with local_function(slow) as url:
+        return await _scale_out(nats_url, url, n)
+
+
+async def _scale_out(nats_url: str, url: str, n: int) -> tuple[float, float]:
     nc = await nats.connect(nats_url)
     rates = []
     for workers in (1, 2):
@@ -405,24 +425,13 @@ async def scale_out(nats_url: str, n: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         async with contextlib.AsyncExitStack() as stack:
             for _ in range(workers):
-                s = WorkerSettings(
-                    nats_url=nats_url,
-                    function_url=url,
-                    queue=QUEUE,
-                    max_inflight=10,
-                    http_host="127.0.0.1",
-                    http_port=free_port(),
-                    call_status=False,
-                    log_level="warning",
-                )
-                w = Worker(s, WorkerMetrics())
+                w = Worker(bench_settings(nats_url, url, 10, False), WorkerMetrics())
                 await w.start()
                 stack.push_async_callback(w.stop)
             await drained(nc)
             rates.append(n / (time.perf_counter() - t0))
         await nc.jetstream().delete_consumer(STREAM, f"{QUEUE}-workers")
     await nc.close()
-    await runner.cleanup()
     return rates[0], rates[1]
 
 

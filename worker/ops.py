@@ -76,12 +76,17 @@ async def status(js: JetStreamContext, queue: str | None, out: TextIO = sys.stdo
     return 0
 
 
-async def purge(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO = sys.stdout) -> int:
+async def _queued(js: JetStreamContext, queue: str) -> tuple[str, int]:
+    """The queue's stream and how many calls it holds (what a purge or reset would lose)."""
     stream = contract.stream_name(queue)
     try:
-        n = (await js.stream_info(stream)).state.messages
+        return stream, (await js.stream_info(stream)).state.messages
     except NotFoundError:
         raise OpsError(f"queue {queue!r} has no stream {stream}") from None
+
+
+async def purge(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO = sys.stdout) -> int:
+    stream, n = await _queued(js, queue)
     if not confirm(f"Purge {n} queued call(s) from {stream}? They will not run."):
         out.write("nothing done\n")
         return 1
@@ -91,11 +96,7 @@ async def purge(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO 
 
 
 async def reset(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO = sys.stdout) -> int:
-    stream = contract.stream_name(queue)
-    try:
-        n = (await js.stream_info(stream)).state.messages
-    except NotFoundError:
-        raise OpsError(f"queue {queue!r} has no stream {stream}") from None
+    stream, n = await _queued(js, queue)
     if not confirm(
         f"Delete stream {stream} and its consumers, losing {n} queued call(s)? Workers recreate them when they restart."
     ):
