@@ -45,8 +45,8 @@ class Slots:
     def free(self) -> int:
         return max(0, self.limit - self.used)
 
-    def take(self, n: int = 1) -> None:
-        self.used += n
+    def take(self) -> None:
+        self.used += 1
 
     def release(self) -> None:
         self.used -= 1

@@ -67,6 +67,11 @@ class FunctionMode:
             )
         self._discover = asyncio.create_task(self._discover_loop())
 
+    @property
+    def alive(self) -> bool:
+        """The discovery loop is running (it ends only on stop)."""
+        return self._discover is not None and not self._discover.done()
+
     def share(self, function: str) -> int:
         """Free slots this function may still take: its fair share of max_inflight among the functions
         with work, capped by its adaptive limit."""

@@ -263,17 +263,22 @@ class Gateway:
             return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
         return None
 
-    async def get_status(self, request: web.Request) -> web.Response:
-        call_id = request.match_info["call_id"]
-        if (bad := self._check_id(call_id)) is not None:
-            return bad
+    async def _lookup(self, call_id: str) -> status.Entry | web.Response:
+        """The call's status entry, or the answer to give when there is none (404) or NATS fails (503)."""
         try:
             entry = await self.status.get(call_id)
         except Exception:
             return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
         if entry is None:
             return problem(404, f"no call {call_id!r} (unknown, or its status expired)")
-        return web.json_response(entry.record)
+        return entry
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        call_id = request.match_info["call_id"]
+        if (bad := self._check_id(call_id)) is not None:
+            return bad
+        entry = await self._lookup(call_id)
+        return entry if isinstance(entry, web.Response) else web.json_response(entry.record)
 
     async def cancel(self, request: web.Request) -> web.Response:
         call_id = request.match_info.get("call_id") or request.match_info["name"]
@@ -281,12 +286,9 @@ class Gateway:
             return bad
         assert self.nc is not None
         for _ in range(5):
-            try:
-                entry = await self.status.get(call_id)
-            except Exception:
-                return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
-            if entry is None:
-                return problem(404, f"no call {call_id!r} (unknown, or its status expired)")
+            entry = await self._lookup(call_id)
+            if isinstance(entry, web.Response):
+                return entry
             state = entry.record.get("state")
             if state in status.FINAL:
                 return problem(409, f"call {call_id!r} already {state}")

@@ -72,15 +72,6 @@ class StatusStore:
             return None
         return Entry(json.loads(e.value), e.revision or 0)
 
-    async def put(self, call_id: str, record: Record) -> int | None:
-        if self.kv is None:
-            return None
-        try:
-            return int(await self.kv.put(call_id, json.dumps(record).encode()))
-        except Exception as e:  # observability must not stop the call
-            log.warning("status write failed: %r", e, extra={"call_id": call_id})
-            return None
-
     async def update(self, call_id: str, record: Record, last: int | None) -> int | None:
         """Compare-and-set; raises KeyWrongLastSequenceError when someone wrote in between."""
         if self.kv is None:

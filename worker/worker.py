@@ -104,8 +104,8 @@ class Worker:
         return await serve(app, self.s.http_host, self.s.http_port)
 
     def _alive(self) -> bool:
-        if self.function_mode is not None and self.function_mode._discover is not None:
-            return not self.function_mode._discover.done() or self._stop.is_set()
+        if self.function_mode is not None:
+            return self.function_mode.alive or self._stop.is_set()
         return not any(t.done() for t in self._loop_tasks) or self._stop.is_set()
 
     def _ready(self) -> str | None:
