@@ -34,6 +34,8 @@ test: $(STAMP) ## run the whole test suite (real nats-server, real Helm engine)
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	rm -rf $(VENV)/typecheck && mkdir -p $(VENV)/typecheck/jetqueue
+	ln -s $(CURDIR)/worker/* $(VENV)/typecheck/jetqueue/ && ln -s $(CURDIR)/generator $(VENV)/typecheck/jetqueue/generator
 	$(BIN)/mypy
 
 docs: $(STAMP) ## regenerate the generated parts of README.md from the schemas

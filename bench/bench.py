@@ -25,12 +25,12 @@ from nats.js.api import AckPolicy, ConsumerConfig
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from jetqueue import contract  # noqa: E402
+from jetqueue.provision import QueueStreams, ensure_dlq_stream, ensure_stream  # noqa: E402
+from jetqueue.queueworker.metrics import WorkerMetrics  # noqa: E402
+from jetqueue.queueworker.process import Worker  # noqa: E402
+from jetqueue.settings import WorkerSettings  # noqa: E402
 from tests.servers import NatsServer, cluster, free_port  # noqa: E402
-from worker import contract  # noqa: E402
-from worker.metrics import WorkerMetrics  # noqa: E402
-from worker.settings import WorkerSettings  # noqa: E402
-from worker.streams import QueueStreams, ensure_dlq_stream, ensure_stream  # noqa: E402
-from worker.worker import Worker  # noqa: E402
 
 QUEUE = "bench"
 STREAM = contract.stream_name(QUEUE)

@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from generator import docs, install
-from generator.render import render, write_atomically
-from generator.validate import Result, validate_text
+from jetqueue.generator import docs, install
+from jetqueue.generator.render import render, write_atomically
+from jetqueue.generator.validate import Result, validate_text
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,7 +122,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     import asyncio
 
-    from generator import dev
+    from jetqueue.generator import dev
 
     file = Path(args.file) if args.file else dev.DEFAULT_FILE
     return asyncio.run(dev.run(file, args.calls, args.no_load, args.exit, args.port, args.keep_data))

@@ -26,10 +26,10 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from generator import envmap
-from generator.render import gateway_values, worker_values
-from generator.samples import Samples
-from generator.validate import validate_text
+from jetqueue.generator import envmap
+from jetqueue.generator.render import gateway_values, worker_values
+from jetqueue.generator.samples import Samples
+from jetqueue.generator.validate import validate_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILE = ROOT / "examples" / "dev.yaml"

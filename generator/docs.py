@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from generator.model import schema
+from jetqueue.generator.model import schema
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -64,7 +64,7 @@ def queues_reference() -> str:
 
 
 def settings_reference() -> str:
-    from worker.settings import env_reference
+    from jetqueue.settings import env_reference
 
     return env_reference()
 
@@ -89,7 +89,7 @@ def update(text: str) -> str:
 
 
 def run(write: bool, path: Path = README) -> int:
-    from generator.chartdocs import stale
+    from jetqueue.generator.chartdocs import stale
 
     current = path.read_text(encoding="utf-8")
     fresh = update(current)

@@ -78,7 +78,7 @@ async def _stats(samples: Samples, request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    """`python -m generator.samples PORT`: the sample functions as a server (the kind suite deploys it)."""
+    """`python -m jetqueue.generator.samples PORT`: the sample functions as a server (the kind suite deploys it)."""
     import sys
 
     samples = Samples()

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from generator.problems import Path, Problem
+from jetqueue.generator.problems import Path, Problem
 
 
 @dataclass

@@ -10,10 +10,10 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, relevance
 
-from generator import model
-from generator.problems import Path, Problem
-from generator.source import Source, SourceError, load
-from worker.durations import parse_duration
+from jetqueue.durations import parse_duration
+from jetqueue.generator import model
+from jetqueue.generator.problems import Path, Problem
+from jetqueue.generator.source import Source, SourceError, load
 
 MIN_ACK_WAIT = 2.0
 GRACE_MARGIN = 15.0

@@ -9,12 +9,12 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
+from jetqueue import contract
+from jetqueue.contract import Call
+from jetqueue.queueworker.metrics import WorkerMetrics
+from jetqueue.queueworker.process import Worker
+from jetqueue.settings import WorkerSettings
 from tests.servers import free_port
-from worker import contract
-from worker.contract import Call
-from worker.metrics import WorkerMetrics
-from worker.settings import WorkerSettings
-from worker.worker import Worker
 
 
 def worker_settings(nats_url: str, function_url: str, **kw: Any) -> WorkerSettings:
@@ -74,7 +74,7 @@ async def connect(url: str) -> Client:
 
 
 def gateway_settings(nats_url: str, **kw: Any) -> Any:
-    from worker.settings import GatewaySettings
+    from jetqueue.settings import GatewaySettings
 
     base: dict[str, Any] = {"nats_url": nats_url, "http_host": "127.0.0.1", "http_port": free_port()}
     base.update(kw)
@@ -87,7 +87,7 @@ def gateway_settings(nats_url: str, **kw: Any) -> Any:
 async def running_gateway(settings: Any) -> AsyncIterator[Any]:
     import asyncio
 
-    from worker.gateway import Gateway
+    from jetqueue.gateway.server import Gateway
 
     gw = Gateway(settings)
     await gw.start()

@@ -18,10 +18,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from generator import envmap
-from generator.chartdocs import stale
-from generator.render import render
-from generator.validate import validate_text
+from jetqueue.generator import envmap
+from jetqueue.generator.chartdocs import stale
+from jetqueue.generator.render import render
+from jetqueue.generator.validate import validate_text
 from tests.servers import eventually, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +134,7 @@ def test_deployment_env_is_what_the_code_reads(rel):
         if chart == "gateway" and merged["gateway"]["auth"]["method"] == "bearer":
             expected_secret["JETQUEUE_AUTH_TOKEN"] = (merged["gateway"]["auth"]["secretName"], "token")
         assert secret == expected_secret
-        from worker.settings import GatewaySettings, WorkerSettings
+        from jetqueue.settings import GatewaySettings, WorkerSettings
 
         cls = GatewaySettings if chart == "gateway" else WorkerSettings
         known = {f"JETQUEUE_{f.upper()}" for f in cls.__dataclass_fields__}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from generator import docs
-from generator.model import schema
+from jetqueue.generator import docs
+from jetqueue.generator.model import schema
 
 
 def test_readme_reference_is_current(repo_root):

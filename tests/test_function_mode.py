@@ -7,11 +7,11 @@ import time
 
 from aiohttp import web
 
+from jetqueue.provision import StreamSetupError
+from jetqueue.queueworker.adaptive import Adaptive
+from jetqueue.queueworker.process import Worker
 from tests.helpers import connect, enqueue, running_worker, worker_settings
 from tests.servers import eventually
-from worker.adaptive import Adaptive
-from worker.streams import StreamSetupError
-from worker.worker import Worker
 
 
 def sleeper(seconds: float):

@@ -284,7 +284,7 @@ async def test_purge_and_reset_say_what_they_lose(nats_server):
 
 
 async def test_submit_command_and_library(nats_server, functions, callbacks):
-    from worker.submit import submit_http
+    from jetqueue.client import submit_http
 
     async with (
         running_gateway(gateway_settings(nats_server.url)) as gw,

@@ -114,8 +114,8 @@ def test_status_and_cancel_match_the_document(gateway, method, call_id):
 
 
 def test_every_route_is_documented():
-    from worker.gateway import Gateway
-    from worker.settings import GatewaySettings
+    from jetqueue.gateway.server import Gateway
+    from jetqueue.settings import GatewaySettings
 
     app = Gateway(GatewaySettings()).app()
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource}

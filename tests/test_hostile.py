@@ -9,9 +9,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from jetqueue import contract
 from tests.helpers import connect, running_worker, worker_settings
 from tests.servers import FunctionServer, NatsServer, eventually
-from worker import contract
 
 token = st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters="*>."), min_size=1, max_size=20

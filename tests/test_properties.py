@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator.render import render, write_atomically
-from generator.validate import validate_text
+from jetqueue.generator.render import render, write_atomically
+from jetqueue.generator.validate import validate_text
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = yaml.safe_load((ROOT / "queues.yaml").read_text())

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from generator.render import render, write_atomically
-from generator.validate import validate_text
+from jetqueue.generator.render import render, write_atomically
+from jetqueue.generator.validate import validate_text
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = {"production": "queues.yaml", "dev": "tests/data/dev.yaml", "external": "tests/data/external.yaml"}

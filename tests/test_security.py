@@ -101,7 +101,7 @@ async def test_nats_tls_end_to_end(tmp_path, functions, callbacks, ca, mutual):
 
 
 def test_settings_repr_hides_every_secret():
-    from worker.settings import GatewaySettings, WorkerSettings
+    from jetqueue.settings import GatewaySettings, WorkerSettings
 
     g = GatewaySettings(nats_password="p1", nats_token="t1", auth_token="t2", auth_password="p2")
     w = WorkerSettings(nats_password="p1", nats_token="t1")

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from generator.validate import validate_text
+from jetqueue.generator.validate import validate_text
 
 
 def problems(doc: str) -> list[str]:

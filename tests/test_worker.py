@@ -11,12 +11,12 @@ import pytest
 from aiohttp import web
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
+from jetqueue import contract
+from jetqueue.provision import StreamSetupError
+from jetqueue.queueworker.decision import RetryPolicy, parse_retry_after
+from jetqueue.queueworker.process import Worker
 from tests.helpers import connect, dead_letters, enqueue, running_worker, worker_settings
 from tests.servers import eventually
-from worker import contract
-from worker.retry import RetryPolicy, parse_retry_after
-from worker.streams import StreamSetupError
-from worker.worker import Worker
 
 
 def sequence(*responses: tuple[int, dict[str, str]]):
@@ -323,7 +323,7 @@ async def test_callback_receiver_down_then_back(nats_server, functions, callback
 
 
 def test_settings_from_env_name_the_variable_and_hide_secrets():
-    from worker.settings import SettingsError, WorkerSettings
+    from jetqueue.settings import SettingsError, WorkerSettings
 
     s = WorkerSettings.from_env(
         {

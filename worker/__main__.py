@@ -1,3 +1,3 @@
-from worker.cli import main
+from jetqueue.cli import main
 
 raise SystemExit(main())

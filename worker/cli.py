@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from worker import __version__
+from jetqueue import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jetqueue {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     try:
-        from generator.cli import add_commands
+        from jetqueue.generator.cli import add_commands
     except ImportError as e:  # the worker image: no generator dependencies
         missing = str(e)
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_parser(name, help="(needs the generator extra)").set_defaults(func=unavailable)
     else:
         add_commands(sub)
-    from worker.commands import add_commands as add_runtime_commands
+    from jetqueue.ops.commands import add_commands as add_runtime_commands
 
     add_runtime_commands(sub)
     return parser

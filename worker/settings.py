@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from worker import contract
-from worker.durations import format_duration, parse_duration
+from jetqueue import contract
+from jetqueue.durations import format_duration, parse_duration
 
 PREFIX = "JETQUEUE_"
 T = TypeVar("T", bound="_Base")

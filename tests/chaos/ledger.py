@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 
-from worker import contract
-from worker.status import FINAL
+from jetqueue import contract
+from jetqueue.callstatus import FINAL
 
 
 @dataclass

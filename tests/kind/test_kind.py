@@ -21,8 +21,8 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from generator.render import render, write_atomically
-from generator.validate import validate_text
+from jetqueue.generator.render import render, write_atomically
+from jetqueue.generator.validate import validate_text
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +104,7 @@ def installed(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
                 {
                     "op": "add",
                     "path": "/spec/template/spec/containers/0/command",
-                    "value": ["python", "-m", "generator.samples", "8080"],
+                    "value": ["python", "-m", "jetqueue.generator.samples", "8080"],
                 },
                 {"op": "add", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "Never"},
             ]

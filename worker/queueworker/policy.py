@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.durations import parse_duration
-from worker.retry import RetryPolicy
-from worker.settings import SettingsError, WorkerSettings
+from jetqueue.durations import parse_duration
+from jetqueue.queueworker.decision import RetryPolicy
+from jetqueue.settings import SettingsError, WorkerSettings
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import time
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from worker import contract
+from jetqueue import contract
 
 HEADER_VALUE_MAX = 1024
 

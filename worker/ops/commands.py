@@ -8,8 +8,9 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 
-from worker import contract, logs, ops
-from worker.settings import GatewaySettings, SettingsError, WorkerSettings, _Base
+from jetqueue import contract, logs
+from jetqueue.ops import queues
+from jetqueue.settings import GatewaySettings, SettingsError, WorkerSettings, _Base
 
 ENV_HELP = "Every setting is an environment variable; see README.md, 'Runtime settings'."
 
@@ -57,7 +58,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("status", help="pending, in-flight, redelivered and dead letters per queue and function")
     p.add_argument("queue", nargs="?", help="one queue (default: every OF_* stream)")
     nats_args(p)
-    p.set_defaults(func=lambda a: _ops(a, lambda nc: ops.status(nc.jetstream(), a.queue)))
+    p.set_defaults(func=lambda a: _ops(a, lambda nc: queues.status(nc.jetstream(), a.queue)))
 
     for name, text in (
         ("purge", "drop the queued calls of a queue (stream and consumers kept)"),
@@ -67,9 +68,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         p.add_argument("queue")
         p.add_argument("--yes", action="store_true", help="do not ask")
         nats_args(p)
-        p.set_defaults(
-            func=lambda a, name=name: _ops(a, lambda nc: getattr(ops, name)(nc.jetstream(), a.queue, ops.ask(a.yes)))
-        )
+        action = getattr(queues, name)
+        p.set_defaults(func=lambda a, act=action: _ops(a, lambda nc: act(nc.jetstream(), a.queue, queues.ask(a.yes))))
 
     p = sub.add_parser(
         "dlq",
@@ -94,7 +94,7 @@ def _settings_for_cli(nats_url: str | None) -> _Base:
 
 
 def _ops(args: argparse.Namespace, action: Callable[..., Awaitable[int]]) -> int:
-    from worker.connections import connect
+    from jetqueue.connection import connect
 
     async def go() -> int:
         nc = await connect(_settings_for_cli(args.nats_url), "jetqueue-cli", connect_attempts=3)
@@ -105,19 +105,21 @@ def _ops(args: argparse.Namespace, action: Callable[..., Awaitable[int]]) -> int
 
     try:
         return asyncio.run(go())
-    except (ops.OpsError, ConnectionError, SettingsError) as e:
+    except (queues.OpsError, ConnectionError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     if args.action == "list":
-        return _ops(args, lambda nc: ops.dlq_list(nc.jetstream(), args.queue, args.function, args.call_id))
+        return _ops(args, lambda nc: queues.dlq_list(nc.jetstream(), args.queue, args.function, args.call_id))
     if args.action == "show":
-        return _ops(args, lambda nc: ops.dlq_show(nc.jetstream(), args.queue, args.function, args.call_id))
+        return _ops(args, lambda nc: queues.dlq_show(nc.jetstream(), args.queue, args.function, args.call_id))
     if args.action == "replay":
-        return _ops(args, lambda nc: ops.dlq_replay(nc, args.queue, args.function, args.call_id, ops.ask(args.yes)))
-    return _ops(args, lambda nc: ops.dlq_purge(nc.jetstream(), args.queue, args.function, ops.ask(args.yes)))
+        return _ops(
+            args, lambda nc: queues.dlq_replay(nc, args.queue, args.function, args.call_id, queues.ask(args.yes))
+        )
+    return _ops(args, lambda nc: queues.dlq_purge(nc.jetstream(), args.queue, args.function, queues.ask(args.yes)))
 
 
 def _body(data: str) -> bytes:
@@ -130,7 +132,7 @@ def _body(data: str) -> bytes:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from worker.submit import SubmitError, submit_http, submit_nats
+    from jetqueue.client import SubmitError, submit_http, submit_nats
 
     try:
         body = _body(args.data)
@@ -150,7 +152,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 args.call_id,
                 token=os.environ.get("JETQUEUE_AUTH_TOKEN", ""),
             )
-        from worker.connections import connect
+        from jetqueue.connection import connect
 
         nc = await connect(_settings_for_cli(args.nats_url), "jetqueue-submit", connect_attempts=3)
         try:
@@ -170,13 +172,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         settings = WorkerSettings.from_env()
         logs.setup(settings.log_format, settings.log_level)
-        from worker.functions import Policies
+        from jetqueue.queueworker.policy import Policies
 
         Policies.from_settings(settings)  # a bad overrides file fails now, not at the first call
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from worker.worker import run
+    from jetqueue.queueworker.process import run
 
     return asyncio.run(run(settings))
 
@@ -185,12 +187,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     try:
         settings = GatewaySettings.from_env()
         logs.setup(settings.log_format, settings.log_level)
-        from worker.routing import Routing
+        from jetqueue.gateway.routing import Routing
 
         Routing.from_settings(settings)
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from worker.gateway import run
+    from jetqueue.gateway.server import run
 
     return asyncio.run(run(settings))

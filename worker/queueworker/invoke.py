@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from multidict import CIMultiDict
 
-from worker.contract import Call
+from jetqueue.contract import Call
 
 BODY_EXCERPT = 512
 

@@ -22,12 +22,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from worker import contract, status, streams
-from worker.connections import connect
-from worker.httpserver import add_probes, serve
-from worker.routing import Routing
-from worker.settings import GatewaySettings
-from worker.status import StatusStore, open_bucket
+from jetqueue import callstatus, contract, provision
+from jetqueue.callstatus import StatusStore, open_bucket
+from jetqueue.connection import connect
+from jetqueue.gateway.routing import Routing
+from jetqueue.probes import add_probes, serve
+from jetqueue.settings import GatewaySettings
 
 log = logging.getLogger("jetqueue.gateway")
 RETRY_AFTER = "5"
@@ -108,7 +108,7 @@ class Gateway:
         if self.js is None:
             return False
         info = self.routing.queues.get(queue)
-        qs = streams.QueueStreams(
+        qs = provision.QueueStreams(
             queue,
             contract.stream_name(queue),
             contract.dlq_stream_name(queue),
@@ -116,7 +116,7 @@ class Gateway:
             info.storage if info else self.s.stream_storage,
         )
         try:
-            await streams.ensure_stream(self.js, qs)
+            await provision.ensure_stream(self.js, qs)
         except Exception as e:
             log.warning("cannot set up stream for queue %s: %s", queue, e)
             return False
@@ -245,7 +245,7 @@ class Gateway:
         self.publish_seconds.observe(time.perf_counter() - t0)
         if not ack.duplicate and self.status.kv is not None:
             with contextlib.suppress(Exception):  # the worker may have begun already: its write wins
-                await self.status.update(call_id, status.base_record(call), None)
+                await self.status.update(call_id, callstatus.base_record(call), None)
         self._count(name, queue, 202)
         answer = {"X-Call-Id": call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
         if ack.duplicate:
@@ -263,7 +263,7 @@ class Gateway:
             return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
         return None
 
-    async def _lookup(self, call_id: str) -> status.Entry | web.Response:
+    async def _lookup(self, call_id: str) -> callstatus.Entry | web.Response:
         """The call's status entry, or the answer to give when there is none (404) or NATS fails (503)."""
         try:
             entry = await self.status.get(call_id)
@@ -290,13 +290,13 @@ class Gateway:
             if isinstance(entry, web.Response):
                 return entry
             state = entry.record.get("state")
-            if state in status.FINAL:
+            if state in callstatus.FINAL:
                 return problem(409, f"call {call_id!r} already {state}")
             if state == "running":
                 # The worker running it aborts the HTTP call, then records `cancelled` itself.
                 await self.nc.publish(contract.CANCEL_SUBJECT, call_id.encode())
                 return web.json_response({"call_id": call_id, "state": "cancelling"}, status=202)
-            rec = {**entry.record, "state": "cancelled", "updated_at": status.now()}
+            rec = {**entry.record, "state": "cancelled", "updated_at": callstatus.now()}
             rec["finished_at"] = rec["updated_at"]
             try:
                 await self.status.update(call_id, rec, entry.revision)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from worker import __version__
-from worker.metrics import WorkerMetrics
+from jetqueue import __version__
+from jetqueue.queueworker.metrics import WorkerMetrics
 
 log = logging.getLogger("jetqueue.callback")
 

@@ -20,7 +20,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from worker import contract
+from jetqueue import contract
 
 log = logging.getLogger("jetqueue.status")
 FINAL = frozenset({"succeeded", "failed", "dead-lettered", "cancelled"})

@@ -1,6 +1,6 @@
 """Submit a call from code: through the gateway over HTTP, or straight to NATS by the message contract.
 
-from worker.submit import submit_http, submit_nats
+from jetqueue.client import submit_http, submit_nats
 call_id = await submit_http("http://gateway:8080", "resize", b"...", callback_url="http://me/done")
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import aiohttp
 from nats.aio.client import Client
 
-from worker import contract
+from jetqueue import contract
 
 
 class SubmitError(RuntimeError):

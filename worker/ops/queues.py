@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from worker import contract
+from jetqueue import contract
 
 Confirm = Callable[[str], bool]
 

@@ -17,17 +17,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from worker import contract, streams
-from worker.callback import CallbackSender
-from worker.connections import connect
-from worker.consumer import ConsumerLoop, Context, Processor, Slots
-from worker.functionmode import FunctionMode
-from worker.functions import Policies
-from worker.httpserver import add_probes, serve
-from worker.invoke import Invoker
-from worker.metrics import WorkerMetrics
-from worker.settings import WorkerSettings
-from worker.status import StatusStore, open_bucket
+from jetqueue import contract, provision
+from jetqueue.callstatus import StatusStore, open_bucket
+from jetqueue.connection import connect
+from jetqueue.probes import add_probes, serve
+from jetqueue.queueworker.callbacks import CallbackSender
+from jetqueue.queueworker.fetch import ConsumerLoop, Context, Processor, Slots
+from jetqueue.queueworker.functionmode import FunctionMode
+from jetqueue.queueworker.invoke import Invoker
+from jetqueue.queueworker.metrics import WorkerMetrics
+from jetqueue.queueworker.policy import Policies
+from jetqueue.settings import WorkerSettings
 
 log = logging.getLogger("jetqueue.worker")
 PENDING_REFRESH = 5.0
@@ -52,9 +52,9 @@ class Worker:
         self.function_mode: FunctionMode | None = None
 
     @property
-    def queue_streams(self) -> streams.QueueStreams:
+    def queue_streams(self) -> provision.QueueStreams:
         s = self.s
-        return streams.QueueStreams(s.queue, s.stream, s.dlq_stream, s.stream_replicas, s.stream_storage)
+        return provision.QueueStreams(s.queue, s.stream, s.dlq_stream, s.stream_replicas, s.stream_storage)
 
     async def start(self) -> None:
         s = self.s
@@ -67,12 +67,12 @@ class Worker:
         self.nc = await connect(s, f"jetqueue-worker-{s.queue}", on_reconnect=reconnected)
         js = self.nc.jetstream()
         qs = self.queue_streams
-        await streams.ensure_stream(js, qs)
-        await streams.ensure_dlq_stream(js, qs)
+        await provision.ensure_stream(js, qs)
+        await provision.ensure_dlq_stream(js, qs)
         ack_wait = s.ack_wait
         if s.mode == "static":
-            want = streams.static_consumer(s.durable, s.ack_wait, s.max_ack_pending, s.max_waiting)
-            ack_wait = await streams.ensure_consumer(js, s.stream, want)
+            want = provision.static_consumer(s.durable, s.ack_wait, s.max_ack_pending, s.max_waiting)
+            ack_wait = await provision.ensure_consumer(js, s.stream, want)
         kv = await open_bucket(js, s.status_ttl, s.stream_replicas, s.stream_storage) if s.call_status else None
         self.invoker = Invoker(s.function_url, s.max_inflight)
         self.callbacks = CallbackSender(s.queue, self.metrics, s.callback_attempts, s.callback_timeout)
@@ -182,7 +182,7 @@ async def run(settings: WorkerSettings) -> int:
         loop.add_signal_handler(sig, worker.request_stop)
     try:
         await worker.start()
-    except (streams.StreamSetupError, ConnectionError, OSError) as e:
+    except (provision.StreamSetupError, ConnectionError, OSError) as e:
         log.error("cannot start: %s", e)
         await worker.stop()
         return 1

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker import contract
-from worker.settings import GatewaySettings, SettingsError
+from jetqueue import contract
+from jetqueue.settings import GatewaySettings, SettingsError
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from worker.settings import _Base
+from jetqueue.settings import _Base
 
 log = logging.getLogger("jetqueue.nats")
 

@@ -17,10 +17,10 @@ import math
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from worker import streams
-from worker.adaptive import Adaptive
-from worker.consumer import ConsumerLoop, Context, Processor, Slots
-from worker.settings import WorkerSettings
+from jetqueue import provision
+from jetqueue.queueworker.adaptive import Adaptive
+from jetqueue.queueworker.fetch import ConsumerLoop, Context, Processor, Slots
+from jetqueue.settings import WorkerSettings
 
 log = logging.getLogger("jetqueue.functionmode")
 DISCOVER_EVERY = 0.25  # one stream-info request, whatever the backlog
@@ -60,7 +60,7 @@ class FunctionMode:
         with contextlib.suppress(Exception):
             static = await self.js.consumer_info(self.s.stream, self.s.durable)
         if static is not None:
-            raise streams.StreamSetupError(
+            raise provision.StreamSetupError(
                 f"stream {self.s.stream} has the static-mode consumer {self.s.durable}: a work queue cannot have "
                 "both. Stop the static workers, then remove it (nats consumer rm "
                 f"{self.s.stream} {self.s.durable}) and start function mode again."
@@ -91,7 +91,7 @@ class FunctionMode:
                         loop.has_work = True
                         continue
                     await self._start_function(function)
-            except streams.StreamSetupError as e:
+            except provision.StreamSetupError as e:
                 log.error("%s", e)
             except Exception as e:
                 log.debug("discovery failed: %r", e)
@@ -110,7 +110,7 @@ class FunctionMode:
             max_waiting=self.s.max_waiting,
             inactive_threshold=self.s.inactive_threshold,
         )
-        await streams.ensure_consumer(self.js, self.s.stream, want)
+        await provision.ensure_consumer(self.js, self.s.stream, want)
         psub = await self.js.pull_subscribe_bind(durable=name, stream=self.s.stream)
         old = self.loops.get(function)
         if old is not None:

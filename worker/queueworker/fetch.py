@@ -17,15 +17,15 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 
-from worker import contract, status
-from worker.callback import CallbackRequest, CallbackSender
-from worker.contract import BadMessage, Call
-from worker.deadletter import dead_letter
-from worker.functions import Policies
-from worker.invoke import Invoker, Outcome
-from worker.metrics import WorkerMetrics, status_class
-from worker.retry import parse_retry_after
-from worker.status import StatusStore
+from jetqueue import callstatus, contract
+from jetqueue.callstatus import StatusStore
+from jetqueue.contract import BadMessage, Call
+from jetqueue.queueworker.callbacks import CallbackRequest, CallbackSender
+from jetqueue.queueworker.deadletter import dead_letter
+from jetqueue.queueworker.decision import parse_retry_after
+from jetqueue.queueworker.invoke import Invoker, Outcome
+from jetqueue.queueworker.metrics import WorkerMetrics, status_class
+from jetqueue.queueworker.policy import Policies
 
 log = logging.getLogger("jetqueue.worker")
 FETCH_MAX = 256
@@ -177,7 +177,7 @@ class Processor:
                 state="retrying",
                 status_code=outcome.status,
                 error=outcome.excerpt(),
-                next_try=round(status.now() + delay, 3),
+                next_try=round(callstatus.now() + delay, 3),
             )
             return
         reason = "exhausted" if policy.retry.retryable(outcome.status) else "rejected"

@@ -20,7 +20,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BadRequestError, NotFoundError
 
-from worker import contract
+from jetqueue import contract
 
 log = logging.getLogger("jetqueue.streams")
 DUPLICATE_WINDOW = 120.0

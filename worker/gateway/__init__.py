@@ -1,0 +1,1 @@
+"""The async gateway: accept calls over HTTP, store them in JetStream, report and cancel them."""

@@ -1,0 +1,1 @@
+"""Operator commands: the runtime subcommands and the queue and dead-letter operations."""
