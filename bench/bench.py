@@ -249,7 +249,7 @@ def gateway_process(nats_url: str, status: bool) -> object:
         "JETQUEUE_CALL_STATUS": "true" if status else "false",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "gateway"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "jetqueue", "gateway"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         for _ in range(400):
@@ -392,7 +392,7 @@ async def rss_with_backlog(nats_url: str, fn_url: str, backlogs: list[int]) -> l
             "JETQUEUE_CALL_STATUS": "false",
         }
         proc = subprocess.Popen(  # noqa: ASYNC220 - the process whose memory is measured
-            [sys.executable, "-m", "worker", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "jetqueue", "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         await asyncio.sleep(5)
         rows.append((n, peak_rss_mib(proc.pid)))

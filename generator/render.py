@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from jetqueue import contract
+from jetqueue.contract import jetstream
 from jetqueue.durations import parse_duration
 from jetqueue.generator.model import deep_merge, parse_quantity
 
@@ -188,7 +189,7 @@ def _autoscaling(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     if q["mode"] == "static":
         consumers = [contract.durable_name(name)]
     else:
-        consumers = [f"{name}-fn-{fn.replace('.', '_')}" for fn in q["functions"]]
+        consumers = [contract.function_consumer_name(name, fn) for fn in q["functions"]]
     return {
         "type": a["type"],
         "minReplicas": a["minReplicas"],
@@ -225,58 +226,28 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def nack_resources(cfg: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """NACK Stream and Consumer for a queue; storage, ackPolicy and ackWait always explicit (the CRD
-    defaults memory, none and 1ns would break a work queue)."""
+    """NACK Stream and Consumer resources for a queue, from the same definitions the worker applies
+    (`jetqueue.contract.jetstream`)."""
     q = cfg["queues"][name]
-    meta = {"namespace": cfg["namespace"]}
-    stream = {
-        "apiVersion": "jetstream.nats.io/v1beta2",
-        "kind": "Stream",
-        "metadata": {"name": f"{name}-stream", **meta},
-        "spec": {
-            "name": contract.stream_name(name),
-            "subjects": [f"{name}.>"],
-            "retention": "workqueue",
-            "storage": _storage(cfg),
-            "replicas": q["streamReplication"],
-            "discard": "old",
-            "duplicateWindow": "2m",
-        },
-    }
-    dlq = {
-        "apiVersion": "jetstream.nats.io/v1beta2",
-        "kind": "Stream",
-        "metadata": {"name": f"{name}-dlq-stream", **meta},
-        "spec": {
-            "name": contract.dlq_stream_name(name),
-            "subjects": [f"{contract.DLQ_PREFIX}.{name}.>"],
-            "retention": "limits",
-            "storage": _storage(cfg),
-            "replicas": q["streamReplication"],
-            "discard": "old",
-        },
-    }
-    resources = [stream, dlq]
+    storage, replicas = _storage(cfg), q["streamReplication"]
+    specs: list[tuple[str, str, dict[str, Any]]] = [
+        ("Stream", f"{name}-stream", jetstream.work_stream(name, replicas, storage).to_nack()),
+        ("Stream", f"{name}-dlq-stream", jetstream.dead_letter_stream(name, replicas, storage).to_nack()),
+    ]
     if q["mode"] == "static":  # function mode creates its per-function consumers on demand
-        resources.append(
-            {
-                "apiVersion": "jetstream.nats.io/v1beta2",
-                "kind": "Consumer",
-                "metadata": {"name": f"{name}-workers", **meta},
-                "spec": {
-                    "streamName": contract.stream_name(name),
-                    "durableName": contract.durable_name(name),
-                    "deliverPolicy": "all",
-                    "ackPolicy": "explicit",
-                    "ackWait": q["ackWait"],
-                    "maxDeliver": -1,
-                    "maxAckPending": q["maxAckPending"],
-                    "maxWaiting": q["maxWaiting"],
-                    "replayPolicy": "instant",
-                },
-            }
-        )
-    return resources
+        consumer = jetstream.static_consumer(
+            name, parse_duration(q["ackWait"]), q["maxAckPending"], q["maxWaiting"]
+        ).to_nack()
+        specs.append(("Consumer", contract.durable_name(name), consumer))
+    return [
+        {
+            "apiVersion": "jetstream.nats.io/v1beta2",
+            "kind": kind,
+            "metadata": {"name": resource, "namespace": cfg["namespace"]},
+            "spec": spec,
+        }
+        for kind, resource, spec in specs
+    ]
 
 
 def worker_release(name: str) -> str:

@@ -1,9 +1,13 @@
-"""Helpers: run a worker in the test's loop, enqueue calls following the message contract."""
+"""Helpers: run a worker or gateway in the test's loop or as a process, enqueue calls by the message contract."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -93,9 +97,31 @@ async def running_gateway(settings: Any) -> AsyncIterator[Any]:
     await gw.start()
     try:
         for _ in range(400):  # connected and streams ready
-            if gw.nc is not None and gw.nc.is_connected and gw.ready_streams:
+            if gw.backend.connected and gw.backend.ready_streams:
                 break
             await asyncio.sleep(0.025)
         yield gw
     finally:
         await gw.stop()
+
+
+def worker_env(nats_url: str, function_url: str, **kw: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETQUEUE_")}
+    env.update(
+        {
+            "JETQUEUE_NATS_URL": nats_url,
+            "JETQUEUE_FUNCTION_URL": function_url,
+            "JETQUEUE_HTTP_HOST": "127.0.0.1",
+            "JETQUEUE_HTTP_PORT": str(free_port()),
+            "JETQUEUE_INITIAL_RETRY_WAIT": "200ms",
+            "JETQUEUE_MAX_RETRY_WAIT": "2s",
+            "JETQUEUE_LOG_FORMAT": "json",
+        }
+    )
+    env.update({f"JETQUEUE_{k.upper()}": v for k, v in kw.items()})
+    return env
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")
+    return subprocess.Popen([sys.executable, "-m", "jetqueue", "worker"], env=env, stdout=out, stderr=out)

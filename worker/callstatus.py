@@ -1,8 +1,6 @@
 """Call status in a JetStream key-value bucket (`jetqueue-calls`), one key per call id, with a TTL.
 
-States: queued → running → (retrying → running)* → succeeded | failed | dead-lettered | cancelled.
-`failed`: the function answered a status that is not retried; `dead-lettered`: attempts exhausted.
-Both end in the dead-letter stream. Writes are compare-and-set where a cancel may race with them.
+The states are `contract.CallState`. Writes are compare-and-set where a cancel may race with them.
 Status is observability: a failing write is logged, never allowed to stop a call.
 """
 
@@ -16,33 +14,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from jetqueue import contract
+from jetqueue.contract import CallState
 
 log = logging.getLogger("jetqueue.status")
-FINAL = frozenset({"succeeded", "failed", "dead-lettered", "cancelled"})
 Record = dict[str, Any]
 
 
-async def open_bucket(js: JetStreamContext, ttl: float, replicas: int, storage: str) -> KeyValue:
+async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """The call-status bucket, created if missing (config: `contract.jetstream.status_bucket`)."""
     try:
         return await js.key_value(contract.STATUS_BUCKET)
     except BucketNotFoundError:
         pass
     try:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=contract.STATUS_BUCKET,
-                history=1,
-                ttl=ttl,
-                replicas=replicas,
-                storage=StorageType(storage),
-                description="jetqueue call status",
-            )
-        )
+        return await js.create_key_value(config)
     except Exception:  # another process created it first
         return await js.key_value(contract.STATUS_BUCKET)
 
@@ -87,10 +77,10 @@ class StatusStore:
         for _ in range(3):
             try:
                 entry = await self.get(call.call_id)
-                if entry and entry.record.get("state") == "cancelled":
+                if entry and entry.record.get("state") == CallState.CANCELLED:
                     return entry.record, entry.revision
                 rec: Record = dict(entry.record) if entry else base_record(call)
-                rec.update(state="running", attempt=attempt, max_attempts=max_attempts, updated_at=now())
+                rec.update(state=CallState.RUNNING, attempt=attempt, max_attempts=max_attempts, updated_at=now())
                 rec.setdefault("started_at", rec["updated_at"])
                 rec.pop("next_try", None)
                 rev = await self.update(call.call_id, rec, entry.revision if entry else None)
@@ -107,7 +97,7 @@ class StatusStore:
         if self.kv is None:
             return
         rec = {**(rec or base_record(call)), **fields, "updated_at": now()}
-        if rec["state"] in FINAL:
+        if CallState(rec["state"]).final:
             rec["finished_at"] = rec["updated_at"]
         value = json.dumps(rec).encode()
         for pause in (0.2, 0.5, 1.0, 2.0, None):
@@ -121,7 +111,7 @@ class StatusStore:
                 await asyncio.sleep(pause)
 
 
-def base_record(call: contract.Call, state: str = "queued") -> Record:
+def base_record(call: contract.Call, state: CallState = CallState.QUEUED) -> Record:
     return {
         "call_id": call.call_id,
         "state": state,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client
 
 from jetqueue import contract
-from jetqueue.callstatus import FINAL
+from jetqueue.contract import FINAL
 
 
 @dataclass

@@ -13,9 +13,17 @@ import aiohttp
 from aiohttp import web
 
 from tests.chaos.ledger import Ledger
-from tests.helpers import connect, enqueue, gateway_settings, running_gateway, running_worker, worker_settings
+from tests.helpers import (
+    connect,
+    enqueue,
+    gateway_settings,
+    running_gateway,
+    running_worker,
+    start_worker,
+    worker_env,
+    worker_settings,
+)
 from tests.servers import eventually
-from tests.test_worker_process import start_worker, worker_env
 
 
 def worker_process(nats_url: str, function_url: str, log: Path, **kw: str) -> subprocess.Popen[bytes]:
@@ -74,7 +82,7 @@ async def test_nats_down_for_10s_under_submission_load(nats_server, functions):
             nats_server.stop()
             await asyncio.sleep(10)
             nats_server.start()
-            await eventually(lambda: gw.nc is not None and gw.nc.is_connected, timeout=30)
+            await eventually(lambda: gw.backend.connected, timeout=30)
             await asyncio.sleep(2)
             stop.set()
             await asyncio.gather(*clients)

@@ -1,3 +1,13 @@
-"""The contract every part of jetqueue shares: names, the message format, call states, JetStream configs."""
+"""The contract every part of jetqueue shares: the runtime, the generator and the operator commands.
+
+- `names`: every stream, consumer, subject and bucket name, and the name patterns;
+- `message`: how a call travels as a NATS message (subject, headers, body) and is decoded;
+- `states`: the states of a call, as its status record shows them;
+- `jetstream`: the streams, consumers and bucket of a queue, for nats-py and for NACK.
+
+`from jetqueue import contract` gives the first three flat (`contract.stream_name`, `contract.Call`, ...).
+"""
 
 from jetqueue.contract.message import *  # noqa: F403
+from jetqueue.contract.names import *  # noqa: F403
+from jetqueue.contract.states import *  # noqa: F403

@@ -14,16 +14,12 @@ to ``echo`` with the stream sequence as its call id.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-DEFAULT_QUEUE = "faas-request"
-DLQ_PREFIX = "_DLQ"  # queue names are DNS labels, so no queue subject can start with "_"
-CANCEL_SUBJECT = "_JQ.cancel"
-STATUS_BUCKET = "jetqueue-calls"
+from jetqueue.contract.names import CALL_ID, FUNCTION_NAME, QUEUE_NAME
 
 H_MSG_ID = "Nats-Msg-Id"
 H_CALL_ID = "X-Call-Id"
@@ -33,20 +29,16 @@ H_PATH = "Jq-Path"
 H_QUERY = "Jq-Query"
 H_CALLBACK = "Jq-Callback-Url"
 H_FORWARD = "Jq-Header-"
-# Dead-letter metadata
-H_DLQ_REASON = "Jq-Dlq-Reason"
-H_DLQ_STATUS = "Jq-Dlq-Status"
-H_DLQ_ATTEMPTS = "Jq-Dlq-Attempts"
-H_DLQ_ERROR = "Jq-Dlq-Error"
-H_DLQ_SUBJECT = "Jq-Dlq-Subject"
-H_DLQ_TIME = "Jq-Dlq-Time"
+# Dead-letter metadata: every header of a dead letter that jetqueue adds starts with this.
+H_DLQ = "Jq-Dlq-"
+H_DLQ_REASON = H_DLQ + "Reason"
+H_DLQ_STATUS = H_DLQ + "Status"
+H_DLQ_ATTEMPTS = H_DLQ + "Attempts"
+H_DLQ_ERROR = H_DLQ + "Error"
+H_DLQ_SUBJECT = H_DLQ + "Subject"
+H_DLQ_TIME = H_DLQ + "Time"
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-FUNCTION_NAME = re.compile(rf"^{_LABEL}(\.{_LABEL})?$")
-QUEUE_NAME = re.compile(rf"^{_LABEL}$")
-# Call ids are KV keys and header values: keep them to a safe alphabet.
-CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_=.-]{0,127}$")
 # Headers that describe the HTTP hop, not the call, and ours that must not be forwarded.
 _NOT_FORWARDED = frozenset(
     h.lower()
@@ -67,26 +59,6 @@ _NOT_FORWARDED = frozenset(
         "Expect",
     )
 )
-
-
-def stream_name(queue: str) -> str:
-    return f"OF_{queue}"
-
-
-def durable_name(queue: str) -> str:
-    return f"{queue}-workers"
-
-
-def dlq_stream_name(queue: str) -> str:
-    return f"OF_{queue}_DLQ"
-
-
-def subject(queue: str, function: str) -> str:
-    return f"{queue}.{function}"
-
-
-def dlq_subject(queue: str, function: str) -> str:
-    return f"{DLQ_PREFIX}.{queue}.{function}"
 
 
 def new_call_id() -> str:

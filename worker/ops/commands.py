@@ -9,7 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from jetqueue import contract, logs
-from jetqueue.ops import queues
+from jetqueue.ops import deadletters, queues
 from jetqueue.settings import GatewaySettings, SettingsError, WorkerSettings, _Base
 
 ENV_HELP = "Every setting is an environment variable; see README.md, 'Runtime settings'."
@@ -112,14 +112,14 @@ def _ops(args: argparse.Namespace, action: Callable[..., Awaitable[int]]) -> int
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     if args.action == "list":
-        return _ops(args, lambda nc: queues.dlq_list(nc.jetstream(), args.queue, args.function, args.call_id))
+        return _ops(args, lambda nc: deadletters.dlq_list(nc.jetstream(), args.queue, args.function, args.call_id))
     if args.action == "show":
-        return _ops(args, lambda nc: queues.dlq_show(nc.jetstream(), args.queue, args.function, args.call_id))
+        return _ops(args, lambda nc: deadletters.dlq_show(nc.jetstream(), args.queue, args.function, args.call_id))
     if args.action == "replay":
         return _ops(
-            args, lambda nc: queues.dlq_replay(nc, args.queue, args.function, args.call_id, queues.ask(args.yes))
+            args, lambda nc: deadletters.dlq_replay(nc, args.queue, args.function, args.call_id, queues.ask(args.yes))
         )
-    return _ops(args, lambda nc: queues.dlq_purge(nc.jetstream(), args.queue, args.function, queues.ask(args.yes)))
+    return _ops(args, lambda nc: deadletters.dlq_purge(nc.jetstream(), args.queue, args.function, queues.ask(args.yes)))
 
 
 def _body(data: str) -> bytes:

@@ -1,38 +1,81 @@
-"""Retry policy: which outcomes are retried and how long to wait before the next attempt."""
+"""Where a finished attempt's fate is decided: ack it, retry it after a wait, or dead-letter it.
+
+`decide(outcome, attempt, policy)` is pure (no NATS, no clock but the Retry-After date): the handler
+carries out what it returns. Waits: exponential from `initial_wait` to `max_wait`; `full` jitter draws
+between `initial_wait` and the exponential wait, `equal` between half of it and all of it; no wait is
+ever below `initial_wait` (the documented minimum), a Retry-After on 429/503 included.
+"""
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
+from jetqueue.queueworker.invoke import Outcome
+from jetqueue.queueworker.policy import RetryPolicy
+
 RETRY_AFTER_CEILING = 3600.0  # a Retry-After is honoured up to an hour, never more
+_MAX_DOUBLINGS = 64  # past this, 2**n overflows a float long before it matters: the wait is max_wait
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
-    max_attempts: int = 10
-    initial_wait: float = 10.0
-    max_wait: float = 120.0
-    http_codes: frozenset[int] = field(default_factory=lambda: frozenset({408, 429, 500, 502, 503, 504}))
-    backoff: str = "exponential"  # exponential | full | equal
+class Ack:
+    """The call succeeded: remove it from the queue."""
 
-    def retryable(self, status: int | None) -> bool:
-        """None means a platform error (connection refused/reset, timeout): always retried."""
-        return status is None or status in self.http_codes
 
-    def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        if retry_after is not None:
-            return float(max(self.initial_wait, min(retry_after, RETRY_AFTER_CEILING)))
-        base = float(min(self.max_wait, self.initial_wait * 2 ** max(0, attempt - 1)))
-        r: float = (rng or random).random()
-        if self.backoff == "full":
-            return base * r
-        if self.backoff == "equal":
-            return base / 2 + base / 2 * r
-        return base
+@dataclass(frozen=True)
+class Retry:
+    """Run it again after `delay` seconds."""
+
+    delay: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Stop trying: `exhausted` (retryable, attempts used up) or `rejected` (a status that is not retried)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """Cancelled by its caller: stop without a dead letter."""
+
+
+Decision = Ack | Retry | DeadLetter | Cancelled
+
+
+def decide(outcome: Outcome, attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> Decision:
+    """The fate of attempt number `attempt` (1-based) that ended with `outcome`."""
+    if outcome.cancelled:
+        return Cancelled()
+    if outcome.ok:
+        return Ack()
+    if not policy.retryable(outcome.status):
+        return DeadLetter("rejected")
+    if attempt >= policy.max_attempts:
+        return DeadLetter("exhausted")
+    retry_after = parse_retry_after(outcome.retry_after) if outcome.status in (429, 503) else None
+    return Retry(backoff(policy, attempt, retry_after, rng))
+
+
+def backoff(
+    policy: RetryPolicy, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based)."""
+    floor = policy.initial_wait
+    if retry_after is not None:
+        return max(floor, min(retry_after, RETRY_AFTER_CEILING))
+    doublings = max(0, attempt - 1)
+    base = policy.max_wait if doublings > _MAX_DOUBLINGS else min(policy.max_wait, floor * 2.0**doublings)
+    r = (rng or random).random()
+    if policy.backoff == "full":
+        return floor + (base - floor) * r
+    if policy.backoff == "equal":
+        return max(floor, base / 2 + base / 2 * r)
+    return base
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -44,7 +87,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
         return None

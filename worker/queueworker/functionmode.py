@@ -13,21 +13,19 @@ import asyncio
 import contextlib
 import logging
 import math
+from dataclasses import replace
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from jetqueue import provision
+from jetqueue import contract, provision
+from jetqueue.contract import jetstream
 from jetqueue.queueworker.adaptive import Adaptive
-from jetqueue.queueworker.fetch import ConsumerLoop, Context, Processor, Slots
+from jetqueue.queueworker.fetch import ConsumerLoop, Slots
+from jetqueue.queueworker.handle import Context, Processor
 from jetqueue.settings import WorkerSettings
 
 log = logging.getLogger("jetqueue.functionmode")
 DISCOVER_EVERY = 0.25  # one stream-info request, whatever the backlog
-
-
-def consumer_name(queue: str, function: str) -> str:
-    return f"{queue}-fn-{function.replace('.', '_')}"
 
 
 class FunctionMode:
@@ -83,7 +81,7 @@ class FunctionMode:
     async def _discover_loop(self) -> None:
         while not self.stopping:
             try:
-                info = await self.js.stream_info(self.s.stream, subjects_filter=f"{self.s.queue}.>")
+                info = await self.js.stream_info(self.s.stream, subjects_filter=contract.queue_subjects(self.s.queue))
                 for subject in sorted(info.state.subjects or {}):
                     function = subject.partition(".")[2]
                     loop = self.loops.get(function)
@@ -98,19 +96,12 @@ class FunctionMode:
             await asyncio.sleep(DISCOVER_EVERY)
 
     async def _start_function(self, function: str) -> None:
-        name = consumer_name(self.s.queue, function)
-        want = ConsumerConfig(
-            durable_name=name,
-            filter_subject=f"{self.s.queue}.{function}",
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.s.ack_wait,
-            max_deliver=-1,
-            max_ack_pending=self.s.max_ack_pending,
-            max_waiting=self.s.max_waiting,
-            inactive_threshold=self.s.inactive_threshold,
+        s = self.s
+        want = jetstream.function_consumer(
+            s.queue, function, s.ack_wait, s.max_ack_pending, s.max_waiting, s.inactive_threshold
         )
-        await provision.ensure_consumer(self.js, self.s.stream, want)
+        name = want.durable
+        await provision.ensure_consumer(self.js, replace(want, stream=s.stream))
         psub = await self.js.pull_subscribe_bind(durable=name, stream=self.s.stream)
         old = self.loops.get(function)
         if old is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 from jetqueue.contract import Call
 
 BODY_EXCERPT = 512
+CANCELLED = "cancelled"  # Outcome.error of a call its caller cancelled
 
 
 @dataclass
@@ -22,7 +23,10 @@ class Outcome:
     retry_after: str | None = None
     error: str = ""
     duration: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.status is None and self.error == CANCELLED
 
     @property
     def ok(self) -> bool:
@@ -71,7 +75,6 @@ class Invoker:
                     content_type=resp.headers.get("Content-Type", ""),
                     retry_after=resp.headers.get("Retry-After"),
                     duration=time.monotonic() - t0,
-                    headers={k: v for k, v in resp.headers.items() if k.lower().startswith("x-")},
                 )
         except TimeoutError:
             return Outcome(status=None, error=f"timed out after {timeout:g}s", duration=time.monotonic() - t0)

@@ -1,4 +1,5 @@
-"""Per-function overrides (upstream timeout, retry policy), from the JSON file the generator renders.
+"""The policy each function is run with: its upstream timeout and retry policy, from the worker's settings
+and the per-function overrides file the generator renders.
 
 File shape: ``{"<function>": {"upstreamTimeout": "2m", "retry": {"maxAttempts": 5, "initialWait": "1s",
 "maxWait": "1m", "httpCodes": [429, 503], "backoff": "full"}}}``; every key optional.
@@ -7,13 +8,27 @@ File shape: ``{"<function>": {"upstreamTimeout": "2m", "retry": {"maxAttempts": 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jetqueue.durations import parse_duration
-from jetqueue.queueworker.decision import RetryPolicy
 from jetqueue.settings import SettingsError, WorkerSettings
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """What is retried and how long to wait: `decision.decide` reads it."""
+
+    max_attempts: int = 10
+    initial_wait: float = 10.0  # the first wait, and the minimum of every wait
+    max_wait: float = 120.0
+    http_codes: frozenset[int] = field(default_factory=lambda: frozenset({408, 429, 500, 502, 503, 504}))
+    backoff: str = "exponential"  # exponential | full | equal
+
+    def retryable(self, status: int | None) -> bool:
+        """None means a platform error (connection refused/reset, timeout): always retried."""
+        return status is None or status in self.http_codes
 
 
 @dataclass(frozen=True)

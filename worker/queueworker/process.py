@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import time
+from dataclasses import replace
 
 from aiohttp import web
 from nats.aio.client import Client
@@ -20,10 +21,12 @@ from nats.js import JetStreamContext
 from jetqueue import contract, provision
 from jetqueue.callstatus import StatusStore, open_bucket
 from jetqueue.connection import connect
+from jetqueue.contract import jetstream
 from jetqueue.probes import add_probes, serve
 from jetqueue.queueworker.callbacks import CallbackSender
-from jetqueue.queueworker.fetch import ConsumerLoop, Context, Processor, Slots
+from jetqueue.queueworker.fetch import ConsumerLoop, Slots
 from jetqueue.queueworker.functionmode import FunctionMode
+from jetqueue.queueworker.handle import Context, Processor
 from jetqueue.queueworker.invoke import Invoker
 from jetqueue.queueworker.metrics import WorkerMetrics
 from jetqueue.queueworker.policy import Policies
@@ -51,11 +54,6 @@ class Worker:
         self.invoker: Invoker | None = None
         self.function_mode: FunctionMode | None = None
 
-    @property
-    def queue_streams(self) -> provision.QueueStreams:
-        s = self.s
-        return provision.QueueStreams(s.queue, s.stream, s.dlq_stream, s.stream_replicas, s.stream_storage)
-
     async def start(self) -> None:
         s = self.s
         log.info("starting worker for queue %s: %r", s.queue, s)
@@ -66,14 +64,17 @@ class Worker:
 
         self.nc = await connect(s, f"jetqueue-worker-{s.queue}", on_reconnect=reconnected)
         js = self.nc.jetstream()
-        qs = self.queue_streams
-        await provision.ensure_stream(js, qs)
-        await provision.ensure_dlq_stream(js, qs)
+        # The names may be overridden (an adopted OpenFaaS stream); everything else is the contract's.
+        work = jetstream.work_stream(s.queue, s.stream_replicas, s.stream_storage)
+        await provision.ensure_stream(js, replace(work, name=s.stream))
+        dlq = jetstream.dead_letter_stream(s.queue, s.stream_replicas, s.stream_storage)
+        await provision.ensure_dlq_stream(js, replace(dlq, name=s.dlq_stream))
         ack_wait = s.ack_wait
         if s.mode == "static":
-            want = provision.static_consumer(s.durable, s.ack_wait, s.max_ack_pending, s.max_waiting)
-            ack_wait = await provision.ensure_consumer(js, s.stream, want)
-        kv = await open_bucket(js, s.status_ttl, s.stream_replicas, s.stream_storage) if s.call_status else None
+            consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting)
+            ack_wait = await provision.ensure_consumer(js, replace(consumer, stream=s.stream, durable=s.durable))
+        bucket = jetstream.status_bucket(s.status_ttl, s.stream_replicas, s.stream_storage)
+        kv = await open_bucket(js, bucket) if s.call_status else None
         self.invoker = Invoker(s.function_url, s.max_inflight)
         self.callbacks = CallbackSender(s.queue, self.metrics, s.callback_attempts, s.callback_timeout)
         ctx = Context(s.queue, js, self.policies, self.invoker, self.callbacks, StatusStore(kv), self.metrics, ack_wait)
@@ -86,7 +87,7 @@ class Worker:
             self.function_mode = FunctionMode(s, js, ctx, self.processor, self.slots)
             await self.function_mode.start()
         self._timer = asyncio.create_task(self._refresh_pending(js))
-        self._beat = asyncio.create_task(self.processor.heartbeat())
+        self._beat = asyncio.create_task(self.processor.extender.run())
         log.info("worker ready: queue=%s stream=%s mode=%s max_inflight=%d", s.queue, s.stream, s.mode, s.max_inflight)
 
     def _add_loop(self, loop: ConsumerLoop) -> None:
@@ -120,7 +121,7 @@ class Worker:
         known: set[str] = set()
         while True:
             try:
-                info = await js.stream_info(self.s.stream, subjects_filter=f"{self.s.queue}.>")
+                info = await js.stream_info(self.s.stream, subjects_filter=contract.queue_subjects(self.s.queue))
                 counts = {subj.partition(".")[2]: n for subj, n in (info.state.subjects or {}).items()}
                 for fn in known - set(counts):
                     self.metrics.pending.labels(self.s.queue, fn).set(0)

@@ -3,41 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from tests.helpers import connect, enqueue
-from tests.servers import cluster, eventually, free_port
-
-
-def worker_env(nats_url: str, function_url: str, **kw: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETQUEUE_")}
-    env.update(
-        {
-            "JETQUEUE_NATS_URL": nats_url,
-            "JETQUEUE_FUNCTION_URL": function_url,
-            "JETQUEUE_HTTP_HOST": "127.0.0.1",
-            "JETQUEUE_HTTP_PORT": str(free_port()),
-            "JETQUEUE_INITIAL_RETRY_WAIT": "200ms",
-            "JETQUEUE_MAX_RETRY_WAIT": "2s",
-            "JETQUEUE_LOG_FORMAT": "json",
-        }
-    )
-    env.update({f"JETQUEUE_{k.upper()}": v for k, v in kw.items()})
-    return env
-
-
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=env, stdout=out, stderr=out)
+from tests.helpers import connect, enqueue, start_worker, worker_env
+from tests.servers import cluster, eventually
 
 
 async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -103,7 +79,7 @@ async def test_sigterm_hands_unfinished_calls_back_at_once(nats_server, function
 def test_bad_setting_exits_2_naming_the_variable(tmp_path):
     env = worker_env("nats://127.0.0.1:1", "http://x/{function}", max_inflight="many")
     res = subprocess.run(
-        [sys.executable, "-m", "worker", "worker"], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "jetqueue", "worker"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert res.returncode == 2
     assert "JETQUEUE_MAX_INFLIGHT" in res.stderr and "Traceback" not in res.stderr
@@ -111,7 +87,7 @@ def test_bad_setting_exits_2_naming_the_variable(tmp_path):
 
 def test_worker_help():
     res = subprocess.run(
-        [sys.executable, "-m", "worker", "worker", "--help"], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "jetqueue", "worker", "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert res.returncode == 0 and "JETQUEUE_" in res.stdout
 

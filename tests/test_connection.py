@@ -62,7 +62,7 @@ async def round_trip(url: str, functions, callbacks, **auth) -> None:
 
 def cli_status(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker", "status"], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "jetqueue", "status"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tests.servers import NatsServer, free_port
 
-SPEC = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "gateway.openapi.json").read_text())
+SPEC = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "gateway.openapi.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def gateway(tmp_path_factory):
         "JETQUEUE_LOG_LEVEL": "warning",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "gateway"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "jetqueue", "gateway"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

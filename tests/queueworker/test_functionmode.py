@@ -1,4 +1,4 @@
-"""Function mode: fairness between functions, adaptive concurrency, idle consumers, restarts."""
+"""functionmode.py: a consumer per function, fairness, adaptive concurrency end to end."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import time
 from aiohttp import web
 
 from jetqueue.provision import StreamSetupError
-from jetqueue.queueworker.adaptive import Adaptive
 from jetqueue.queueworker.process import Worker
 from tests.helpers import connect, enqueue, running_worker, worker_settings
 from tests.servers import eventually
@@ -51,44 +50,6 @@ async def b_completion_time(nats_server, functions, mode: str, backlog: int, wai
     return took
 
 
-async def test_fairness_a_backlog_does_not_starve_b(nats_server, functions):
-    functions.handlers["a"] = sleeper(0.02)
-    functions.handlers["b"] = sleeper(0.02)
-    idle = await b_completion_time(nats_server, functions, "function", 0, 30)
-    fair = await b_completion_time(nats_server, functions, "function", 5000, 30)
-    nc = await connect(nats_server.url)
-    for c in await nc.jetstream().consumers_info("OF_faas-request"):  # make room for the static consumer
-        await nc.jetstream().delete_consumer("OF_faas-request", c.name)
-    await nc.close()
-    static = await b_completion_time(nats_server, functions, "static", 5000, 5)
-    print(
-        f"B's 20 calls: idle {idle:.2f}s, behind 5000 A calls: function mode {fair:.2f}s, "
-        f"static mode {'not done after 5s' if static is None else f'{static:.2f}s'}"
-    )
-    assert idle is not None and fair is not None
-    assert fair < max(2.0, 10 * idle)  # a small multiple of idle (generous: a shared machine)
-    assert static is None or static > 3 * fair
-
-
-def test_adaptive_limit_follows_capacity():
-    a = Adaptive(cap=50)
-    assert a.limit("f") == 2
-    for _ in range(20):
-        a.record("f", 200, False, 1)
-    grown = a.limit("f")
-    assert grown > 5
-    a.record("f", 429, True, 8)
-    assert a.limit("f") <= 7  # below the concurrency that overloaded it
-    cut = a.limit("f")
-    limits = a.limits["f"]
-    limits.last_probe -= 10  # time passes: the next successes probe upward
-    for _ in range(40):
-        a.record("f", 200, False, cut)
-        limits.last_probe -= 10
-    assert a.limit("f") > cut
-    assert Adaptive(cap=50, enabled=False).limit("f") == 50
-
-
 def capacity_function(state: dict[str, float]):
     """At most 5 concurrent calls per replica, 429 beyond; replicas grow 1 → 10 over the run."""
 
@@ -128,6 +89,25 @@ async def run_capacity_scenario(nats_server, functions, adaptive: bool, name: st
         took = time.monotonic() - state["t0"]
     await nc.close()
     return took, int(state["rejected"])
+
+
+async def test_fairness_a_backlog_does_not_starve_b(nats_server, functions):
+    functions.handlers["a"] = sleeper(0.02)
+    functions.handlers["b"] = sleeper(0.02)
+    idle = await b_completion_time(nats_server, functions, "function", 0, 30)
+    fair = await b_completion_time(nats_server, functions, "function", 5000, 30)
+    nc = await connect(nats_server.url)
+    for c in await nc.jetstream().consumers_info("OF_faas-request"):  # make room for the static consumer
+        await nc.jetstream().delete_consumer("OF_faas-request", c.name)
+    await nc.close()
+    static = await b_completion_time(nats_server, functions, "static", 5000, 5)
+    print(
+        f"B's 20 calls: idle {idle:.2f}s, behind 5000 A calls: function mode {fair:.2f}s, "
+        f"static mode {'not done after 5s' if static is None else f'{static:.2f}s'}"
+    )
+    assert idle is not None and fair is not None
+    assert fair < max(2.0, 10 * idle)  # a small multiple of idle (generous: a shared machine)
+    assert static is None or static > 3 * fair
 
 
 async def test_adaptive_versus_greedy(nats_server, functions):

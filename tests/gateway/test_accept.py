@@ -1,0 +1,130 @@
+"""accept.py: what gets a 202 (stored), a 4xx (with the reason) or a 503, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from tests.helpers import connect, gateway_settings, running_gateway, running_worker, worker_settings
+from tests.servers import eventually
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: bytes = b"", **headers: str) -> aiohttp.ClientResponse:
+    async with http.post(url, data=body, headers=headers) as r:
+        await r.read()
+        return r
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_submit_to_callback_end_to_end(nats_server, functions, callbacks, http):
+    async with (
+        running_gateway(gateway_settings(nats_server.url)) as gw,
+        running_worker(worker_settings(nats_server.url, functions.url_template)),
+    ):
+        base = f"http://127.0.0.1:{gw.s.http_port}"
+        r = await post(
+            http,
+            f"{base}/async-function/echo/deep/path?x=1",
+            b"hello",
+            **{"X-Callback-Url": callbacks.url, "X-Call-Id": "my-call-1", "Content-Type": "text/plain"},
+        )
+        assert r.status == 202 and r.headers["X-Call-Id"] == "my-call-1" and int(r.headers["X-Start-Time"]) > 0
+        await eventually(lambda: len(callbacks.received) == 1)
+        headers, body = callbacks.received[0]
+        assert headers["X-Call-Id"] == "my-call-1" and body == b"hello"
+        req = functions.requests[0]
+        assert req["path"] == "/deep/path" and req["query"] == "x=1"
+        assert req["headers"]["Content-Type"] == "text/plain"
+        async with http.get(f"{base}/async-calls/my-call-1") as s:
+            record = await s.json()
+        assert record["call_id"] == "my-call-1" and record["function"] == "echo" and record["queue"] == "faas-request"
+        assert record["state"] == "succeeded" and record["status_code"] == 200 and record["attempt"] == 1
+
+
+async def test_duplicate_call_id_runs_once(nats_server, functions, http):
+    async with (
+        running_gateway(gateway_settings(nats_server.url)) as gw,
+        running_worker(worker_settings(nats_server.url, functions.url_template)),
+    ):
+        url = f"http://127.0.0.1:{gw.s.http_port}/async-function/echo"
+        first = await post(http, url, b"a", **{"X-Call-Id": "same"})
+        second = await post(http, url, b"a", **{"X-Call-Id": "same"})
+        assert first.status == second.status == 202 and second.headers.get("X-Duplicate") == "true"
+        await eventually(lambda: len(functions.completed["echo"]) == 1)
+        await asyncio.sleep(0.5)
+    assert functions.calls["echo"] == ["same"]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "reason"),
+    [
+        ("/async-function/Bad_Name", {}, 400, "function name"),
+        ("/async-function/echo", {"X-Callback-Url": "not a url"}, 400, "X-Callback-Url"),
+        ("/async-function/echo", {"X-Callback-Url": "ftp://x/y"}, 400, "X-Callback-Url"),
+        ("/async-function/echo", {"X-Call-Id": "bad id!"}, 400, "X-Call-Id"),
+    ],
+)
+async def test_bad_requests_get_4xx_with_a_reason(nats_server, http, path, headers, status, reason):
+    async with running_gateway(gateway_settings(nats_server.url)) as gw:
+        async with http.post(f"http://127.0.0.1:{gw.s.http_port}{path}", headers=headers) as r:
+            assert r.status == status
+            assert reason in (await r.json())["error"]
+
+
+async def test_body_limit_and_strict_routing_and_callback_allow_list(nats_server, http, tmp_path):
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"routes": {"train": "ml"}, "queues": {"ml": {"streamReplicas": 1}}}))
+    s = gateway_settings(
+        nats_server.url,
+        max_body_size=1000,
+        strict_routing=True,
+        routes_file=str(routes),
+        callback_hosts="hooks.example",
+    )
+    async with running_gateway(s) as gw:
+        base = f"http://127.0.0.1:{gw.s.http_port}/async-function"
+        assert (await post(http, f"{base}/train", b"x" * 1001)).status == 413
+        assert (await post(http, f"{base}/unknown", b"x")).status == 404
+        assert (await post(http, f"{base}/train", b"x", **{"X-Callback-Url": "http://evil.internal/"})).status == 400
+        ok = await post(http, f"{base}/train", b"x", **{"X-Callback-Url": "https://hooks.example/done"})
+        assert ok.status == 202 and ok.headers["X-Queue"] == "ml"
+    nc = await connect(nats_server.url)
+    assert (await nc.jetstream().stream_info("OF_ml")).state.messages == 1
+    await nc.close()
+
+
+async def test_nats_down_gives_503_and_recovers_without_restart(nats_server, functions, http):
+    async with running_gateway(gateway_settings(nats_server.url, publish_timeout=1.0)) as gw:
+        url = f"http://127.0.0.1:{gw.s.http_port}/async-function/echo"
+        accepted = []
+        r = await post(http, url, b"before", **{"X-Call-Id": "before"})
+        assert r.status == 202
+        accepted.append("before")
+        nats_server.stop()
+        for i in range(5):
+            r = await post(http, url, b"down", **{"X-Call-Id": f"down-{i}"})
+            assert r.status == 503 and r.headers["Retry-After"]
+        async with http.get(f"http://127.0.0.1:{gw.s.http_port}/readyz") as ready:
+            assert ready.status == 503
+        nats_server.start()
+
+        async def submit_after() -> bool:
+            resp = await post(http, url, b"after", **{"X-Call-Id": "after"})
+            return resp.status == 202
+
+        for _ in range(100):
+            if await submit_after():
+                break
+            await asyncio.sleep(0.2)
+        accepted.append("after")
+        # Nothing that got a 202 was lost across the restart (file storage).
+        async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+            await eventually(lambda: sorted(functions.completed["echo"]) == sorted(accepted), timeout=60)

@@ -1,0 +1,95 @@
+"""calls.py: status through a call's life, and cancel while queued and while running."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.helpers import gateway_settings, running_gateway, running_worker, worker_settings
+from tests.servers import eventually
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: bytes = b"", **headers: str) -> aiohttp.ClientResponse:
+    async with http.post(url, data=body, headers=headers) as r:
+        await r.read()
+        return r
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_cancel_while_queued_and_while_running(nats_server, functions, callbacks, http):
+    started = asyncio.Event()
+
+    async def slow(request, server):
+        started.set()
+        await asyncio.sleep(30)
+        return web.Response(text="should not finish")
+
+    functions.handlers["slow"] = slow
+    async with running_gateway(gateway_settings(nats_server.url)) as gw:
+        base = f"http://127.0.0.1:{gw.s.http_port}"
+        cb = {"X-Callback-Url": callbacks.url}
+        assert (await post(http, f"{base}/async-function/slow", b"", **{"X-Call-Id": "queued-1", **cb})).status == 202
+        async with http.delete(f"{base}/async-function/queued-1") as r:
+            assert r.status == 202 and (await r.json())["state"] == "cancelled"
+        async with http.delete(f"{base}/async-calls/queued-1") as r:
+            assert r.status == 409  # already cancelled
+        async with http.delete(f"{base}/async-calls/nope") as r:
+            assert r.status == 404
+        async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+            await eventually(lambda: "queued-1" in callbacks.by_call())
+            assert functions.calls["slow"] == []  # skipped, never invoked
+            assert (await post(http, f"{base}/async-function/slow", b"", **{"X-Call-Id": "run-1", **cb})).status == 202
+            await asyncio.wait_for(started.wait(), 30)
+            for _ in range(100):
+                async with http.get(f"{base}/async-calls/run-1") as s:
+                    if (await s.json()).get("state") == "running":
+                        break
+                await asyncio.sleep(0.05)
+            async with http.delete(f"{base}/async-calls/run-1") as r:
+                assert r.status == 202
+            await eventually(lambda: "run-1" in callbacks.by_call(), timeout=10)
+        for call_id in ("queued-1", "run-1"):
+            async with http.get(f"{base}/async-calls/{call_id}") as s:
+                assert (await s.json())["state"] == "cancelled"
+            assert callbacks.by_call()[call_id][0]["X-Call-Status"] == "cancelled"
+    assert functions.completed["slow"] == []
+
+
+async def test_status_walks_through_retries(nats_server, functions, http):
+    state = {"n": 0}
+    seen: list[tuple[str, int]] = []
+
+    async def twice_then_ok(request, server):
+        state["n"] += 1
+        return web.Response(status=503 if state["n"] <= 2 else 200, text="x")
+
+    functions.handlers["flaky"] = twice_then_ok
+    async with (
+        running_gateway(gateway_settings(nats_server.url)) as gw,
+        running_worker(worker_settings(nats_server.url, functions.url_template, initial_retry_wait=0.6)),
+    ):
+        base = f"http://127.0.0.1:{gw.s.http_port}"
+        assert (await post(http, f"{base}/async-function/flaky", b"", **{"X-Call-Id": "walk"})).status == 202
+        records = []
+        for _ in range(400):
+            async with http.get(f"{base}/async-calls/walk") as s:
+                rec = await s.json()
+            if not seen or seen[-1] != (rec["state"], rec["attempt"]):
+                seen.append((rec["state"], rec["attempt"]))
+                records.append(rec)
+            if rec["state"] == "succeeded":
+                break
+            await asyncio.sleep(0.02)
+    assert seen[-1] == ("succeeded", 3) and ("retrying", 1) in seen and ("retrying", 2) in seen, seen
+    assert seen.index(("retrying", 1)) < seen.index(("retrying", 2)), seen
+    retrying = next(r for r in records if r["state"] == "retrying")
+    assert retrying["attempt"] >= 1 and retrying["next_try"] > retrying["updated_at"] and retrying["status_code"] == 503
+    assert records[-1]["attempt"] == 3 and records[-1]["status_code"] == 200

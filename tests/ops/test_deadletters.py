@@ -1,0 +1,67 @@
+"""ops/deadletters.py: list, show, replay and purge dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.helpers import gateway_settings, running_gateway, running_worker, worker_settings
+from tests.servers import eventually
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: bytes = b"", **headers: str) -> aiohttp.ClientResponse:
+    async with http.post(url, data=body, headers=headers) as r:
+        await r.read()
+        return r
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_dlq_list_and_replay(nats_server, functions, tmp_path):
+    broken = {"on": True}
+
+    async def maybe(request, server):
+        return web.Response(status=500 if broken["on"] else 200, text="fixed" if not broken["on"] else "broken")
+
+    functions.handlers["batch"] = maybe
+    async with (
+        running_gateway(gateway_settings(nats_server.url)) as gw,
+        running_worker(
+            worker_settings(nats_server.url, functions.url_template, max_retry_attempts=2, initial_retry_wait=0.1)
+        ),
+    ):
+        async with aiohttp.ClientSession() as http:
+            for i in range(3):
+                url = f"http://127.0.0.1:{gw.s.http_port}/async-function/batch"
+                assert (await post(http, url, b"job", **{"X-Call-Id": f"job-{i}"})).status == 202
+        await eventually(lambda: len(functions.calls["batch"]) == 6)
+        await asyncio.sleep(0.3)
+        env = {"JETQUEUE_NATS_URL": nats_server.url, "PATH": ""}
+
+        def run(*a: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "jetqueue", *a], env=env, capture_output=True, text=True, timeout=60, check=False
+            )
+
+        listed = await asyncio.to_thread(run, "dlq", "list", "faas-request")
+        assert listed.returncode == 0, listed.stderr
+        assert "3 dead letter(s)" in listed.stdout and "job-1" in listed.stdout and "exhausted" in listed.stdout
+        status = await asyncio.to_thread(run, "status")
+        assert "faas-request" in status.stdout and "DEAD LETTERS" in status.stdout
+        refused = await asyncio.to_thread(run, "dlq", "replay", "faas-request")
+        assert refused.returncode == 1 and "without --yes" in refused.stdout
+        broken["on"] = False
+        replayed = await asyncio.to_thread(run, "dlq", "replay", "faas-request", "--call-id", "job-1", "--yes")
+        assert replayed.returncode == 0 and "replayed 1" in replayed.stdout
+        await eventually(lambda: functions.completed["batch"] == ["job-1"])
+        after = await asyncio.to_thread(run, "dlq", "list", "faas-request")
+        assert "2 dead letter(s)" in after.stdout and "job-1" not in after.stdout

@@ -1,0 +1,67 @@
+"""client.py and `jetqueue submit`: through the gateway and straight to NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from tests.helpers import gateway_settings, running_gateway, running_worker, worker_settings
+from tests.servers import eventually
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_submit_command_and_library(nats_server, functions, callbacks):
+    from jetqueue.client import submit_http
+
+    async with (
+        running_gateway(gateway_settings(nats_server.url)) as gw,
+        running_worker(worker_settings(nats_server.url, functions.url_template)),
+    ):
+        gateway = f"http://127.0.0.1:{gw.s.http_port}"
+        call_id = await submit_http(gateway, "echo", b"lib", callback_url=callbacks.url)
+        env = {"JETQUEUE_NATS_URL": nats_server.url, "PATH": ""}
+        res = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "submit",
+                "echo",
+                "--data",
+                "cli",
+                "--gateway",
+                gateway,
+                "--header",
+                "X-A=b",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        direct = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "jetqueue", "submit", "echo", "--data", "nats"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert direct.returncode == 0, direct.stderr
+        ids = {call_id, res.stdout.strip(), direct.stdout.strip()}
+        await eventually(lambda: set(functions.completed["echo"]) == ids)
+    bodies = sorted(r["body"] for r in functions.requests)
+    assert bodies == [b"cli", b"lib", b"nats"]

@@ -1,0 +1,67 @@
+"""provision.py: existing streams and consumers are adopted, or refused with what to change."""
+
+from __future__ import annotations
+
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+
+from jetqueue.provision import StreamSetupError
+from jetqueue.queueworker.process import Worker
+from tests.helpers import connect, enqueue, running_worker, worker_settings
+from tests.servers import eventually
+
+
+async def test_existing_stream_and_consumer_are_adopted(nats_server, functions):
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(
+        StreamConfig(name="OF_faas-request", subjects=["faas-request.>"], retention=RetentionPolicy.WORK_QUEUE)
+    )
+    await js.add_consumer(
+        "OF_faas-request",
+        ConsumerConfig(durable_name="faas-request-workers", ack_policy=AckPolicy.EXPLICIT, ack_wait=7.0),
+    )
+    call_id = await enqueue(nc, "echo")
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, ack_wait=30.0)) as w:
+        await eventually(lambda: functions.completed["echo"] == [call_id])
+        assert w.processor is not None and w.processor.ctx.ack_wait == 7.0
+    info = await js.consumer_info("OF_faas-request", "faas-request-workers")
+    assert info.config.ack_wait == 7.0  # left as it was made
+    await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("stream", "consumer", "expect"),
+    [
+        (
+            StreamConfig(name="OF_faas-request", subjects=["faas-request.>"], retention=RetentionPolicy.LIMITS),
+            None,
+            "retention 'limits'",
+        ),
+        (
+            StreamConfig(name="OF_faas-request", subjects=["other.>"], retention=RetentionPolicy.WORK_QUEUE),
+            None,
+            "must take 'faas-request.>'",
+        ),
+        (
+            StreamConfig(name="OF_faas-request", subjects=["faas-request.>"], retention=RetentionPolicy.WORK_QUEUE),
+            ConsumerConfig(
+                durable_name="faas-request-workers", ack_policy=AckPolicy.EXPLICIT, deliver_subject="push.x"
+            ),
+            "push consumer",
+        ),
+    ],
+)
+async def test_unworkable_stream_or_consumer_refused(nats_server, functions, stream, consumer, expect):
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(stream)
+    if consumer:
+        await js.add_consumer("OF_faas-request", consumer)
+    w = Worker(worker_settings(nats_server.url, functions.url_template))
+    with pytest.raises(StreamSetupError, match=expect) as err:
+        await w.start()
+    await w.stop()
+    assert "nats " in str(err.value) or "jetqueue " in str(err.value)  # says what to run to fix it
+    assert (await js.stream_info("OF_faas-request")).config.subjects == stream.subjects  # never recreated
+    await nc.close()

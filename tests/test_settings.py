@@ -1,0 +1,31 @@
+"""settings.py: JETQUEUE_* variables parsed, checked, secrets hidden."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_settings_from_env_name_the_variable_and_hide_secrets():
+    from jetqueue.settings import SettingsError, WorkerSettings
+
+    s = WorkerSettings.from_env(
+        {
+            "JETQUEUE_NATS_PASSWORD": "hunter2",
+            "JETQUEUE_ACK_WAIT": "1m30s",
+            "JETQUEUE_RETRY_HTTP_CODES": "429, 503",
+            "JETQUEUE_QUEUE": "ml",
+        }
+    )
+    assert s.ack_wait == 90 and s.retry_http_codes == (429, 503)
+    assert s.stream == "OF_ml" and s.durable == "ml-workers" and s.dlq_stream == "OF_ml_DLQ"
+    assert "hunter2" not in repr(s) and "***" in repr(s)
+    for env, name in (
+        ((("JETQUEUE_MAX_INFLIGHT", "lots"),), "JETQUEUE_MAX_INFLIGHT"),
+        ((("JETQUEUE_ACK_WAIT", "soon"),), "JETQUEUE_ACK_WAIT"),
+        ((("JETQUEUE_BACKOFF", "linear"),), "JETQUEUE_BACKOFF"),
+        ((("JETQUEUE_NATS_PASSWORD", "hunter2"), ("JETQUEUE_STREAM_REPLICAS", "2")), "STREAM_REPLICAS"),
+        ((("JETQUEUE_NATS_PASSWORD", "hunter2"), ("JETQUEUE_QUEUE", "Bad_Name")), "JETQUEUE_QUEUE"),
+    ):
+        with pytest.raises(SettingsError, match=name) as e:
+            WorkerSettings.from_env(dict(env))
+        assert "hunter2" not in str(e.value)

@@ -1,0 +1,168 @@
+"""The JetStream objects of a queue, defined once: the work-queue stream, the dead-letter stream, the
+consumers and the call-status bucket.
+
+The worker and gateway apply `to_nats()`; the generator renders `to_nack()` for clusters whose streams
+are managed by NACK. Both come from the same fields, so they cannot disagree (tests/contract checks
+what the server stores against what NACK would apply).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    ReplayPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from jetqueue.contract import names
+from jetqueue.durations import format_duration
+
+DUPLICATE_WINDOW = 120.0  # seconds a call id is remembered: a retried submission within it runs once
+DLQ_MAX_AGE = 14 * 24 * 3600.0  # dead letters are kept two weeks
+SERVER_ACK_WAIT = 30.0  # nats-server's default, for a consumer that reports none
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    retention: str  # "workqueue": a call is removed once acked or terminated; "limits": kept until max_age
+    storage: str = "file"
+    replicas: int = 1
+    discard: str = "old"
+    duplicate_window: float = DUPLICATE_WINDOW
+    max_age: float = 0.0  # 0: no age limit
+
+    def to_nats(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            retention=RetentionPolicy(self.retention),
+            storage=StorageType(self.storage),
+            discard=DiscardPolicy(self.discard),
+            num_replicas=self.replicas,
+            duplicate_window=self.duplicate_window,
+            max_age=self.max_age or None,
+        )
+
+    def to_nack(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "name": self.name,
+            "subjects": list(self.subjects),
+            "retention": self.retention,
+            "storage": self.storage,  # always explicit: the CRD defaults to memory
+            "replicas": self.replicas,
+            "discard": self.discard,
+            "duplicateWindow": format_duration(self.duplicate_window),
+        }
+        if self.max_age:
+            spec["maxAge"] = format_duration(self.max_age)
+        return spec
+
+
+def work_stream(queue: str, replicas: int = 1, storage: str = "file") -> StreamSpec:
+    return StreamSpec(
+        name=names.stream_name(queue),
+        subjects=(names.queue_subjects(queue),),
+        retention=RetentionPolicy.WORK_QUEUE.value,
+        storage=storage,
+        replicas=replicas,
+    )
+
+
+def dead_letter_stream(queue: str, replicas: int = 1, storage: str = "file") -> StreamSpec:
+    return StreamSpec(
+        name=names.dlq_stream_name(queue),
+        subjects=(names.dlq_subjects(queue),),
+        retention=RetentionPolicy.LIMITS.value,
+        storage=storage,
+        replicas=replicas,
+        max_age=DLQ_MAX_AGE,
+    )
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer. Always ack explicit and deliver all (a work queue refuses anything else),
+    max_deliver -1 (the worker counts attempts itself and dead-letters), replay instant."""
+
+    stream: str
+    durable: str
+    ack_wait: float
+    max_ack_pending: int
+    max_waiting: int
+    filter_subject: str = ""
+    inactive_threshold: float = 0.0  # 0: kept for ever; function mode lets idle ones expire
+
+    def to_nats(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self.filter_subject or None,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            replay_policy=ReplayPolicy.INSTANT,
+            ack_wait=self.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=self.max_ack_pending,
+            max_waiting=self.max_waiting,
+            inactive_threshold=self.inactive_threshold or None,
+        )
+
+    def to_nack(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "streamName": self.stream,
+            "durableName": self.durable,
+            "deliverPolicy": "all",
+            "ackPolicy": "explicit",  # always explicit: the CRD defaults to none
+            "ackWait": format_duration(self.ack_wait),  # always explicit: the CRD defaults to 1ns
+            "maxDeliver": -1,
+            "maxAckPending": self.max_ack_pending,
+            "maxWaiting": self.max_waiting,
+            "replayPolicy": "instant",
+        }
+        if self.filter_subject:
+            spec["filterSubject"] = self.filter_subject
+        if self.inactive_threshold:
+            spec["inactiveThreshold"] = format_duration(self.inactive_threshold)
+        return spec
+
+
+def static_consumer(queue: str, ack_wait: float, max_ack_pending: int, max_waiting: int) -> ConsumerSpec:
+    """Static mode: one consumer takes every function's calls."""
+    return ConsumerSpec(names.stream_name(queue), names.durable_name(queue), ack_wait, max_ack_pending, max_waiting)
+
+
+def function_consumer(
+    queue: str, function: str, ack_wait: float, max_ack_pending: int, max_waiting: int, inactive_threshold: float
+) -> ConsumerSpec:
+    """Function mode: one consumer per function, removed by the server when idle."""
+    return ConsumerSpec(
+        names.stream_name(queue),
+        names.function_consumer_name(queue, function),
+        ack_wait,
+        max_ack_pending,
+        max_waiting,
+        filter_subject=names.subject(queue, function),
+        inactive_threshold=inactive_threshold,
+    )
+
+
+def status_bucket(ttl: float, replicas: int = 1, storage: str = "file") -> KeyValueConfig:
+    """The call-status bucket: one key per call id, the latest record only, expired after `ttl`."""
+    return KeyValueConfig(
+        bucket=names.STATUS_BUCKET,
+        history=1,
+        ttl=ttl,
+        replicas=replicas,
+        storage=StorageType(storage),
+        description="jetqueue call status",
+    )

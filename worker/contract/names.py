@@ -1,0 +1,65 @@
+"""Every name jetqueue gives a thing in NATS, formed in one place (the runtime, the generator and the
+operator commands all call these; nothing else types a prefix).
+
+Stream ``OF_<queue>`` and durable ``<queue>-workers`` follow OpenFaaS; queue names are DNS-1123
+labels, so no queue subject can start with ``_`` and the ``_DLQ``/``_JQ`` subjects never collide.
+"""
+
+from __future__ import annotations
+
+import re
+
+DEFAULT_QUEUE = "faas-request"
+STREAM_PREFIX = "OF_"
+DLQ_STREAM_SUFFIX = "_DLQ"
+DLQ_SUBJECT_PREFIX = "_DLQ"
+CANCEL_SUBJECT = "_JQ.cancel"
+STATUS_BUCKET = "jetqueue-calls"
+MAX_QUEUE_NAME = 40  # it names the stream, the consumers and the Helm release
+
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+QUEUE_NAME = re.compile(rf"^{DNS_LABEL}$")
+FUNCTION_NAME = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})?$")
+# Call ids are KV keys and header values: keep them to a safe alphabet.
+CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_=.-]{0,127}$")
+
+
+def stream_name(queue: str) -> str:
+    return f"{STREAM_PREFIX}{queue}"
+
+
+def dlq_stream_name(queue: str) -> str:
+    return f"{STREAM_PREFIX}{queue}{DLQ_STREAM_SUFFIX}"
+
+
+def queue_of_stream(stream: str) -> str | None:
+    """The queue a work-queue stream belongs to, or None for any other stream (dead letters included)."""
+    if not stream.startswith(STREAM_PREFIX) or stream.endswith(DLQ_STREAM_SUFFIX):
+        return None
+    return stream[len(STREAM_PREFIX) :]
+
+
+def durable_name(queue: str) -> str:
+    return f"{queue}-workers"
+
+
+def function_consumer_name(queue: str, function: str) -> str:
+    """Function mode's durable for one function; the KEDA trigger watches the same name."""
+    return f"{queue}-fn-{function.replace('.', '_')}"
+
+
+def subject(queue: str, function: str) -> str:
+    return f"{queue}.{function}"
+
+
+def queue_subjects(queue: str) -> str:
+    """The subjects of every call of a queue."""
+    return f"{queue}.>"
+
+
+def dlq_subject(queue: str, function: str) -> str:
+    return f"{DLQ_SUBJECT_PREFIX}.{queue}.{function}"
+
+
+def dlq_subjects(queue: str) -> str:
+    return f"{DLQ_SUBJECT_PREFIX}.{queue}.>"

@@ -1,0 +1,121 @@
+"""Where the 202 is decided: a submission is checked (name, route, call id, callback URL), stored in
+JetStream, and answered 202 only once JetStream acknowledged it (PubAck). Anything else gets a 4xx
+with the reason, or 503 with Retry-After when the call could not be stored."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from jetqueue import callstatus, contract
+from jetqueue.gateway.auth import problem
+from jetqueue.gateway.backend import Backend
+from jetqueue.gateway.routing import Routing
+from jetqueue.settings import GatewaySettings
+
+log = logging.getLogger("jetqueue.gateway")
+RETRY_AFTER = "5"
+MAX_FUNCTION_NAME = 253  # a DNS-1123 subdomain
+
+
+class Accept:
+    def __init__(self, s: GatewaySettings, routing: Routing, backend: Backend, registry: CollectorRegistry) -> None:
+        self.s = s
+        self.routing = routing
+        self.backend = backend
+        self.requests = Counter(
+            "gateway_async_requests_total",
+            "Async requests by outcome.",
+            ["function_name", "queue_name", "code"],
+            registry=registry,
+        )
+        self.publish_seconds = Histogram(
+            "gateway_publish_seconds",
+            "Time to store a call (publish to PubAck).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=registry,
+        )
+        self.allowed_hosts = [h.strip().lower() for h in s.callback_hosts.split(",") if h.strip()]
+
+    def _count(self, function: str, queue: str, code: int) -> None:
+        self.requests.labels(function, queue, str(code)).inc()
+
+    def callback_problem(self, url: str) -> str | None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return "X-Callback-Url must be an absolute http:// or https:// URL"
+        if any(c in url for c in "\r\n "):
+            return "X-Callback-Url must not contain spaces or line breaks"
+        if self.allowed_hosts and parts.hostname.lower() not in self.allowed_hosts:
+            return f"X-Callback-Url host {parts.hostname!r} is not in the allowed callback hosts"
+        return None
+
+    async def submit(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if not contract.FUNCTION_NAME.match(name) or len(name) > MAX_FUNCTION_NAME:
+            self._count("_invalid", "", 400)
+            return problem(400, "function name must be a DNS-1123 name, optionally with .namespace")
+        queue = self.routing.queue_for(name)
+        if queue is None:
+            self._count("_unrouted", "", 404)
+            return problem(404, f"function {name!r} is not routed to any queue (strict routing)")
+        call_id = request.headers.get("X-Call-Id") or contract.new_call_id()
+        if not contract.CALL_ID.match(call_id):
+            self._count(name, queue, 400)
+            return problem(
+                400, "X-Call-Id must be 1-128 characters of [A-Za-z0-9_=.-], starting with a letter or digit"
+            )
+        callback = request.headers.get("X-Callback-Url", "")
+        if callback and (reason := self.callback_problem(callback)):
+            self._count(name, queue, 400)
+            return problem(400, reason)
+        body = await request.read()
+        path = request.match_info.get("path", "")
+        headers = contract.forwardable(request.headers)
+        if self.s.auth_token or self.s.auth_user:  # the credential was for the gateway, not the function
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        call = contract.Call(
+            call_id=call_id,
+            queue=queue,
+            function=name,
+            body=body,
+            method=request.method,
+            path=f"/{path}" if path else "",
+            query=request.query_string,
+            callback_url=callback,
+            headers=headers,
+        )
+        return await self._store(call)
+
+    async def _store(self, call: contract.Call) -> web.Response:
+        b, name, queue = self.backend, call.function, call.queue
+        if b.js is None or not b.connected or not await b.ensure_queue(queue):
+            self._count(name, queue, 503)
+            return problem(503, "NATS is unavailable; nothing was stored, retry later", **{"Retry-After": RETRY_AFTER})
+        t0 = time.perf_counter()
+        try:
+            ack = await b.js.publish(
+                contract.subject(queue, name), call.body, headers=call.to_headers(), timeout=self.s.publish_timeout
+            )
+        except Exception as e:
+            log.warning("publish failed: %r", e, extra={"call_id": call.call_id, "function": name})
+            self._count(name, queue, 503)
+            return problem(
+                503,
+                "could not store the call in JetStream; nothing was stored, retry later",
+                **{"Retry-After": RETRY_AFTER},
+            )
+        self.publish_seconds.observe(time.perf_counter() - t0)
+        if not ack.duplicate and b.status.kv is not None:
+            with contextlib.suppress(Exception):  # the worker may have begun already: its write wins
+                await b.status.update(call.call_id, callstatus.base_record(call), None)
+        self._count(name, queue, 202)
+        answer = {"X-Call-Id": call.call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
+        if ack.duplicate:
+            answer["X-Duplicate"] = "true"
+        return web.Response(status=202, headers=answer)

@@ -1,0 +1,56 @@
+"""Who may call the API (bearer token or basic auth, compared in constant time), and errors as JSON."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from jetqueue.settings import GatewaySettings
+
+PUBLIC = frozenset({"/healthz", "/readyz", "/metrics"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def problem(status_code: int, reason: str, **headers: str) -> web.Response:
+    """Every error the gateway gives: a status and a JSON body that says why."""
+    return web.json_response({"error": reason}, status=status_code, headers=headers)
+
+
+def auth_middleware(s: GatewaySettings) -> Middleware:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PUBLIC or not (s.auth_token or s.auth_user):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, cred = header.partition(" ")
+        if s.auth_token and scheme.lower() == "bearer" and hmac.compare_digest(cred.strip(), s.auth_token):
+            return await handler(request)
+        if s.auth_user and scheme.lower() == "basic":
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                user, _, password = base64.b64decode(cred.strip(), validate=True).decode().partition(":")
+                if hmac.compare_digest(user, s.auth_user) and hmac.compare_digest(password, s.auth_password):
+                    return await handler(request)
+        challenge = 'Bearer realm="jetqueue"' if s.auth_token else 'Basic realm="jetqueue"'
+        return problem(401, "authentication required", **{"WWW-Authenticate": challenge})
+
+    return auth
+
+
+def errors_middleware(max_body_size: int) -> Middleware:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return problem(413, f"body larger than {max_body_size} bytes")
+        except web.HTTPException as e:
+            if e.status >= 400 and e.content_type != "application/json":
+                return problem(e.status, e.reason, **{k: v for k, v in e.headers.items() if k == "Allow"})
+            raise
+
+    return errors

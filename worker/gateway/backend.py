@@ -1,0 +1,76 @@
+"""The gateway's side of NATS: the connection, the JetStream context, the status store and the queues'
+streams, set up in the background so the HTTP server answers (503, and /readyz says why) meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from jetqueue import provision
+from jetqueue.callstatus import StatusStore, open_bucket
+from jetqueue.connection import connect
+from jetqueue.contract import jetstream
+from jetqueue.gateway.routing import Routing
+from jetqueue.settings import GatewaySettings
+
+log = logging.getLogger("jetqueue.gateway")
+
+
+class Backend:
+    def __init__(self, settings: GatewaySettings, routing: Routing) -> None:
+        self.s = settings
+        self.routing = routing
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self.status = StatusStore(None)
+        self.ready_streams: set[str] = set()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    def not_ready(self) -> str | None:
+        return None if self.connected else "not connected to NATS"
+
+    async def connect(self) -> None:
+        """Connect, open the status bucket and create the routed queues' streams; retries until NATS answers."""
+        while self.nc is None:
+            try:
+                self.nc = await connect(self.s, "jetqueue-gateway", connect_attempts=1)
+            except ConnectionError as e:
+                log.warning("%s; retrying", e)
+                await asyncio.sleep(1)
+        self.js = self.nc.jetstream(timeout=self.s.publish_timeout)
+        if self.s.call_status:
+            with contextlib.suppress(Exception):
+                bucket = jetstream.status_bucket(self.s.status_ttl, self.s.stream_replicas, self.s.stream_storage)
+                self.status = StatusStore(await open_bucket(self.js, bucket))
+        for queue in sorted(self.routing.queues):
+            await self.ensure_queue(queue)
+
+    async def ensure_queue(self, queue: str) -> bool:
+        """Create the queue's stream if missing, so calls are stored even before its worker starts."""
+        if queue in self.ready_streams:
+            return True
+        if self.js is None:
+            return False
+        info = self.routing.queues.get(queue)
+        want = jetstream.work_stream(
+            queue, info.replicas if info else self.s.stream_replicas, info.storage if info else self.s.stream_storage
+        )
+        try:
+            await provision.ensure_stream(self.js, want)
+        except Exception as e:
+            log.warning("cannot set up stream for queue %s: %s", queue, e)
+            return False
+        self.ready_streams.add(queue)
+        return True
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()

@@ -1,0 +1,75 @@
+"""A stored call's status (`GET /async-calls/{id}`) and its cancel (`DELETE /async-calls/{id}`, and
+OpenFaaS's `DELETE /async-function/{id}`). A queued call is cancelled with a compare-and-set on its
+status record; a running one is told to its worker, which aborts the HTTP call and records `cancelled`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from nats.js.errors import KeyWrongLastSequenceError
+
+from jetqueue import callstatus, contract
+from jetqueue.contract import CallState
+from jetqueue.gateway.accept import RETRY_AFTER
+from jetqueue.gateway.auth import problem
+from jetqueue.gateway.backend import Backend
+from jetqueue.settings import GatewaySettings
+
+CANCEL_TRIES = 5
+
+
+class Calls:
+    def __init__(self, s: GatewaySettings, backend: Backend) -> None:
+        self.s = s
+        self.backend = backend
+
+    def _check_id(self, call_id: str) -> web.Response | None:
+        if not contract.CALL_ID.match(call_id):
+            return problem(400, "not a valid call id")
+        if self.backend.status.kv is None:
+            if not self.s.call_status:
+                return problem(501, "call status is switched off on this gateway (JETQUEUE_CALL_STATUS=false)")
+            return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
+        return None
+
+    async def _lookup(self, call_id: str) -> callstatus.Entry | web.Response:
+        """The call's status entry, or the answer to give when there is none (404) or NATS fails (503)."""
+        try:
+            entry = await self.backend.status.get(call_id)
+        except Exception:
+            return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
+        if entry is None:
+            return problem(404, f"no call {call_id!r} (unknown, or its status expired)")
+        return entry
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        call_id = request.match_info["call_id"]
+        if (bad := self._check_id(call_id)) is not None:
+            return bad
+        entry = await self._lookup(call_id)
+        return entry if isinstance(entry, web.Response) else web.json_response(entry.record)
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        call_id = request.match_info.get("call_id") or request.match_info["name"]
+        if (bad := self._check_id(call_id)) is not None:
+            return bad
+        nc = self.backend.nc
+        assert nc is not None
+        for _ in range(CANCEL_TRIES):
+            entry = await self._lookup(call_id)
+            if isinstance(entry, web.Response):
+                return entry
+            state = CallState(entry.record["state"])
+            if state.final:
+                return problem(409, f"call {call_id!r} already {state}")
+            if state == CallState.RUNNING:
+                # The worker running it aborts the HTTP call, then records `cancelled` itself.
+                await nc.publish(contract.CANCEL_SUBJECT, call_id.encode())
+                return web.json_response({"call_id": call_id, "state": "cancelling"}, status=202)
+            rec = {**entry.record, "state": CallState.CANCELLED, "updated_at": callstatus.now()}
+            rec["finished_at"] = rec["updated_at"]
+            try:
+                await self.backend.status.update(call_id, rec, entry.revision)
+            except KeyWrongLastSequenceError:
+                continue  # the worker moved it on meanwhile: look again
+            return web.json_response({"call_id": call_id, "state": CallState.CANCELLED}, status=202)
+        return problem(409, f"call {call_id!r} is changing state too fast to cancel; retry")

@@ -1,0 +1,218 @@
+"""Carry out one message: decode it, run the call, then do what `decision.decide` says, always in the
+same order: settle the message in JetStream, record the status, count and log, queue the callback.
+
+Settling comes first because it is what keeps the promise of the 202 (ack, retry later, or the dead
+letter stored before the message is terminated); status and callback are reports about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from jetqueue import callstatus, contract
+from jetqueue.callstatus import StatusStore
+from jetqueue.contract import BadMessage, Call, CallState
+from jetqueue.queueworker.callbacks import CallbackRequest, CallbackSender
+from jetqueue.queueworker.deadletter import dead_letter
+from jetqueue.queueworker.decision import Ack, Cancelled, DeadLetter, Decision, Retry, decide
+from jetqueue.queueworker.heartbeat import AckExtender
+from jetqueue.queueworker.invoke import CANCELLED, Invoker, Outcome
+from jetqueue.queueworker.metrics import WorkerMetrics, status_class
+from jetqueue.queueworker.policy import Policies
+
+log = logging.getLogger("jetqueue.worker")
+CANCELLED_STATUS = 499  # nginx's "client closed request": the X-Function-Status of a cancelled call
+UNDECODABLE = "undecodable"
+
+
+@dataclass
+class Context:
+    queue: str
+    js: JetStreamContext
+    policies: Policies
+    invoker: Invoker
+    callbacks: CallbackSender
+    status: StatusStore
+    metrics: WorkerMetrics
+    ack_wait: float
+    # Function mode: told every outcome (function, status, had Retry-After) for adaptive concurrency.
+    observer: Callable[[str, int | None, bool], None] | None = None
+
+
+def state_of(decision: Decision) -> CallState:
+    match decision:
+        case Ack():
+            return CallState.SUCCEEDED
+        case Retry():
+            return CallState.RETRYING
+        case DeadLetter(reason="exhausted"):
+            return CallState.DEAD_LETTERED
+        case DeadLetter():
+            return CallState.FAILED
+        case Cancelled():
+            return CallState.CANCELLED
+    raise AssertionError(decision)
+
+
+class Processor:
+    """Carries out one message. Shared by every consumer loop of a worker."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.extender = AckExtender(ctx.ack_wait)
+        self.running: dict[str, asyncio.Task[None]] = {}  # call id -> the task handling it, for cancel
+        self.cancel_requested: set[str] = set()
+        self.stopping = False
+
+    def cancel(self, call_id: str) -> bool:
+        task = self.running.get(call_id)
+        if task is None:
+            return False
+        self.cancel_requested.add(call_id)
+        task.cancel()
+        return True
+
+    async def handle(self, msg: Msg) -> None:
+        self.extender.track(msg)
+        try:
+            await self._handle(msg)
+        except asyncio.CancelledError:
+            if self.stopping:  # shutdown timeout: hand the call back for another worker, at once
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(msg.nak())
+            raise
+        except Exception:
+            # A bug or a lost connection: the message is redelivered after ack_wait. Never crash the loop.
+            log.exception("unexpected error handling message on %s", msg.subject)
+        finally:
+            self.extender.untrack(msg)
+
+    async def _handle(self, msg: Msg) -> None:
+        c = self.ctx
+        meta = msg.metadata
+        attempt = meta.num_delivered or 1
+        try:
+            call = contract.decode(msg.subject, msg.data, msg.headers, meta.sequence.stream)
+        except BadMessage as e:
+            await self._undecodable(msg, attempt, e)
+            return
+        policy = c.policies(call.function)
+        rec, _ = await c.status.begin(call, attempt, policy.retry.max_attempts)
+        if rec is not None and rec.get("state") == CallState.CANCELLED:  # cancelled while queued
+            outcome = Outcome(status=None, error=CANCELLED)
+        else:
+            outcome = await self._invoke(call, policy.upstream_timeout)
+            if c.observer is not None:
+                c.observer(call.function, outcome.status, outcome.retry_after is not None)
+            c.metrics.duration.labels(c.queue, call.function, status_class(outcome.status)).observe(outcome.duration)
+        decision = decide(outcome, attempt, policy.retry)
+        await self._settle(msg, call, decision, outcome, attempt)
+        state = state_of(decision)
+        fields: dict[str, object] = {"state": state, "status_code": outcome.status}
+        if not outcome.ok and not outcome.cancelled:
+            fields["error"] = outcome.excerpt()
+        if isinstance(decision, Retry):
+            fields["next_try"] = round(callstatus.now() + decision.delay, 3)
+        await c.status.finish(call, rec, **fields)
+        self._report(call, decision, outcome, attempt)
+        if state.final:
+            self._callback(call, state, outcome, attempt, policy.retry.max_attempts)
+
+    async def _settle(self, msg: Msg, call: Call, decision: Decision, outcome: Outcome, attempt: int) -> None:
+        """Keep the 202's promise in JetStream: removed, redelivered later, or stored as a dead letter first."""
+        match decision:
+            case Ack():
+                await msg.ack()
+            case Retry(delay=delay):
+                await msg.nak(delay=delay)
+            case DeadLetter(reason=reason):
+                await dead_letter(
+                    self.ctx.js, msg, self.ctx.queue, call.function, reason, outcome.status, attempt, outcome.excerpt()
+                )
+                await msg.term()
+            case Cancelled():
+                await msg.term()
+
+    def _report(self, call: Call, decision: Decision, outcome: Outcome, attempt: int) -> None:
+        c = self.ctx
+        labels = (c.queue, call.function)
+        extra = {
+            "call_id": call.call_id,
+            "queue": c.queue,
+            "function": call.function,
+            "attempt": attempt,
+            "status": outcome.status,
+            "duration": round(outcome.duration, 4),
+        }
+        match decision:
+            case Ack():
+                c.metrics.processed.labels(*labels, status_class(outcome.status)).inc()
+            case Retry(delay=delay):
+                c.metrics.retries.labels(*labels).inc()
+                why = outcome.excerpt()[:200] or outcome.status
+                log.info("attempt failed (%s); retrying", why, extra={**extra, "delay": round(delay, 3)})
+            case DeadLetter(reason=reason):
+                c.metrics.dead_letters.labels(*labels, reason).inc()
+                c.metrics.processed.labels(*labels, status_class(outcome.status)).inc()
+                why = outcome.excerpt()[:200]
+                log.warning("dead-lettered (%s): %s", reason, why, extra={**extra, "reason": reason})
+            case Cancelled():
+                c.metrics.processed.labels(*labels, CallState.CANCELLED.value).inc()
+                log.info("cancelled", extra=extra)
+
+    async def _undecodable(self, msg: Msg, attempt: int, error: BadMessage) -> None:
+        """A message no attempt can deliver: stored as a dead letter, never retried, never a crash loop."""
+        c = self.ctx
+        log.error("undecodable message on %s: %s; dead-lettered", msg.subject, error)
+        function = msg.subject.partition(".")[2]
+        label = function if contract.FUNCTION_NAME.match(function) else "_invalid"
+        await dead_letter(c.js, msg, c.queue, label, UNDECODABLE, None, attempt, str(error))
+        await msg.term()
+        c.metrics.dead_letters.labels(c.queue, label, UNDECODABLE).inc()
+
+    async def _invoke(self, call: Call, timeout: float) -> Outcome:
+        c = self.ctx
+        inflight = c.metrics.inflight.labels(c.queue, call.function)
+        inflight.inc()
+        task = asyncio.current_task()
+        assert task is not None
+        self.running[call.call_id] = task
+        try:
+            return await c.invoker.invoke(call, timeout)
+        except asyncio.CancelledError:
+            if call.call_id in self.cancel_requested and not self.stopping:
+                task.uncancel()
+                return Outcome(status=None, error=CANCELLED)
+            raise
+        finally:
+            self.running.pop(call.call_id, None)
+            self.cancel_requested.discard(call.call_id)
+            inflight.dec()
+
+    def _callback(self, call: Call, state: CallState, outcome: Outcome, attempt: int, max_attempts: int) -> None:
+        """Queue the callback of a finished call (never awaited: callbacks never block the consumer)."""
+        if not call.callback_url:
+            return
+        status = CANCELLED_STATUS if outcome.cancelled else outcome.status
+        headers = {
+            "X-Call-Id": call.call_id,
+            "X-Function-Name": call.function,
+            "X-Function-Status": str(status if status is not None else 503),
+            "X-Duration-Seconds": f"{outcome.duration:.6f}",
+            "X-Start-Time": str(call.start_time_ns),
+            "X-Retry": str(attempt),
+            "X-Retry-Max": str(max_attempts),
+        }
+        if outcome.cancelled:
+            headers["X-Call-Status"] = state.value
+        if outcome.content_type:
+            headers["Content-Type"] = outcome.content_type
+        body = b"" if outcome.cancelled else outcome.body if outcome.status is not None else outcome.error.encode()
+        self.ctx.callbacks.submit(CallbackRequest(call.callback_url, body, headers, call.call_id))
