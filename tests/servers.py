@@ -180,6 +180,7 @@ class FunctionServer:
                 "name": name,
                 "method": request.method,
                 "path": request.match_info["path"],
+                "raw_path": request.raw_path,
                 "query": request.query_string,
                 "headers": dict(request.headers),
                 "body": body,

@@ -7,6 +7,7 @@ import json
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.helpers import connect, gateway_settings, running_gateway, running_worker, worker_settings
 from tests.servers import eventually
@@ -128,3 +129,57 @@ async def test_nats_down_gives_503_and_recovers_without_restart(nats_server, fun
         # Nothing that got a 202 was lost across the restart (file storage).
         async with running_worker(worker_settings(nats_server.url, functions.url_template)):
             await eventually(lambda: sorted(functions.completed["echo"]) == sorted(accepted), timeout=60)
+
+
+async def test_a_request_over_max_payload_gets_413_with_the_real_limit_and_nothing_breaks(nats_server, http):
+    """nats-server counts headers + payload against max_payload and closes the connection of a client
+    that sends more: the gateway must refuse such a request itself, to the byte."""
+    settings = gateway_settings(nats_server.url, max_body_size=4 * 1024 * 1024)
+    async with running_gateway(settings) as gw:
+        url = f"http://127.0.0.1:{gw.s.http_port}/async-function/echo"
+        big = {"X-Call-Id": "big-1", "X-Padding": "p" * 200}
+        async with http.post(url, data=b"x" * (1024 * 1024), headers=big) as r:
+            assert r.status == 413
+            reason = (await r.json())["error"]
+        assert "1048576" in reason and "max_payload" in reason
+        largest = int(reason.rsplit("largest body", 1)[1].split()[-2])
+        assert (await post(http, url, b"x" * (largest + 1), **big)).status == 413
+        assert (await post(http, url, b"x" * largest, **big)).status == 202  # the limit is exact, not a guess
+        for i in range(20):  # still connected: nothing was knocked off NATS
+            assert (await post(http, url, b"small", **{"X-Call-Id": f"small-{i}"})).status == 202
+        assert gw.backend.connected
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "/%2e%2e/admin",
+        "/%2E%2e/admin",
+        "/a/%2e/b",
+        "/..%2fadmin",
+        "/%2fsystem",
+        "/a%5c..%5cb",
+        "/a\\..\\b",
+        "/%252e%252e/admin",
+        "/..",
+        "/./x",
+    ],
+)
+async def test_no_path_climbs_out_of_its_function(nats_server, functions, http, tail):
+    async with running_gateway(gateway_settings(nats_server.url)) as gw:
+        url = URL(f"http://127.0.0.1:{gw.s.http_port}/async-function/echo{tail}", encoded=True)
+        async with http.post(url, data=b"x") as r:
+            assert r.status == 400, await r.text()
+            assert "path" in (await r.json())["error"]
+
+
+async def test_a_sub_path_reaches_the_function_as_sent(nats_server, functions, http):
+    async with (
+        running_gateway(gateway_settings(nats_server.url)) as gw,
+        running_worker(worker_settings(nats_server.url, functions.url_template)),
+    ):
+        url = URL(f"http://127.0.0.1:{gw.s.http_port}/async-function/echo/v1/a%20b/c%3Fd/..e?x=1", encoded=True)
+        async with http.post(url, data=b"x") as r:
+            assert r.status == 202
+        await eventually(lambda: len(functions.requests) == 1)
+        assert functions.requests[0]["raw_path"] == "/function/echo/v1/a%20b/c%3Fd/..e?x=1"

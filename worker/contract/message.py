@@ -14,10 +14,12 @@ to ``echo`` with the stream sequence as its call id.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from jetqueue.contract.names import CALL_ID, FUNCTION_NAME, QUEUE_NAME
 
@@ -37,8 +39,19 @@ H_DLQ_ATTEMPTS = H_DLQ + "Attempts"
 H_DLQ_ERROR = H_DLQ + "Error"
 H_DLQ_SUBJECT = H_DLQ + "Subject"
 H_DLQ_TIME = H_DLQ + "Time"
+H_DLQ_TRUNCATED = H_DLQ + "Truncated"
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# Jq-Path and Jq-Query travel percent-encoded, exactly as the client sent them (RFC 3986 characters only),
+# and the worker sends them on unchanged: nothing re-encodes or normalises them on the way.
+_PCHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})"
+_PATH = re.compile(rf"^(?:/{_PCHAR}*)*$")
+_QUERY = re.compile(rf"^(?:{_PCHAR}|[/?])*$")
+_CLIMBS = frozenset({".", ".."})
+# nats-py's header block: "NATS/1.0\r\n", then "Key: Value\r\n" per header, then "\r\n".
+_HEADER_BLOCK = len(b"NATS/1.0\r\n") + len(b"\r\n")
+_HEADER_LINE = len(b": \r\n")
+_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 # Headers that describe the HTTP hop, not the call, and ours that must not be forwarded.
 _NOT_FORWARDED = frozenset(
     h.lower()
@@ -97,6 +110,37 @@ class Call:
         return h
 
 
+def path_problem(path: str) -> str | None:
+    """Why a percent-encoded sub-path cannot be sent to a function, or None.
+
+    A segment that is `.` or `..`, or holds a slash or backslash, once or twice decoded, could climb out of
+    `/function/<name>` (an HTTP client or a proxy may normalise or decode it): refused, not rewritten."""
+    if not path:
+        return None
+    if not _PATH.match(path):
+        return "path must start with / and hold only percent-encoded URL characters"
+    for segment in path.split("/")[1:]:
+        once = unquote(segment)
+        for decoded in (once, unquote(once)):
+            if decoded in _CLIMBS or "/" in decoded or "\\" in decoded:
+                return f"path segment {segment[:40]!r} could leave the function's path (dot segment or slash)"
+    return None
+
+
+def query_problem(query: str) -> str | None:
+    return None if _QUERY.match(query) else "query must hold only percent-encoded URL characters"
+
+
+def header_size(headers: Mapping[str, str]) -> int:
+    """Bytes of the header block nats-py sends for `headers`; nats-server counts it against max_payload
+    together with the body (and closes the connection of a client that sends more)."""
+    return _HEADER_BLOCK + sum(
+        len(k.strip().encode()) + _HEADER_LINE + len(v.strip().translate(_NEWLINES).encode())
+        for k, v in headers.items()
+        if k.strip()
+    )
+
+
 def forwardable(headers: Mapping[str, str]) -> dict[str, str]:
     """The request headers that should reach the function."""
     return {k: v for k, v in headers.items() if k.lower() not in _NOT_FORWARDED}
@@ -119,9 +163,9 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, seq: int) 
     method = h.get(H_METHOD, "POST").upper()
     if method not in METHODS:
         raise BadMessage(f"method {method[:20]!r} is not one of {', '.join(sorted(METHODS))}")
-    path = h.get(H_PATH, "")
-    if path and (not path.startswith("/") or any(c in path for c in "\r\n?#")):
-        raise BadMessage(f"path {path[:80]!r} must start with / and hold no ?, # or line breaks")
+    path, query = h.get(H_PATH, ""), h.get(H_QUERY, "")
+    if (problem := path_problem(path) or query_problem(query)) is not None:
+        raise BadMessage(f"{problem}: {(path + '?' + query)[:120]!r}")
     try:
         start = int(h.get(H_START) or time.time_ns())
     except ValueError as e:
@@ -134,7 +178,7 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, seq: int) 
         body=data,
         method=method,
         path=path,
-        query=h.get(H_QUERY, ""),
+        query=query,
         callback_url=h.get(H_CALLBACK, ""),
         start_time_ns=start,
         headers=forwarded,

@@ -21,6 +21,9 @@ from jetqueue.settings import GatewaySettings
 log = logging.getLogger("jetqueue.gateway")
 RETRY_AFTER = "5"
 MAX_FUNCTION_NAME = 253  # a DNS-1123 subdomain
+PREFIX = "/async-function/"
+# Room kept in every stored call for the metadata a dead letter adds (deadletter.py fits it in this).
+DEAD_LETTER_ROOM = 1024
 
 
 class Accept:
@@ -74,8 +77,16 @@ class Accept:
         if callback and (reason := self.callback_problem(callback)):
             self._count(name, queue, 400)
             return problem(400, reason)
+        # The path as the client sent it (still percent-encoded): what the worker will send on, unchanged.
+        raw_path = request.rel_url.raw_path
+        if not raw_path.startswith(PREFIX + name):
+            self._count(name, queue, 400)
+            return problem(400, "the function name in the path must not be percent-encoded")
+        path, query = raw_path[len(PREFIX + name) :], request.rel_url.raw_query_string
+        if (reason := contract.path_problem(path) or contract.query_problem(query)) is not None:
+            self._count(name, queue, 400)
+            return problem(400, reason)
         body = await request.read()
-        path = request.match_info.get("path", "")
         headers = contract.forwardable(request.headers)
         if self.s.auth_token or self.s.auth_user:  # the credential was for the gateway, not the function
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
@@ -85,22 +96,40 @@ class Accept:
             function=name,
             body=body,
             method=request.method,
-            path=f"/{path}" if path else "",
-            query=request.query_string,
+            path=path,
+            query=query,
             callback_url=callback,
             headers=headers,
         )
         return await self._store(call)
 
+    def _too_large(self, body: int, headers: int) -> web.Response | None:
+        """413 when body + headers (+ room for a dead letter's metadata) exceed the server's max_payload:
+        nats-server would close the connection instead of refusing the one message."""
+        limit = self.backend.max_payload
+        if body + headers + DEAD_LETTER_ROOM <= limit:
+            return None
+        largest = max(0, limit - headers - DEAD_LETTER_ROOM)
+        return problem(
+            413,
+            f"request too large: a {body}-byte body with {headers} bytes of headers does not fit the NATS "
+            f"server's max_payload of {limit} bytes ({DEAD_LETTER_ROOM} kept for dead-letter metadata); "
+            f"the largest body with these headers is {largest} bytes",
+        )
+
     async def _store(self, call: contract.Call) -> web.Response:
         b, name, queue = self.backend, call.function, call.queue
+        headers = call.to_headers()
+        if (too_large := self._too_large(len(call.body), contract.header_size(headers))) is not None:
+            self._count(name, queue, 413)
+            return too_large
         if b.js is None or not b.connected or not await b.ensure_queue(queue):
             self._count(name, queue, 503)
             return problem(503, "NATS is unavailable; nothing was stored, retry later", **{"Retry-After": RETRY_AFTER})
         t0 = time.perf_counter()
         try:
             ack = await b.js.publish(
-                contract.subject(queue, name), call.body, headers=call.to_headers(), timeout=self.s.publish_timeout
+                contract.subject(queue, name), call.body, headers=headers, timeout=self.s.publish_timeout
             )
         except Exception as e:
             log.warning("publish failed: %r", e, extra={"call_id": call.call_id, "function": name})

@@ -1,4 +1,10 @@
-"""Dead letters: a call that cannot succeed is stored, with why, in `OF_<queue>_DLQ`, before it is terminated."""
+"""Dead letters: a call that cannot succeed is stored, with why, in `OF_<queue>_DLQ`, before it is terminated.
+
+A dead letter must fit the server's max_payload (headers + body), or nats-server drops the worker's
+connection and the message comes back to fail the same way. What jetqueue adds is cut first (the error
+text, then the subject); a message published by someone else right at the limit then loses its forwarded
+headers, and as a last resort the tail of its body; `Jq-Dlq-Truncated` says what was cut.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,40 @@ from nats.js import JetStreamContext
 from jetqueue import contract
 
 HEADER_VALUE_MAX = 1024
+# The Jq-Dlq-Truncated header at its longest, kept free whenever anything must be cut.
+_MARKER = contract.header_size({contract.H_DLQ_TRUNCATED: "error,subject,headers,body"}) - contract.header_size({})
 
 
 def _clean(value: str) -> str:
     """Header-safe: one line, bounded."""
     return " ".join(str(value).split())[:HEADER_VALUE_MAX]
+
+
+def fit(headers: dict[str, str], body: bytes, limit: int) -> tuple[dict[str, str], bytes]:
+    """Headers and body of a dead letter cut to `limit` bytes as nats-server counts them."""
+    if contract.header_size(headers) + len(body) <= limit:
+        return headers, body
+    cut: list[str] = []
+
+    def over() -> int:
+        return contract.header_size(headers) + _MARKER + len(body) - limit
+
+    for key, label in ((contract.H_DLQ_ERROR, "error"), (contract.H_DLQ_SUBJECT, "subject")):
+        if over() > 0 and headers.get(key):
+            cut.append(label)
+            while over() > 0 and headers[key]:  # a character is at least a byte: each pass cuts enough
+                headers[key] = headers[key][: max(0, len(headers[key]) - over())]
+    for key in sorted((k for k in headers if k.startswith(contract.H_FORWARD)), key=lambda k: -len(headers[k])):
+        if over() <= 0:
+            break
+        del headers[key]
+        if "headers" not in cut:
+            cut.append("headers")
+    if over() > 0:
+        cut.append("body")
+        body = body[: max(0, len(body) - over())]
+    headers[contract.H_DLQ_TRUNCATED] = ",".join(cut)
+    return headers, body
 
 
 async def dead_letter(
@@ -26,6 +61,7 @@ async def dead_letter(
     status: int | None,
     attempts: int,
     error: str,
+    limit: int,
 ) -> None:
     """Publish the original message with its failure to the DLQ stream and wait for the PubAck."""
     headers = {k: v for k, v in (msg.headers or {}).items() if k != contract.H_MSG_ID}
@@ -37,10 +73,11 @@ async def dead_letter(
             contract.H_DLQ_REASON: reason,
             contract.H_DLQ_STATUS: "" if status is None else str(status),
             contract.H_DLQ_ATTEMPTS: str(attempts),
-            contract.H_DLQ_ERROR: _clean(error),
-            contract.H_DLQ_SUBJECT: _clean(msg.subject),
             contract.H_DLQ_TIME: str(time.time_ns()),
+            contract.H_DLQ_SUBJECT: _clean(msg.subject),
+            contract.H_DLQ_ERROR: _clean(error),
         }
     )
+    headers, body = fit(headers, msg.data, limit)
     safe_fn = function if contract.FUNCTION_NAME.match(function) else "_invalid"
-    await js.publish(contract.dlq_subject(queue, safe_fn), msg.data, headers=headers)
+    await js.publish(contract.dlq_subject(queue, safe_fn), body, headers=headers)

@@ -42,6 +42,7 @@ class Context:
     status: StatusStore
     metrics: WorkerMetrics
     ack_wait: float
+    max_payload: Callable[[], int]  # the server's limit on one message, from its INFO (dead letters fit it)
     # Function mode: told every outcome (function, status, had Retry-After) for adaptive concurrency.
     observer: Callable[[str, int | None, bool], None] | None = None
 
@@ -133,9 +134,8 @@ class Processor:
             case Retry(delay=delay):
                 await msg.nak(delay=delay)
             case DeadLetter(reason=reason):
-                await dead_letter(
-                    self.ctx.js, msg, self.ctx.queue, call.function, reason, outcome.status, attempt, outcome.excerpt()
-                )
+                c, status, why = self.ctx, outcome.status, outcome.excerpt()
+                await dead_letter(c.js, msg, c.queue, call.function, reason, status, attempt, why, c.max_payload())
                 await msg.term()
             case Cancelled():
                 await msg.term()
@@ -173,7 +173,7 @@ class Processor:
         log.error("undecodable message on %s: %s; dead-lettered", msg.subject, error)
         function = msg.subject.partition(".")[2]
         label = function if contract.FUNCTION_NAME.match(function) else "_invalid"
-        await dead_letter(c.js, msg, c.queue, label, UNDECODABLE, None, attempt, str(error))
+        await dead_letter(c.js, msg, c.queue, label, UNDECODABLE, None, attempt, str(error), c.max_payload())
         await msg.term()
         c.metrics.dead_letters.labels(c.queue, label, UNDECODABLE).inc()
 

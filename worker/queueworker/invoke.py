@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from jetqueue.contract import Call
 
@@ -37,9 +38,11 @@ class Outcome:
         return " ".join(text.split())[:BODY_EXCERPT]
 
 
-def function_url(template: str, call: Call) -> str:
-    url = template.replace("{function}", call.function).rstrip("/") + call.path
-    return f"{url}?{call.query}" if call.query else url
+def function_url(template: str, call: Call) -> URL:
+    """The function's URL with the call's path and query appended as they were sent (already percent-encoded
+    and checked by the contract): built encoded, so nothing normalises a dot segment or re-decodes it."""
+    base = str(URL(template.replace("{function}", call.function).rstrip("/")))
+    return URL(base + call.path + (f"?{call.query}" if call.query else ""), encoded=True)
 
 
 class Invoker:

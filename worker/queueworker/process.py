@@ -77,7 +77,18 @@ class Worker:
         kv = await open_bucket(js, bucket) if s.call_status else None
         self.invoker = Invoker(s.function_url, s.max_inflight)
         self.callbacks = CallbackSender(s.queue, self.metrics, s.callback_attempts, s.callback_timeout)
-        ctx = Context(s.queue, js, self.policies, self.invoker, self.callbacks, StatusStore(kv), self.metrics, ack_wait)
+        nc = self.nc
+        ctx = Context(
+            s.queue,
+            js,
+            self.policies,
+            self.invoker,
+            self.callbacks,
+            StatusStore(kv),
+            self.metrics,
+            ack_wait,
+            max_payload=lambda: nc.max_payload,
+        )
         self.processor = Processor(ctx)
         await self.nc.subscribe(contract.CANCEL_SUBJECT, cb=self._on_cancel)
         if s.mode == "static":

@@ -1,0 +1,66 @@
+"""message.py: how a call travels as a NATS message, and what no message may carry."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+import pytest
+
+from jetqueue import contract
+from jetqueue.contract import BadMessage, Call
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/..", "/.", "/a/../b", "/%2e%2e", "/%2E%2E/x", "/a/%2e", "/%2fx", "/a%2Fb", "/a%5cb", "/%252e%252e", "/a\\b"],
+)
+def test_paths_that_could_climb_are_refused(path):
+    assert contract.path_problem(path) is not None
+    with pytest.raises(BadMessage):
+        contract.decode("faas-request.echo", b"", {contract.H_PATH: path}, 1)
+
+
+@pytest.mark.parametrize(
+    "path", ["", "/", "/v1/items", "/a%20b", "/..e", "/e..", "/.well-known", "/a;b=c", "/%E2%82%AC"]
+)
+def test_ordinary_paths_pass_unchanged(path):
+    assert contract.path_problem(path) is None
+    assert contract.decode("faas-request.echo", b"", {contract.H_PATH: path}, 1).path == path
+
+
+@pytest.mark.parametrize("bad", ["a b", "x", "/a b", "/a?b", "/a#b", "/a\r\nX: y", "/é", "/%zz"])
+def test_paths_must_be_percent_encoded(bad):
+    assert contract.path_problem(bad) is not None
+
+
+def test_query_is_kept_encoded_and_checked():
+    assert contract.decode("q.f", b"", {contract.H_QUERY: "a=1&b=%2F?c"}, 1).query == "a=1&b=%2F?c"
+    for bad in ("a b", "a#b", "a\nb"):
+        with pytest.raises(BadMessage):
+            contract.decode("q.f", b"", {contract.H_QUERY: bad}, 1)
+
+
+async def test_header_size_is_what_the_server_counts(nats_server):
+    """A message of exactly max_payload (headers + body) is stored; one byte more is refused by the server."""
+    headers = Call("id-1", "faas-request", "echo", path="/a", headers={"X-Pad": " v\r\nw "}).to_headers()
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(name="SIZES", subjects=["sizes.>"])
+    exact = nc.max_payload - contract.header_size(headers)
+    assert (await js.publish("sizes.a", b"x" * exact, headers=headers)).seq == 1
+    errors: list[Exception] = []
+
+    async def on_error(e: Exception) -> None:
+        errors.append(e)
+
+    over = await nats.connect(nats_server.url, allow_reconnect=False, error_cb=on_error)
+    await over.publish("sizes.b", b"x" * (exact + 1), headers=headers)
+    for _ in range(100):
+        if over.is_closed or errors:
+            break
+        await asyncio.sleep(0.05)
+    assert errors or over.is_closed  # the server dropped the connection (it answers -ERR or resets it)
+    assert (await js.stream_info("SIZES")).state.messages == 1
+    await over.close()
+    await nc.close()

@@ -1,0 +1,60 @@
+"""deadletter.py: a dead letter is stored before its call is terminated, and always fits max_payload."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from jetqueue import contract
+from jetqueue.gateway.accept import DEAD_LETTER_ROOM
+from jetqueue.queueworker.deadletter import fit
+from tests.helpers import connect, dead_letters, running_worker, worker_settings
+from tests.servers import eventually
+
+LIMIT = 1024 * 1024
+
+
+def test_fit_cuts_what_jetqueue_adds_first():
+    headers = {contract.H_DLQ_ERROR: "e" * 900, contract.H_DLQ_SUBJECT: "q.f", contract.H_FORWARD + "A": "a" * 50}
+    body = b"x" * (LIMIT - contract.header_size(headers) + 100)
+    fitted, kept = fit(dict(headers), body, LIMIT)
+    assert kept == body and fitted[contract.H_FORWARD + "A"] == "a" * 50
+    assert len(fitted[contract.H_DLQ_ERROR]) < 900 and fitted[contract.H_DLQ_TRUNCATED] == "error"
+    assert contract.header_size(fitted) + len(kept) <= LIMIT
+
+
+def test_fit_drops_forwarded_headers_then_body_tail_only_when_it_must():
+    headers = {contract.H_DLQ_ERROR: "e", contract.H_FORWARD + "Big": "b" * 4000}
+    fitted, kept = fit(dict(headers), b"x" * (LIMIT - 200), LIMIT)
+    assert contract.H_FORWARD + "Big" not in fitted and len(kept) == LIMIT - 200
+    assert contract.header_size(fitted) + len(kept) <= LIMIT
+    fitted, kept = fit({contract.H_DLQ_REASON: "rejected"}, b"x" * LIMIT, LIMIT)
+    assert fitted[contract.H_DLQ_TRUNCATED].endswith("body") and contract.header_size(fitted) + len(kept) <= LIMIT
+
+
+@pytest.mark.parametrize(
+    ("room", "truncated"),
+    [(0, "error,subject,headers"), (DEAD_LETTER_ROOM, None)],  # published at the limit; as the gateway allows
+)
+async def test_a_call_at_the_size_limit_is_dead_lettered_without_losing_the_connection(
+    nats_server, functions, room, truncated
+):
+    async def reject(request, server):
+        return web.Response(status=400, text="no " * 400)  # a long error text for the dead letter
+
+    functions.handlers["reject"] = reject
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    headers = {contract.H_CALL_ID: "big", contract.H_FORWARD + "X-Pad": "p" * 300}
+    body = b"y" * (nc.max_payload - contract.header_size(headers) - room)
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)) as w:
+        await js.publish("faas-request.reject", body, headers=headers)
+        await js.publish("faas-request.echo", b"after", headers={contract.H_CALL_ID: "after"})
+        await eventually(lambda: functions.completed["echo"] == ["after"], timeout=30)
+        assert functions.calls["reject"] == ["big"]  # once: the dead letter was stored the first time
+        assert w.metrics.reconnects._value.get() == 0
+    (dl,) = await dead_letters(nc)
+    assert dl.data == body and dl.headers[contract.H_DLQ_REASON] == "rejected"
+    assert dl.headers.get(contract.H_DLQ_TRUNCATED) == truncated
+    assert (contract.H_FORWARD + "X-Pad" in dl.headers) == (room > 0)  # the caller's headers survive the reserve
+    await nc.close()
