@@ -142,8 +142,20 @@ def header_size(headers: Mapping[str, str]) -> int:
 
 
 def forwardable(headers: Mapping[str, str]) -> dict[str, str]:
-    """The request headers that should reach the function."""
-    return {k: v for k, v in headers.items() if k.lower() not in _NOT_FORWARDED}
+    """The request headers that should reach the function. A NATS header carries one value per name, so a
+    repeated header is folded into one line as HTTP allows (RFC 9110 5.3; `Cookie` with `; `)."""
+    out: dict[str, str] = {}
+    names: dict[str, str] = {}  # lower-case name -> the spelling first seen
+    for k, v in headers.items():
+        low = k.lower()
+        if low in _NOT_FORWARDED:
+            continue
+        if low in names:
+            out[names[low]] += ("; " if low == "cookie" else ", ") + v
+        else:
+            names[low] = k
+            out[k] = v
+    return out
 
 
 def parse_subject(subj: str) -> tuple[str, str]:

@@ -214,5 +214,7 @@ class Processor:
             headers["X-Call-Status"] = state.value
         if outcome.content_type:
             headers["Content-Type"] = outcome.content_type
+        if outcome.content_encoding:
+            headers["Content-Encoding"] = outcome.content_encoding
         body = b"" if outcome.cancelled else outcome.body if outcome.status is not None else outcome.error.encode()
         self.ctx.callbacks.submit(CallbackRequest(call.callback_url, body, headers, call.call_id))

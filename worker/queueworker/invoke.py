@@ -21,6 +21,7 @@ class Outcome:
     status: int | None  # None: the platform failed (refused, reset, timeout)
     body: bytes = b""
     content_type: str = ""
+    content_encoding: str = ""  # the body is passed on as the function sent it (auto_decompress is off)
     retry_after: str | None = None
     error: str = ""
     duration: float = 0.0
@@ -76,6 +77,7 @@ class Invoker:
                     status=resp.status,
                     body=body,
                     content_type=resp.headers.get("Content-Type", ""),
+                    content_encoding=resp.headers.get("Content-Encoding", ""),
                     retry_after=resp.headers.get("Retry-After"),
                     duration=time.monotonic() - t0,
                 )
