@@ -18,7 +18,7 @@ from jetqueue.contract import BadMessage, Call
 def test_paths_that_could_climb_are_refused(path):
     assert contract.path_problem(path) is not None
     with pytest.raises(BadMessage):
-        contract.decode("faas-request.echo", b"", {contract.H_PATH: path}, 1)
+        contract.decode("faas-request.echo", b"", {contract.H_PATH: path}, "id-1")
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,7 @@ def test_paths_that_could_climb_are_refused(path):
 )
 def test_ordinary_paths_pass_unchanged(path):
     assert contract.path_problem(path) is None
-    assert contract.decode("faas-request.echo", b"", {contract.H_PATH: path}, 1).path == path
+    assert contract.decode("faas-request.echo", b"", {contract.H_PATH: path}, "id-1").path == path
 
 
 @pytest.mark.parametrize("bad", ["a b", "x", "/a b", "/a?b", "/a#b", "/a\r\nX: y", "/é", "/%zz"])
@@ -35,10 +35,10 @@ def test_paths_must_be_percent_encoded(bad):
 
 
 def test_query_is_kept_encoded_and_checked():
-    assert contract.decode("q.f", b"", {contract.H_QUERY: "a=1&b=%2F?c"}, 1).query == "a=1&b=%2F?c"
+    assert contract.decode("q.f", b"", {contract.H_QUERY: "a=1&b=%2F?c"}, "id-1").query == "a=1&b=%2F?c"
     for bad in ("a b", "a#b", "a\nb"):
         with pytest.raises(BadMessage):
-            contract.decode("q.f", b"", {contract.H_QUERY: bad}, 1)
+            contract.decode("q.f", b"", {contract.H_QUERY: bad}, "id-1")
 
 
 async def test_header_size_is_what_the_server_counts(nats_server):
@@ -64,3 +64,17 @@ async def test_header_size_is_what_the_server_counts(nats_server):
     assert (await js.stream_info("SIZES")).state.messages == 1
     await over.close()
     await nc.close()
+
+
+def test_derived_ids_differ_across_queues_and_stream_resets():
+    from datetime import UTC, datetime
+
+    first = datetime(2026, 1, 1, tzinfo=UTC)
+    again = datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)  # the same sequence in a stream made again later
+    ids = {
+        contract.derived_call_id("alpha", 1, first),
+        contract.derived_call_id("beta", 1, first),
+        contract.derived_call_id("alpha", 1, again),
+    }
+    assert len(ids) == 3 and all(contract.CALL_ID.match(i) for i in ids)
+    assert contract.decode("alpha.f", b"", {}, contract.derived_call_id("alpha", 1, first)).call_id in ids

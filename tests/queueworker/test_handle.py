@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from aiohttp import web
 
@@ -162,5 +163,26 @@ async def test_bare_nats_publish_is_a_call(nats_server, functions):
     async with running_worker(worker_settings(nats_server.url, functions.url_template)):
         await nc.jetstream().publish("faas-request.echo.team-a", b"hello")  # name.namespace, no headers
         await eventually(lambda: len(functions.completed["echo.team-a"]) == 1)
-    assert functions.requests[0]["method"] == "POST" and functions.requests[0]["call_id"].startswith("seq-")
+    assert functions.requests[0]["method"] == "POST" and functions.requests[0]["call_id"].startswith("faas-request-1-")
+    await nc.close()
+
+
+async def test_calls_without_an_id_get_ids_unique_across_queues(nats_server, functions):
+    """Both queues' first bare message is stream sequence 1: their ids, status records and cancels must
+    still be their own."""
+    nc = await connect(nats_server.url)
+    url = functions.url_template
+    async with (
+        running_worker(worker_settings(nats_server.url, url, queue="alpha")),
+        running_worker(worker_settings(nats_server.url, url, queue="beta")),
+    ):
+        await nc.jetstream().publish("alpha.echo", b"a")
+        await nc.jetstream().publish("beta.echo", b"b")
+        await eventually(lambda: len(functions.completed["echo"]) == 2)
+    ids = functions.calls["echo"]
+    assert len(set(ids)) == 2 and {i.split("-1-")[0] for i in ids} == {"alpha", "beta"}
+    kv = await nc.jetstream().key_value(contract.STATUS_BUCKET)
+    records = [json.loads((await kv.get(i)).value or b"{}") for i in ids]
+    assert sorted(r["queue"] for r in records) == ["alpha", "beta"]
+    assert all(r["state"] == "succeeded" for r in records)
     await nc.close()

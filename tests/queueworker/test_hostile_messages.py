@@ -38,7 +38,7 @@ message = st.tuples(
 
 def expected_valid(subject: str, headers: dict[str, str]) -> bool:
     try:
-        contract.decode(subject, b"", headers, 1)
+        contract.decode(subject, b"", headers, "id-1")
     except contract.BadMessage:
         return False
     return True

@@ -9,7 +9,7 @@ Anyone with a NATS client can enqueue a call by following it (README, "Message c
   that should reach the function as ``Jq-Header-<Name>``.
 
 Every header but the subject is optional: a bare ``nats pub faas-request.echo hello`` is a POST
-to ``echo`` with the stream sequence as its call id.
+to ``echo`` with a call id derived from its queue, stream sequence and storage time.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from urllib.parse import unquote
 
 from jetqueue.contract.names import CALL_ID, FUNCTION_NAME, QUEUE_NAME
@@ -165,11 +166,19 @@ def parse_subject(subj: str) -> tuple[str, str]:
     return queue, function
 
 
-def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, seq: int) -> Call:
-    """Turn a JetStream message into a Call. Raises BadMessage when it cannot be delivered."""
+def derived_call_id(queue: str, seq: int, stored_at: datetime) -> str:
+    """The id of a call published without one: its queue, stream sequence and storage time (µs), so it is
+    the same on every redelivery and unique across queues and across a stream deleted and made again."""
+    return f"{queue}-{seq}-{int(stored_at.timestamp() * 1_000_000)}"
+
+
+def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_id: str) -> Call:
+    """Turn a JetStream message into a Call. Raises BadMessage when it cannot be delivered.
+
+    `fallback_id` is the call id of a message that carries none (`derived_call_id`)."""
     queue, function = parse_subject(subj)
     h = dict(headers or {})
-    call_id = h.get(H_CALL_ID) or h.get(H_MSG_ID) or f"seq-{seq}"
+    call_id = h.get(H_CALL_ID) or h.get(H_MSG_ID) or fallback_id
     if not CALL_ID.match(call_id):
         raise BadMessage(f"call id {call_id[:80]!r} has characters outside [A-Za-z0-9_=.-] or is too long")
     method = h.get(H_METHOD, "POST").upper()

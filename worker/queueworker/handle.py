@@ -100,7 +100,8 @@ class Processor:
         meta = msg.metadata
         attempt = meta.num_delivered or 1
         try:
-            call = contract.decode(msg.subject, msg.data, msg.headers, meta.sequence.stream)
+            fallback = contract.derived_call_id(c.queue, meta.sequence.stream, meta.timestamp)
+            call = contract.decode(msg.subject, msg.data, msg.headers, fallback)
         except BadMessage as e:
             await self._undecodable(msg, attempt, e)
             return
