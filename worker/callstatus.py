@@ -25,18 +25,6 @@ log = logging.getLogger("jetqueue.status")
 Record = dict[str, Any]
 
 
-async def open_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """The call-status bucket, created if missing (config: `contract.jetstream.status_bucket`)."""
-    try:
-        return await js.key_value(contract.STATUS_BUCKET)
-    except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(config)
-    except Exception:  # another process created it first
-        return await js.key_value(contract.STATUS_BUCKET)
-
-
 def now() -> float:
     return round(time.time(), 3)
 
@@ -48,31 +36,92 @@ class Entry:
 
 
 class StatusStore:
-    def __init__(self, kv: KeyValue | None) -> None:
-        self.kv = kv  # None: status tracking switched off
+    """The call-status bucket, opened (and created) on first use and again whenever it is found missing:
+    deleted by hand, or lost with a dev NATS's memory store. `StatusStore.off()` when status is switched off."""
+
+    def __init__(self, js: JetStreamContext | None, config: KeyValueConfig | None) -> None:
+        self.js = js
+        self.config = config
+        self.kv: KeyValue | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def off(cls) -> StatusStore:
+        return cls(None, None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.config is not None
+
+    async def bucket(self) -> KeyValue | None:
+        """The open bucket; None when switched off or NATS cannot open or create it now."""
+        if self.kv is not None or self.js is None or self.config is None:
+            return self.kv
+        async with self._lock:
+            if self.kv is None:
+                try:
+                    self.kv = await self._open(self.js, self.config)
+                except Exception as e:
+                    log.warning("cannot open the call-status bucket: %r", e)
+        return self.kv
+
+    @staticmethod
+    async def _open(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+        try:
+            return await js.key_value(contract.STATUS_BUCKET)
+        except BucketNotFoundError:
+            pass
+        try:
+            kv = await js.create_key_value(config)
+            log.info("created the call-status bucket %s", contract.STATUS_BUCKET)
+            return kv
+        except Exception:  # another process created it first
+            return await js.key_value(contract.STATUS_BUCKET)
+
+    def _failed(self, kv: KeyValue) -> None:
+        """An operation failed in a way other than a missing key or a lost race: maybe the bucket is gone.
+        The next operation opens it again (creating it if it is missing), so status heals by itself."""
+        if self.kv is kv:
+            self.kv = None
 
     async def get(self, call_id: str) -> Entry | None:
-        if self.kv is None:
+        kv = await self.bucket()
+        if kv is None:
+            if self.enabled:
+                raise ConnectionError("the call-status bucket is unavailable")
             return None
         try:
-            e = await self.kv.get(call_id)
+            e = await kv.get(call_id)
         except KeyNotFoundError:
             return None
+        except Exception:
+            self._failed(kv)
+            raise
         if not e.value:
             return None
         return Entry(json.loads(e.value), e.revision or 0)
 
     async def update(self, call_id: str, record: Record, last: int | None) -> int | None:
         """Compare-and-set; raises KeyWrongLastSequenceError when someone wrote in between."""
-        if self.kv is None:
+        kv = await self.bucket()
+        if kv is None:
+            if self.enabled:
+                raise ConnectionError("the call-status bucket is unavailable")
             return None
-        if last is None:
-            return int(await self.kv.create(call_id, json.dumps(record).encode()))
-        return int(await self.kv.update(call_id, json.dumps(record).encode(), last=last))
+        value = json.dumps(record).encode()
+        try:
+            if last is None:
+                return int(await kv.create(call_id, value))
+            return int(await kv.update(call_id, value, last=last))
+        except KeyWrongLastSequenceError:
+            raise
+        except Exception:
+            self._failed(kv)
+            raise
 
     async def begin(self, call: contract.Call, attempt: int, max_attempts: int) -> tuple[Record | None, int | None]:
         """Mark a call running. Returns (record, revision); record['state'] == 'cancelled' means skip it."""
-        if self.kv is None:
+        if not self.enabled:
             return None, None
         for _ in range(3):
             try:
@@ -94,17 +143,22 @@ class StatusStore:
 
     async def finish(self, call: contract.Call, rec: Record | None, **fields: Any) -> None:
         """Record a transition. Retried a few times: a NATS failover must not leave a call `running`."""
-        if self.kv is None:
+        if not self.enabled:
             return
         rec = {**(rec or base_record(call)), **fields, "updated_at": now()}
         if CallState(rec["state"]).final:
             rec["finished_at"] = rec["updated_at"]
         value = json.dumps(rec).encode()
         for pause in (0.2, 0.5, 1.0, 2.0, None):
+            kv = await self.bucket()
             try:
-                await self.kv.put(call.call_id, value)
+                if kv is None:
+                    raise ConnectionError("the call-status bucket is unavailable")
+                await kv.put(call.call_id, value)
                 return
             except Exception as e:
+                if kv is not None:
+                    self._failed(kv)
                 if pause is None:
                     log.warning("status write failed: %r", e, extra={"call_id": call.call_id})
                     return

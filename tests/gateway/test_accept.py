@@ -205,3 +205,24 @@ async def test_repeated_headers_and_compressed_answers_survive_the_trip(nats_ser
     received, body = callbacks.received[0]
     # Labelled, so the receiver (aiohttp here) decodes it; unlabelled gzip bytes would arrive as they are.
     assert received.get("Content-Encoding") == "gzip" and body == b"zipped"
+
+
+async def test_a_lost_puback_is_an_honest_503_and_the_retry_runs_once(nats_server, functions, http):
+    """A PubAck that does not come in time says nothing about whether the call was stored: the 503 must not
+    claim it was not, and must give the call id to retry with (the duplicate window makes that safe)."""
+    hasty = gateway_settings(nats_server.url, publish_timeout=1e-6)  # gives up before any PubAck can arrive
+    async with (
+        running_gateway(hasty) as gw1,
+        running_gateway(gateway_settings(nats_server.url)) as gw2,
+        running_worker(worker_settings(nats_server.url, functions.url_template)),
+    ):
+        async with http.post(f"http://127.0.0.1:{gw1.s.http_port}/async-function/echo", data=b"x") as r:
+            assert r.status == 503
+            text, call_id = (await r.json())["error"], r.headers["X-Call-Id"]
+        assert "may" in text and "nothing was stored" not in text and call_id in text
+        retry = {"X-Call-Id": call_id}
+        async with http.post(f"http://127.0.0.1:{gw2.s.http_port}/async-function/echo", data=b"x", headers=retry) as r:
+            assert r.status == 202
+        await eventually(lambda: functions.completed["echo"] == [call_id])
+        await asyncio.sleep(1)
+        assert functions.calls["echo"] == [call_id]  # stored once, run once

@@ -10,9 +10,12 @@ import time
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from nats.js.api import PubAck
+from nats.js.errors import NoStreamResponseError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from jetqueue import callstatus, contract
+from jetqueue.contract import jetstream
 from jetqueue.gateway.auth import problem
 from jetqueue.gateway.backend import Backend
 from jetqueue.gateway.routing import Routing
@@ -119,28 +122,34 @@ class Accept:
 
     async def _store(self, call: contract.Call) -> web.Response:
         b, name, queue = self.backend, call.function, call.queue
+        retry = {"Retry-After": RETRY_AFTER}
         headers = call.to_headers()
         if (too_large := self._too_large(len(call.body), contract.header_size(headers))) is not None:
             self._count(name, queue, 413)
             return too_large
         if b.js is None or not b.connected or not await b.ensure_queue(queue):
             self._count(name, queue, 503)
-            return problem(503, "NATS is unavailable; nothing was stored, retry later", **{"Retry-After": RETRY_AFTER})
+            return problem(503, "NATS is unavailable; nothing was stored, retry later", **retry)
         t0 = time.perf_counter()
         try:
-            ack = await b.js.publish(
-                contract.subject(queue, name), call.body, headers=headers, timeout=self.s.publish_timeout
-            )
+            ack = await self._publish(call, headers)
+        except NoStreamResponseError:
+            self._count(name, queue, 503)
+            return problem(503, "the queue's stream is unavailable; nothing was stored, retry later", **retry)
         except Exception as e:
+            # No PubAck: the server may or may not have stored it. Retrying under the same call id within the
+            # duplicate window is safe: a stored call is not stored twice.
             log.warning("publish failed: %r", e, extra={"call_id": call.call_id, "function": name})
             self._count(name, queue, 503)
             return problem(
                 503,
-                "could not store the call in JetStream; nothing was stored, retry later",
-                **{"Retry-After": RETRY_AFTER},
+                f"no acknowledgement from JetStream: the call may or may not be stored; retry with X-Call-Id: "
+                f"{call.call_id} within {int(jetstream.DUPLICATE_WINDOW)}s and it runs at most once",
+                **retry,
+                **{"X-Call-Id": call.call_id},
             )
         self.publish_seconds.observe(time.perf_counter() - t0)
-        if not ack.duplicate and b.status.kv is not None:
+        if not ack.duplicate and b.status.enabled:
             with contextlib.suppress(Exception):  # the worker may have begun already: its write wins
                 await b.status.update(call.call_id, callstatus.base_record(call), None)
         self._count(name, queue, 202)
@@ -148,3 +157,16 @@ class Accept:
         if ack.duplicate:
             answer["X-Duplicate"] = "true"
         return web.Response(status=202, headers=answer)
+
+    async def _publish(self, call: contract.Call, headers: dict[str, str]) -> PubAck:
+        """Publish and wait for the PubAck. A stream deleted underneath (`jetqueue reset`, a dev NATS restarted
+        empty) answers no-responders: set it up again and publish once more."""
+        b, subject = self.backend, contract.subject(call.queue, call.function)
+        assert b.js is not None
+        try:
+            return await b.js.publish(subject, call.body, headers=headers, timeout=self.s.publish_timeout)
+        except NoStreamResponseError:
+            b.stream_lost(call.queue)
+            if not await b.ensure_queue(call.queue):
+                raise
+            return await b.js.publish(subject, call.body, headers=headers, timeout=self.s.publish_timeout)

@@ -21,6 +21,10 @@ def problem(status_code: int, reason: str, **headers: str) -> web.Response:
     return web.json_response({"error": reason}, status=status_code, headers=headers)
 
 
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
 def auth_middleware(s: GatewaySettings) -> Middleware:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -28,12 +32,13 @@ def auth_middleware(s: GatewaySettings) -> Middleware:
             return await handler(request)
         header = request.headers.get("Authorization", "")
         scheme, _, cred = header.partition(" ")
-        if s.auth_token and scheme.lower() == "bearer" and hmac.compare_digest(cred.strip(), s.auth_token):
+        # Compared as bytes: compare_digest refuses non-ASCII str, and a stranger's header must not cause a 500.
+        if s.auth_token and scheme.lower() == "bearer" and _same(cred.strip(), s.auth_token):
             return await handler(request)
         if s.auth_user and scheme.lower() == "basic":
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 user, _, password = base64.b64decode(cred.strip(), validate=True).decode().partition(":")
-                if hmac.compare_digest(user, s.auth_user) and hmac.compare_digest(password, s.auth_password):
+                if _same(user, s.auth_user) & _same(password, s.auth_password):
                     return await handler(request)
         challenge = 'Bearer realm="jetqueue"' if s.auth_token else 'Basic realm="jetqueue"'
         return problem(401, "authentication required", **{"WWW-Authenticate": challenge})

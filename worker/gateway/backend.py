@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from jetqueue import provision
-from jetqueue.callstatus import StatusStore, open_bucket
+from jetqueue.callstatus import StatusStore
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
 from jetqueue.gateway.routing import Routing
@@ -27,7 +27,7 @@ class Backend:
         self.routing = routing
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
-        self.status = StatusStore(None)
+        self.status = StatusStore.off()
         self.ready_streams: set[str] = set()
 
     @property
@@ -50,13 +50,17 @@ class Backend:
             except ConnectionError as e:
                 log.warning("%s; retrying", e)
                 await asyncio.sleep(1)
-        self.js = self.nc.jetstream(timeout=self.s.publish_timeout)
+        self.js = self.nc.jetstream()  # publish_timeout applies to publishes (accept.py), not to API calls
         if self.s.call_status:
-            with contextlib.suppress(Exception):
-                bucket = jetstream.status_bucket(self.s.status_ttl, self.s.stream_replicas, self.s.stream_storage)
-                self.status = StatusStore(await open_bucket(self.js, bucket))
+            bucket = jetstream.status_bucket(self.s.status_ttl, self.s.stream_replicas, self.s.stream_storage)
+            self.status = StatusStore(self.js, bucket)
+            await self.status.bucket()  # opened now if it can be; otherwise on first use
         for queue in sorted(self.routing.queues):
             await self.ensure_queue(queue)
+
+    def stream_lost(self, queue: str) -> None:
+        """A publish found no stream for the queue (deleted underneath): set it up again on the next try."""
+        self.ready_streams.discard(queue)
 
     async def ensure_queue(self, queue: str) -> bool:
         """Create the queue's stream if missing, so calls are stored even before its worker starts."""

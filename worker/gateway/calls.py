@@ -25,10 +25,8 @@ class Calls:
     def _check_id(self, call_id: str) -> web.Response | None:
         if not contract.CALL_ID.match(call_id):
             return problem(400, "not a valid call id")
-        if self.backend.status.kv is None:
-            if not self.s.call_status:
-                return problem(501, "call status is switched off on this gateway (JETQUEUE_CALL_STATUS=false)")
-            return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
+        if not self.backend.status.enabled:
+            return problem(501, "call status is switched off on this gateway (JETQUEUE_CALL_STATUS=false)")
         return None
 
     async def _lookup(self, call_id: str) -> callstatus.Entry | web.Response:
@@ -53,7 +51,6 @@ class Calls:
         if (bad := self._check_id(call_id)) is not None:
             return bad
         nc = self.backend.nc
-        assert nc is not None
         for _ in range(CANCEL_TRIES):
             entry = await self._lookup(call_id)
             if isinstance(entry, web.Response):
@@ -62,6 +59,8 @@ class Calls:
             if state.final:
                 return problem(409, f"call {call_id!r} already {state}")
             if state == CallState.RUNNING:
+                if nc is None or not nc.is_connected:
+                    return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
                 # The worker running it aborts the HTTP call, then records `cancelled` itself.
                 await nc.publish(contract.CANCEL_SUBJECT, call_id.encode())
                 return web.json_response({"call_id": call_id, "state": "cancelling"}, status=202)
@@ -71,5 +70,7 @@ class Calls:
                 await self.backend.status.update(call_id, rec, entry.revision)
             except KeyWrongLastSequenceError:
                 continue  # the worker moved it on meanwhile: look again
+            except Exception:
+                return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
             return web.json_response({"call_id": call_id, "state": CallState.CANCELLED}, status=202)
         return problem(409, f"call {call_id!r} is changing state too fast to cancel; retry")

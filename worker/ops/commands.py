@@ -62,7 +62,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     for name, text in (
         ("purge", "drop the queued calls of a queue (stream and consumers kept)"),
-        ("reset", "delete a queue's stream and consumers; workers recreate them"),
+        ("reset", "delete a queue's stream and consumers; running workers and gateways recreate them"),
     ):
         p = sub.add_parser(name, help=text, description=text + ". Asks for confirmation, or --yes.")
         p.add_argument("queue")

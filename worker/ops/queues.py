@@ -96,13 +96,14 @@ async def purge(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO 
 async def reset(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO = sys.stdout) -> int:
     stream, n = await _queued(js, queue)
     if not confirm(
-        f"Delete stream {stream} and its consumers, losing {n} queued call(s)? Workers recreate them when they restart."
+        f"Delete stream {stream} and its consumers, losing {n} queued call(s)? Running gateways and workers set "
+        "them up again by themselves."
     ):
         out.write("nothing done\n")
         return 1
     await js.delete_stream(stream)
     out.write(
-        f"deleted {stream} ({n} call(s) lost); restart the workers to recreate it. "
+        f"deleted {stream} ({n} call(s) lost); running gateways and workers set it up again within seconds. "
         f"Dead letters in {contract.dlq_stream_name(queue)} are kept.\n"
     )
     return 0

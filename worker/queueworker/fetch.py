@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from jetqueue.queueworker.handle import Processor
 
 log = logging.getLogger("jetqueue.worker")
 FETCH_MAX = 256
 FETCH_TIMEOUT = 1.0  # also bounds how long shutdown waits for the last fetch
+RECOVER_FIRST_WAIT = 0.5
+RECOVER_MAX_WAIT = 5.0  # a consumer deleted underneath is back within this once NATS lets us create it
 
 
 class Slots:
@@ -59,6 +62,7 @@ class ConsumerLoop:
         processor: Processor,
         share: Callable[[], int] | None = None,
         idle_exit: float | None = None,
+        rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]] | None = None,
     ) -> None:
         self.name = name
         self.psub = psub
@@ -66,6 +70,8 @@ class ConsumerLoop:
         self.processor = processor
         self.share = share  # function mode: how many more calls this consumer may start now
         self.idle_exit = idle_exit  # function mode: stop pulling after this long without a message
+        self.rebind = rebind  # static mode: set the consumer up again when it is found missing
+        self.lost = False  # the consumer is missing and not set up again yet (readiness says so)
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.has_work = False
@@ -94,10 +100,13 @@ class ConsumerLoop:
                 continue
             except ConnectionClosedError:
                 break
-            except Exception as e:  # disconnected, consumer deleted, ...: keep trying
-                if self.idle_exit is not None and "consumer" in str(e).lower() and "deleted" in str(e).lower():
-                    await self._retire("consumer deleted by the server")
+            except (ServiceUnavailableError, NotFoundError):  # no consumer answers the pull: it was deleted
+                if self.rebind is None:
+                    await self._retire("consumer deleted")  # function mode: discovery makes it again if needed
                     return
+                await self._recover(self.rebind)
+                continue
+            except Exception as e:  # disconnected, ...: keep trying
                 log.warning("fetch from %s failed: %r", self.name, e)
                 await asyncio.sleep(1)
                 continue
@@ -108,6 +117,25 @@ class ConsumerLoop:
                 task = asyncio.create_task(self.processor.handle(m))
                 self.tasks.add(task)
                 task.add_done_callback(self._done)
+
+    async def _recover(self, rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]]) -> None:
+        """Set the consumer (and its stream) up again, retrying until it works or the worker stops."""
+        self.lost = True
+        log.warning("consumer %s is missing; setting it up again", self.name)
+        wait = RECOVER_FIRST_WAIT
+        while not self.stopping:
+            try:
+                old, self.psub = self.psub, await rebind()
+            except Exception as e:
+                log.warning("cannot set up consumer %s yet: %r", self.name, e)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RECOVER_MAX_WAIT)
+                continue
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+            log.info("consumer %s set up again", self.name)
+            break
+        self.lost = False
 
     async def _retire(self, why: str) -> None:
         """Stop pulling, so the server's inactive_threshold can remove the idle consumer."""

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from jetqueue import contract, provision
 from jetqueue.contract import jetstream
@@ -30,13 +32,20 @@ DISCOVER_EVERY = 0.25  # one stream-info request, whatever the backlog
 
 class FunctionMode:
     def __init__(
-        self, s: WorkerSettings, js: JetStreamContext, ctx: Context, processor: Processor, slots: Slots
+        self,
+        s: WorkerSettings,
+        js: JetStreamContext,
+        ctx: Context,
+        processor: Processor,
+        slots: Slots,
+        provision_streams: Callable[[], Awaitable[object]],
     ) -> None:
         self.s = s
         self.js = js
         self.ctx = ctx
         self.processor = processor
         self.slots = slots
+        self.provision_streams = provision_streams  # the streams again, when deleted underneath
         self.adaptive = Adaptive(s.max_inflight, s.adaptive_concurrency)
         self.loops: dict[str, ConsumerLoop] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -89,6 +98,10 @@ class FunctionMode:
                         loop.has_work = True
                         continue
                     await self._start_function(function)
+            except NotFoundError:
+                log.warning("stream %s is missing; setting it up again", self.s.stream)
+                with contextlib.suppress(Exception):
+                    await self.provision_streams()
             except provision.StreamSetupError as e:
                 log.error("%s", e)
             except Exception as e:

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from jetqueue import contract, provision
-from jetqueue.callstatus import StatusStore, open_bucket
+from jetqueue.callstatus import StatusStore
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
 from jetqueue.probes import add_probes, serve
@@ -44,6 +44,7 @@ class Worker:
         self.slots = Slots(settings.max_inflight)
         self.loops: list[ConsumerLoop] = []
         self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
         self.http: web.AppRunner | None = None
         self._loop_tasks: list[asyncio.Task[None]] = []
         self._timer: asyncio.Task[None] | None = None
@@ -63,18 +64,11 @@ class Worker:
             self.metrics.reconnects.inc()
 
         self.nc = await connect(s, f"jetqueue-worker-{s.queue}", on_reconnect=reconnected)
-        js = self.nc.jetstream()
-        # The names may be overridden (an adopted OpenFaaS stream); everything else is the contract's.
-        work = jetstream.work_stream(s.queue, s.stream_replicas, s.stream_storage)
-        await provision.ensure_stream(js, replace(work, name=s.stream))
-        dlq = jetstream.dead_letter_stream(s.queue, s.stream_replicas, s.stream_storage)
-        await provision.ensure_dlq_stream(js, replace(dlq, name=s.dlq_stream))
-        ack_wait = s.ack_wait
-        if s.mode == "static":
-            consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting)
-            ack_wait = await provision.ensure_consumer(js, replace(consumer, stream=s.stream, durable=s.durable))
+        js = self.js = self.nc.jetstream()
+        ack_wait = await self._provision()
         bucket = jetstream.status_bucket(s.status_ttl, s.stream_replicas, s.stream_storage)
-        kv = await open_bucket(js, bucket) if s.call_status else None
+        status = StatusStore(js, bucket) if s.call_status else StatusStore.off()
+        await status.bucket()
         self.invoker = Invoker(s.function_url, s.max_inflight)
         self.callbacks = CallbackSender(s.queue, self.metrics, s.callback_attempts, s.callback_timeout)
         nc = self.nc
@@ -84,7 +78,7 @@ class Worker:
             self.policies,
             self.invoker,
             self.callbacks,
-            StatusStore(kv),
+            status,
             self.metrics,
             ack_wait,
             max_payload=lambda: nc.max_payload,
@@ -93,13 +87,34 @@ class Worker:
         await self.nc.subscribe(contract.CANCEL_SUBJECT, cb=self._on_cancel)
         if s.mode == "static":
             psub = await js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
-            self._add_loop(ConsumerLoop(s.durable, psub, self.slots, self.processor))
+            self._add_loop(ConsumerLoop(s.durable, psub, self.slots, self.processor, rebind=self._rebind))
         else:
-            self.function_mode = FunctionMode(s, js, ctx, self.processor, self.slots)
+            self.function_mode = FunctionMode(s, js, ctx, self.processor, self.slots, self._provision)
             await self.function_mode.start()
         self._timer = asyncio.create_task(self._refresh_pending(js))
         self._beat = asyncio.create_task(self.processor.extender.run())
         log.info("worker ready: queue=%s stream=%s mode=%s max_inflight=%d", s.queue, s.stream, s.mode, s.max_inflight)
+
+    async def _provision(self) -> float:
+        """The queue's streams and (static mode) its consumer, created if missing: at start, and again when
+        they were deleted underneath. Returns the consumer's ack wait."""
+        s, js = self.s, self.js
+        assert js is not None
+        # The names may be overridden (an adopted OpenFaaS stream); everything else is the contract's.
+        work = jetstream.work_stream(s.queue, s.stream_replicas, s.stream_storage)
+        await provision.ensure_stream(js, replace(work, name=s.stream))
+        dlq = jetstream.dead_letter_stream(s.queue, s.stream_replicas, s.stream_storage)
+        await provision.ensure_dlq_stream(js, replace(dlq, name=s.dlq_stream))
+        if s.mode != "static":
+            return s.ack_wait
+        consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting)
+        return await provision.ensure_consumer(js, replace(consumer, stream=s.stream, durable=s.durable))
+
+    async def _rebind(self) -> JetStreamContext.PullSubscription:
+        """The static consumer vanished (deleted, or lost with the server's state): set it up again."""
+        await self._provision()
+        assert self.js is not None
+        return await self.js.pull_subscribe_bind(durable=self.s.durable, stream=self.s.stream)
 
     def _add_loop(self, loop: ConsumerLoop) -> None:
         self.loops.append(loop)
@@ -125,6 +140,9 @@ class Worker:
             return "not connected to NATS"
         if self.processor is None:
             return "consumer not bound"
+        lost = [loop.name for loop in self.loops if loop.lost]
+        if lost:
+            return f"consumer {', '.join(lost)} missing; setting it up again"
         return None
 
     async def _refresh_pending(self, js: JetStreamContext) -> None:
