@@ -24,9 +24,36 @@ async def test_existing_stream_and_consumer_are_adopted(nats_server, functions):
     call_id = await enqueue(nc, "echo")
     async with running_worker(worker_settings(nats_server.url, functions.url_template, ack_wait=30.0)) as w:
         await eventually(lambda: functions.completed["echo"] == [call_id])
-        assert w.processor is not None and w.processor.ctx.ack_wait == 7.0
+        assert w.processor is not None and w.processor.ctx.ack_wait == 30.0
     info = await js.consumer_info("OF_faas-request", "faas-request-workers")
-    assert info.config.ack_wait == 7.0  # left as it was made
+    assert info.config.ack_wait == 30.0  # what the worker owns follows its settings
+    await nc.close()
+
+
+async def test_consumer_follows_the_settings_of_the_worker_that_starts(nats_server, functions):
+    """Scale-out must not stay capped by the first worker's max_inflight."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    for inflight, ack_wait in ((5, 20.0), (100, 45.0)):
+        settings = worker_settings(nats_server.url, functions.url_template, max_inflight=inflight, ack_wait=ack_wait)
+        async with running_worker(settings):
+            pass
+        info = await js.consumer_info("OF_faas-request", "faas-request-workers")
+        assert (info.config.max_ack_pending, info.config.ack_wait) == (2 * inflight, ack_wait)
+    await nc.close()
+
+
+async def test_what_cannot_change_in_place_is_refused_with_the_command(nats_server, functions):
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, max_waiting=16)):
+        pass
+    with pytest.raises(StreamSetupError, match="nats consumer rm OF_faas-request faas-request-workers"):
+        async with running_worker(worker_settings(nats_server.url, functions.url_template, max_waiting=512)):
+            pass
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, max_waiting=8)):
+        pass  # more waiting pulls allowed than asked for is harmless: kept, with a warning
+    assert (await js.consumer_info("OF_faas-request", "faas-request-workers")).config.max_waiting == 16
     await nc.close()
 
 

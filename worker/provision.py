@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, RetentionPolicy
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from jetqueue.contract import names
 from jetqueue.contract.jetstream import SERVER_ACK_WAIT, ConsumerSpec, StreamSpec
@@ -90,13 +90,42 @@ async def ensure_consumer(js: JetStreamContext, want: ConsumerSpec) -> float:
             f"consumer {name} on {stream} is a push consumer; jetqueue pulls. Delete it "
             f"(nats consumer rm {stream} {name}) and the worker recreates it as a pull consumer."
         )
-    if cfg.ack_wait and abs(cfg.ack_wait - want.ack_wait) > 0.001:
-        log.warning(
-            "consumer %s has ack_wait %.0fs, settings say %.0fs; using the consumer's (in-progress every %.0fs)",
-            name,
-            cfg.ack_wait,
-            want.ack_wait,
-            cfg.ack_wait / 2,
+    return await _reconcile(js, want, info.config)
+
+
+def _differs(a: float | int | None, b: float | int | None) -> bool:
+    return abs(float(a or 0) - float(b or 0)) > 0.001
+
+
+async def _reconcile(js: JetStreamContext, want: ConsumerSpec, cfg: ConsumerConfig) -> float:
+    """Bring what the worker owns on an existing consumer to its settings, so a restart with more
+    max_inflight (or more replicas) is not capped by the first worker's. Returns the ack wait in force."""
+    name, stream = want.durable, want.stream
+    recreate = f"nats consumer rm {stream} {name}"
+    if (cfg.max_waiting or 0) < want.max_waiting:
+        # max_waiting cannot change in place; too few waiting pulls starve replicas ("Exceeded MaxWaiting").
+        raise StreamSetupError(
+            f"consumer {name} on {stream} allows {cfg.max_waiting} waiting pulls, settings need "
+            f"{want.max_waiting}; max_waiting cannot change in place. Remove it ({recreate}): the workers "
+            "recreate it at once and the stream keeps every call."
         )
-    log.info("using existing consumer %s on %s", name, stream)
-    return float(cfg.ack_wait or SERVER_ACK_WAIT)
+    if (cfg.max_waiting or 0) > want.max_waiting:
+        log.warning("consumer %s allows %d waiting pulls (settings: %d); kept", name, cfg.max_waiting, want.max_waiting)
+    wanted = want.to_nats()
+    changes = {
+        field: getattr(wanted, field)
+        for field in ("max_ack_pending", "ack_wait", "inactive_threshold")
+        if _differs(getattr(cfg, field), getattr(wanted, field))
+    }
+    if not changes:
+        log.info("using existing consumer %s on %s", name, stream)
+        return float(cfg.ack_wait or SERVER_ACK_WAIT)
+    try:
+        info = await js.add_consumer(stream, cfg.evolve(**changes))  # create-or-update on the durable
+    except APIError as e:
+        raise StreamSetupError(
+            f"cannot update consumer {name} on {stream} to {changes}: {e.description or e!r}. "
+            f"Remove it ({recreate}): the workers recreate it and the stream keeps every call."
+        ) from None
+    log.info("updated consumer %s on %s: %s", name, stream, changes)
+    return float(info.config.ack_wait or SERVER_ACK_WAIT)
