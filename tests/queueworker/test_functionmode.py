@@ -170,3 +170,32 @@ async def test_static_and_function_mode_refuse_to_share_a_stream(nats_server, fu
             assert "static" in str(e) and "both" in str(e)
         finally:
             await w.stop()
+
+
+async def test_one_function_s_failure_stays_with_it(nats_server, functions):
+    """A 253-character function name (the gateway accepts it) is too long for a plain consumer name: it gets a
+    hashed one, and the functions sorted after it are served as before."""
+    long_fn = "a" + "b" * 251 + "c"
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, mode="function")):
+        await enqueue(nc, long_fn)
+        await enqueue(nc, "zzz")
+        await eventually(lambda: len(functions.completed["zzz"]) == 1 and len(functions.completed[long_fn]) == 1)
+        names = sorted(c.name for c in await js.consumers_info("OF_faas-request"))
+        assert names[1] == "faas-request-fn-zzz" and len(names[0]) <= 200
+    await nc.close()
+
+
+async def test_a_consumer_deleted_underneath_comes_back_with_its_calls(nats_server, functions):
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    functions.handlers["slow"] = sleeper(0.5)
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, mode="function")):
+        await enqueue(nc, "slow")
+        await eventually(lambda: len(functions.completed["slow"]) == 1)
+        await js.delete_consumer("OF_faas-request", "faas-request-fn-slow")
+        for _ in range(3):
+            await enqueue(nc, "slow")
+        await eventually(lambda: len(functions.completed["slow"]) == 4, timeout=30)
+    await nc.close()

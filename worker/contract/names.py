@@ -7,6 +7,7 @@ labels, so no queue subject can start with ``_`` and the ``_DLQ``/``_JQ`` subjec
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 DEFAULT_QUEUE = "faas-request"
@@ -16,6 +17,8 @@ DLQ_SUBJECT_PREFIX = "_DLQ"
 CANCEL_SUBJECT = "_JQ.cancel"
 STATUS_BUCKET = "jetqueue-calls"
 MAX_QUEUE_NAME = 40  # it names the stream, the consumers and the Helm release
+# nats-server refuses consumer names over 255 characters (a file name); longer ones end in a hash instead.
+MAX_CONSUMER_NAME = 200
 
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 QUEUE_NAME = re.compile(rf"^{DNS_LABEL}$")
@@ -44,8 +47,13 @@ def durable_name(queue: str) -> str:
 
 
 def function_consumer_name(queue: str, function: str) -> str:
-    """Function mode's durable for one function; the KEDA trigger watches the same name."""
-    return f"{queue}-fn-{function.replace('.', '_')}"
+    """Function mode's durable for one function; the KEDA trigger watches the same name. A name too long for
+    the server keeps its start and ends in a hash of the function: stable, and unique in practice."""
+    name = f"{queue}-fn-{function.replace('.', '_')}"
+    if len(name) <= MAX_CONSUMER_NAME:
+        return name
+    digest = hashlib.sha256(function.encode()).hexdigest()[:16]
+    return f"{name[: MAX_CONSUMER_NAME - len(digest) - 1]}-{digest}"
 
 
 def subject(queue: str, function: str) -> str:

@@ -2,7 +2,8 @@
 
 AIMD with memory: the limit starts low and grows by one per window of successes (doubling until the
 first overload); a 429 (or a 503 with Retry-After) remembers the concurrency that overloaded the
-function and cuts the limit to a safety margin below it. Periodically the ceiling is probed upward
+function and cuts the limit to a safety margin below it, once per burst: the 429s of calls that began
+before that cut are the same overload, not new evidence. Periodically the ceiling is probed upward
 (by 10 %, at least one), so the limit follows the function's replicas as they scale up, and back down on new 429s.
 """
 
@@ -26,6 +27,7 @@ class Limit:
     ceiling: float = math.inf  # a safety margin below the highest concurrency known to overload
     slow_start: bool = True
     last_probe: float = field(default_factory=time.monotonic)
+    last_cut: float = -math.inf
     successes: int = 0
 
     @property
@@ -46,7 +48,10 @@ class Limit:
             self.limit = max(self.limit, min(self.limit + 1, self.ceiling))
         self.limit = min(self.limit, self.ceiling_cap)
 
-    def overload(self, inflight: int, now: float) -> None:
+    def overload(self, inflight: int, now: float, started: float) -> None:
+        if started < self.last_cut:
+            return  # began before the last cut: part of the burst that caused it
+        self.last_cut = now
         self.slow_start = False
         self.ceiling = max(1.0, min(self.ceiling, math.floor(max(inflight, 1) * MARGIN)))
         self.limit = max(1.0, min(self.limit * BACKOFF, self.ceiling))
@@ -72,12 +77,15 @@ class Adaptive:
             self.limits[function] = Limit(ceiling_cap=self.cap)
         return self.limits[function]
 
-    def record(self, function: str, status: int | None, retry_after: bool, inflight: int) -> None:
+    def record(
+        self, function: str, status: int | None, retry_after: bool, inflight: int, duration: float = 0.0
+    ) -> None:
+        """One finished call: its status, whether it said Retry-After, the calls in flight, how long it ran."""
         if not self.enabled:
             return
         now = time.monotonic()
         lim = self._get(function)
         if status == 429 or (status == 503 and retry_after):
-            lim.overload(inflight, now)
+            lim.overload(inflight, now, started=now - duration)
         elif status is not None and 200 <= status < 300:
             lim.success(now)

@@ -56,10 +56,10 @@ class FunctionMode:
         self.idle_exit = max(1.0, min(s.inactive_threshold / 2, 30.0))
         ctx.observer = self._observe
 
-    def _observe(self, function: str, status: int | None, retry_after: bool) -> None:
+    def _observe(self, function: str, status: int | None, retry_after: bool, duration: float) -> None:
         loop = self.loops.get(function)
         inflight = len(loop.tasks) if loop else 1
-        self.adaptive.record(function, status, retry_after, inflight)
+        self.adaptive.record(function, status, retry_after, inflight, duration)
         self.ctx.metrics.concurrency_limit.labels(self.s.queue, function).set(self.adaptive.limit(function))
 
     async def start(self) -> None:
@@ -97,7 +97,10 @@ class FunctionMode:
                     if loop is not None and not self.tasks[function].done():
                         loop.has_work = True
                         continue
-                    await self._start_function(function)
+                    try:
+                        await self._start_function(function)
+                    except Exception as e:  # this function's problem only: the others are still served
+                        log.warning("cannot consume function %r: %r", function[:80], e)
             except NotFoundError:
                 log.warning("stream %s is missing; setting it up again", self.s.stream)
                 with contextlib.suppress(Exception):

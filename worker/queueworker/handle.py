@@ -43,8 +43,8 @@ class Context:
     metrics: WorkerMetrics
     ack_wait: float
     max_payload: Callable[[], int]  # the server's limit on one message, from its INFO (dead letters fit it)
-    # Function mode: told every outcome (function, status, had Retry-After) for adaptive concurrency.
-    observer: Callable[[str, int | None, bool], None] | None = None
+    # Function mode: told every outcome (function, status, had Retry-After, duration) for adaptive concurrency.
+    observer: Callable[[str, int | None, bool, float], None] | None = None
 
 
 def state_of(decision: Decision) -> CallState:
@@ -112,7 +112,7 @@ class Processor:
         else:
             outcome = await self._invoke(call, policy.upstream_timeout)
             if c.observer is not None:
-                c.observer(call.function, outcome.status, outcome.retry_after is not None)
+                c.observer(call.function, outcome.status, outcome.retry_after is not None, outcome.duration)
             c.metrics.duration.labels(c.queue, call.function, status_class(outcome.status)).observe(outcome.duration)
         decision = decide(outcome, attempt, policy.retry)
         await self._settle(msg, call, decision, outcome, attempt)
