@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StreamConfig
 
 from jetqueue.provision import StreamSetupError
 from jetqueue.queueworker.process import Worker
@@ -91,4 +91,34 @@ async def test_unworkable_stream_or_consumer_refused(nats_server, functions, str
     await w.stop()
     assert "nats " in str(err.value) or "jetqueue " in str(err.value)  # says what to run to fix it
     assert (await js.stream_info("OF_faas-request")).config.subjects == stream.subjects  # never recreated
+    await nc.close()
+
+
+@pytest.mark.parametrize(
+    "limit", [{"max_msgs": 5}, {"max_bytes": 4096}, {"max_age": 3600.0}, {"max_msgs_per_subject": 2}]
+)
+async def test_a_stream_that_could_discard_accepted_calls_is_refused(nats_server, functions, limit):
+    """A stream made by hand as the seeds describe (discard old) with a limit would delete stored calls."""
+    nc = await connect(nats_server.url)
+    await nc.jetstream().add_stream(
+        StreamConfig(
+            name="OF_faas-request",
+            subjects=["faas-request.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            discard=DiscardPolicy.OLD,
+            **limit,
+        )
+    )
+    with pytest.raises(StreamSetupError, match="nats stream edit OF_faas-request --discard new"):
+        async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+            pass
+    await nc.close()
+
+
+async def test_streams_jetqueue_creates_discard_new(nats_server, functions):
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+        pass
+    nc = await connect(nats_server.url)
+    info = await nc.jetstream().stream_info("OF_faas-request")
+    assert info.config.discard == DiscardPolicy.NEW
     await nc.close()

@@ -43,6 +43,23 @@ async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
             f"stream {want.name} has subjects {subjects}; it must take '{want.subjects[0]}' so every function's "
             f"calls land there. Add it: nats stream edit {want.name} --subjects '{want.subjects[0]}'"
         )
+    limits = {
+        name: value
+        for name, value in (
+            ("max_msgs", cfg.max_msgs),
+            ("max_bytes", cfg.max_bytes),
+            ("max_age", cfg.max_age),
+            ("max_msgs_per_subject", cfg.max_msgs_per_subject),
+        )
+        if value and value > 0
+    }
+    discard = getattr(cfg.discard, "value", cfg.discard)
+    if limits and discard != "new":
+        raise StreamSetupError(
+            f"stream {want.name} has limits {limits} with discard {discard!r}: reaching a limit would delete calls "
+            f"that were already accepted. Make a full queue refuse new calls instead (the gateway answers 503 "
+            f"'queue full'): nats stream edit {want.name} --discard new"
+        )
     log.info("using existing stream %s", want.name)
 
 

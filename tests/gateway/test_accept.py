@@ -226,3 +226,31 @@ async def test_a_lost_puback_is_an_honest_503_and_the_retry_runs_once(nats_serve
         await eventually(lambda: functions.completed["echo"] == [call_id])
         await asyncio.sleep(1)
         assert functions.calls["echo"] == [call_id]  # stored once, run once
+
+
+async def test_a_full_queue_answers_503_queue_full_and_keeps_every_202(nats_server, functions, http):
+    """Twelve calls into a queue that holds five: five 202s that all run, seven 503s that say why."""
+    from nats.js.api import DiscardPolicy, RetentionPolicy, StreamConfig
+
+    nc = await connect(nats_server.url)
+    await nc.jetstream().add_stream(
+        StreamConfig(
+            name="OF_faas-request",
+            subjects=["faas-request.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            discard=DiscardPolicy.NEW,
+            max_msgs=5,
+        )
+    )
+    async with running_gateway(gateway_settings(nats_server.url)) as gw:
+        url = f"http://127.0.0.1:{gw.s.http_port}/async-function/echo"
+        answers = []
+        for i in range(12):
+            async with http.post(url, data=b"x", headers={"X-Call-Id": f"c{i}"}) as r:
+                answers.append((r.status, r.headers.get("Retry-After"), (await r.text())))
+    accepted = [f"c{i}" for i, (status, _, _) in enumerate(answers) if status == 202]
+    assert len(accepted) == 5
+    assert all(s == 503 and retry and "queue full" in text for s, retry, text in answers[5:])
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+        await eventually(lambda: sorted(functions.completed["echo"]) == sorted(accepted))
+    await nc.close()

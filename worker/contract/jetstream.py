@@ -28,6 +28,7 @@ from jetqueue.durations import format_duration
 
 DUPLICATE_WINDOW = 120.0  # seconds a call id is remembered: a retried submission within it runs once
 DLQ_MAX_AGE = 14 * 24 * 3600.0  # dead letters are kept two weeks
+QUEUE_FULL = 10077  # JetStream's error code for a publish refused by a full discard-new stream
 SERVER_ACK_WAIT = 30.0  # nats-server's default, for a consumer that reports none
 
 
@@ -38,7 +39,9 @@ class StreamSpec:
     retention: str  # "workqueue": a call is removed once acked or terminated; "limits": kept until max_age
     storage: str = "file"
     replicas: int = 1
-    discard: str = "old"
+    # "new": a full stream refuses the publish (the gateway answers 503 "queue full"); "old" would delete
+    # stored calls that already got a 202.
+    discard: str = "new"
     duplicate_window: float = DUPLICATE_WINDOW
     max_age: float = 0.0  # 0: no age limit
 
@@ -86,6 +89,7 @@ def dead_letter_stream(queue: str, replicas: int = 1, storage: str = "file") -> 
         retention=RetentionPolicy.LIMITS.value,
         storage=storage,
         replicas=replicas,
+        discard="old",  # dead letters expire after max_age by design
         max_age=DLQ_MAX_AGE,
     )
 

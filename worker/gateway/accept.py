@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from nats.js.api import PubAck
-from nats.js.errors import NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from jetqueue import callstatus, contract
@@ -133,21 +133,9 @@ class Accept:
         t0 = time.perf_counter()
         try:
             ack = await self._publish(call, headers)
-        except NoStreamResponseError:
-            self._count(name, queue, 503)
-            return problem(503, "the queue's stream is unavailable; nothing was stored, retry later", **retry)
         except Exception as e:
-            # No PubAck: the server may or may not have stored it. Retrying under the same call id within the
-            # duplicate window is safe: a stored call is not stored twice.
-            log.warning("publish failed: %r", e, extra={"call_id": call.call_id, "function": name})
             self._count(name, queue, 503)
-            return problem(
-                503,
-                f"no acknowledgement from JetStream: the call may or may not be stored; retry with X-Call-Id: "
-                f"{call.call_id} within {int(jetstream.DUPLICATE_WINDOW)}s and it runs at most once",
-                **retry,
-                **{"X-Call-Id": call.call_id},
-            )
+            return self._not_accepted(call, e)
         self.publish_seconds.observe(time.perf_counter() - t0)
         if not ack.duplicate and b.status.enabled:
             with contextlib.suppress(Exception):  # the worker may have begun already: its write wins
@@ -157,6 +145,25 @@ class Accept:
         if ack.duplicate:
             answer["X-Duplicate"] = "true"
         return web.Response(status=202, headers=answer)
+
+    def _not_accepted(self, call: contract.Call, e: Exception) -> web.Response:
+        """The 503 for a publish that got no PubAck, saying only what is known about the call."""
+        retry = {"Retry-After": RETRY_AFTER}
+        if isinstance(e, NoStreamResponseError):
+            return problem(503, "the queue's stream is unavailable; nothing was stored, retry later", **retry)
+        if isinstance(e, APIError):  # JetStream answered, and refused it
+            what = "queue full" if e.err_code == jetstream.QUEUE_FULL else "JetStream refused the call"
+            return problem(503, f"{what} ({e.description}); nothing was stored, retry later", **retry)
+        # No answer at all: the server may or may not have stored it. Retrying under the same call id within
+        # the duplicate window is safe: a stored call is not stored twice.
+        log.warning("publish failed: %r", e, extra={"call_id": call.call_id, "function": call.function})
+        return problem(
+            503,
+            f"no acknowledgement from JetStream: the call may or may not be stored; retry with X-Call-Id: "
+            f"{call.call_id} within {int(jetstream.DUPLICATE_WINDOW)}s and it runs at most once",
+            **retry,
+            **{"X-Call-Id": call.call_id},
+        )
 
     async def _publish(self, call: contract.Call, headers: dict[str, str]) -> PubAck:
         """Publish and wait for the PubAck. A stream deleted underneath (`jetqueue reset`, a dev NATS restarted
