@@ -65,3 +65,19 @@ async def test_submit_command_and_library(nats_server, functions, callbacks):
         await eventually(lambda: set(functions.completed["echo"]) == ids)
     bodies = sorted(r["body"] for r in functions.requests)
     assert bodies == [b"cli", b"lib", b"nats"]
+
+
+async def test_submit_http_retries_under_one_id_so_a_lost_answer_never_runs_twice(nats_server, functions):
+    """Every attempt against a gateway that never sees its PubAck in time stores (or finds stored) the same
+    call: three tries, one run."""
+    from jetqueue.client import SubmitError, submit_http
+
+    async with (
+        running_gateway(gateway_settings(nats_server.url, publish_timeout=1e-6)) as gw,
+        running_worker(worker_settings(nats_server.url, functions.url_template)),
+    ):
+        with pytest.raises(SubmitError, match="may or may not be stored"):
+            await submit_http(f"http://127.0.0.1:{gw.s.http_port}", "echo", b"once", attempts=3)
+        await eventually(lambda: len(functions.completed["echo"]) == 1)
+        await asyncio.sleep(1)
+    assert len(functions.calls["echo"]) == 1

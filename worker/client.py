@@ -6,12 +6,15 @@ call_id = await submit_http("http://gateway:8080", "resize", b"...", callback_ur
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 import aiohttp
 from nats.aio.client import Client
 
 from jetqueue import contract
+
+MAX_RETRY_WAIT = 5.0
 
 
 class SubmitError(RuntimeError):
@@ -27,23 +30,40 @@ async def submit_http(
     call_id: str = "",
     token: str = "",
     session: aiohttp.ClientSession | None = None,
+    attempts: int = 3,
 ) -> str:
-    """POST /async-function/<function>; returns the call id once the gateway stored the call (202)."""
+    """POST /async-function/<function>; returns the call id once the gateway stored the call (202).
+
+    Always sends a call id (a new one unless given), so retrying a 503 or a lost answer (up to `attempts`
+    tries, waiting as Retry-After says, at most MAX_RETRY_WAIT) can never enqueue the call twice."""
     h = dict(headers or {})
+    h["X-Call-Id"] = call_id or contract.new_call_id()
     if callback_url:
         h["X-Callback-Url"] = callback_url
-    if call_id:
-        h["X-Call-Id"] = call_id
     if token:
         h["Authorization"] = f"Bearer {token}"
+    url = f"{gateway.rstrip('/')}/async-function/{function}"
     own = session is None
     s = session or aiohttp.ClientSession()
     try:
-        async with s.post(f"{gateway.rstrip('/')}/async-function/{function}", data=body, headers=h) as r:
-            text = await r.text()
-            if r.status != 202:
-                raise SubmitError(f"gateway answered {r.status}: {text.strip()}")
-            return r.headers["X-Call-Id"]
+        error = SubmitError("no attempt made (attempts < 1)")
+        for attempt in range(1, attempts + 1):
+            wait = 1.0
+            try:
+                async with s.post(url, data=body, headers=h) as r:
+                    text = await r.text()
+                    if r.status == 202:
+                        return r.headers["X-Call-Id"]
+                    error = SubmitError(f"gateway answered {r.status}: {text.strip()}")
+                    if r.status != 503:
+                        raise error
+                    retry_after = r.headers.get("Retry-After", "")
+                    wait = float(retry_after) if retry_after.isdigit() else 1.0
+            except aiohttp.ClientError as e:  # no answer: it may have been stored; the same id makes a retry safe
+                error = SubmitError(f"no answer from the gateway: {e!r}")
+            if attempt < attempts:
+                await asyncio.sleep(min(wait, MAX_RETRY_WAIT))
+        raise error
     finally:
         if own:
             await s.close()

@@ -28,8 +28,9 @@ def add_probes(
     app.router.add_get("/readyz", readyz)
 
 
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float = 60.0) -> web.AppRunner:
+    """Serve `app`; on shutdown, requests in flight get `shutdown_timeout` seconds to finish."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True).start()

@@ -45,11 +45,15 @@ class Gateway:
         r.add_delete("/async-function/{name}", self.calls.cancel)  # OpenFaaS form: the segment is the call id
         r.add_delete("/async-calls/{call_id}", self.calls.cancel)
         r.add_get("/async-calls/{call_id}", self.calls.get_status)
-        add_probes(app, self.registry, lambda: True, self.backend.not_ready)
+        add_probes(app, self.registry, lambda: True, self._not_ready)
         return app
 
+    def _not_ready(self) -> str | None:
+        # Not ready from the moment SIGTERM arrives, so load balancers stop sending before the listener closes.
+        return "shutting down" if self._stop.is_set() else self.backend.not_ready()
+
     async def start(self) -> None:
-        self.runner = await serve(self.app(), self.s.http_host, self.s.http_port)
+        self.runner = await serve(self.app(), self.s.http_host, self.s.http_port, self.s.shutdown_timeout)
         self._connector = asyncio.create_task(self.backend.connect())
         log.info("gateway listening on %s:%d: %r", self.s.http_host, self.s.http_port, self.s)
 
