@@ -1,101 +1,99 @@
 """Rendered chart values → the JETQUEUE_* environment a container gets, as charts/* wire it.
 
-`jetqueue dev` runs the processes with exactly this environment; a test renders the charts with the
-real Helm engine and checks the Deployments carry the same variables, so the charts and the code
-cannot drift apart.
+Computed from the same chart wiring in worker/settings.py that generates the charts' env templates
+(generator/chartenv.py), so `jetqueue dev`, which runs the processes with exactly this environment, gets what
+a pod gets. The named chart templates (NATS connection, Secrets) are conditional Helm logic; they are mirrored
+by hand below, and a test renders the charts with the real Helm engine for every values file and feature
+combination and checks the Deployments carry exactly these variables.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-# Files the charts mount from ConfigMaps.
-FUNCTIONS_FILE = "/etc/jetqueue/functions.json"
-ROUTES_FILE = "/etc/jetqueue/routes.json"
+from jetqueue.generator.chartenv import lookup, wiring
+from jetqueue.settings import GATEWAY_AUTH, NATS
+
+NATS_TLS_DIR = "/etc/jetqueue/nats-tls"
+NATS_CREDS_DIR = "/etc/jetqueue/nats-creds"
+
+# A named template's variables: plain values, and name -> (Secret, key) references.
+Env = tuple[dict[str, str], dict[str, tuple[str, str]]]
 
 
-def _b(v: bool) -> str:
-    return "true" if v else "false"
+def _text(value: Any) -> str:
+    """A value as the generated templates write it: lists comma-joined, booleans lower case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
-def nats_env(nats: dict[str, Any]) -> dict[str, str]:
+def nats_env(values: dict[str, Any]) -> Env:
+    """charts/jetqueue-lib's `jetqueue.natsEnv`."""
+    nats = values["nats"]
     env = {"JETQUEUE_NATS_URL": nats["url"]}
     if nats["tls"]["enabled"]:
-        env["JETQUEUE_NATS_TLS_CA"] = "/etc/jetqueue/nats-tls/" + nats["tls"]["caKey"]
+        env["JETQUEUE_NATS_TLS_CA"] = f"{NATS_TLS_DIR}/{nats['tls']['caKey']}"
         if nats["tls"]["clientCert"]:
-            env["JETQUEUE_NATS_TLS_CERT"] = "/etc/jetqueue/nats-tls/tls.crt"
-            env["JETQUEUE_NATS_TLS_KEY"] = "/etc/jetqueue/nats-tls/tls.key"
-    if nats["auth"]["method"] == "creds":
-        env["JETQUEUE_NATS_CREDS"] = "/etc/jetqueue/nats-creds/" + nats["auth"]["credsKey"]
-    return env
-
-
-def secret_env(nats: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """Variables taken from the NATS credentials Secret: name -> (secret, key)."""
+            env["JETQUEUE_NATS_TLS_CERT"] = f"{NATS_TLS_DIR}/tls.crt"
+            env["JETQUEUE_NATS_TLS_KEY"] = f"{NATS_TLS_DIR}/tls.key"
     auth = nats["auth"]
-    if auth["method"] == "userPassword":
-        return {
-            "JETQUEUE_NATS_USER": (auth["secretName"], auth["userKey"]),
-            "JETQUEUE_NATS_PASSWORD": (auth["secretName"], auth["passwordKey"]),
-        }
-    if auth["method"] == "token":
-        return {"JETQUEUE_NATS_TOKEN": (auth["secretName"], auth["tokenKey"])}
-    return {}
+    secrets: dict[str, tuple[str, str]] = {}
+    if auth["method"] == "creds":
+        env["JETQUEUE_NATS_CREDS"] = f"{NATS_CREDS_DIR}/{auth['credsKey']}"
+    elif auth["method"] == "userPassword":
+        secrets["JETQUEUE_NATS_USER"] = (auth["secretName"], auth["userKey"])
+        secrets["JETQUEUE_NATS_PASSWORD"] = (auth["secretName"], auth["passwordKey"])
+    elif auth["method"] == "token":
+        secrets["JETQUEUE_NATS_TOKEN"] = (auth["secretName"], auth["tokenKey"])
+    return env, secrets
+
+
+def gateway_auth_env(values: dict[str, Any]) -> Env:
+    """charts/gateway's `gateway.authEnv`."""
+    auth = values["gateway"]["auth"]
+    secret = auth["secretName"]
+    if auth["method"] == "bearer":
+        return {}, {"JETQUEUE_AUTH_TOKEN": (secret, "token")}
+    if auth["method"] == "basic":
+        return {}, {"JETQUEUE_AUTH_USER": (secret, "username"), "JETQUEUE_AUTH_PASSWORD": (secret, "password")}
+    return {}, {}
+
+
+HELPERS: dict[str, Callable[[dict[str, Any]], Env]] = {NATS: nats_env, GATEWAY_AUTH: gateway_auth_env}
+
+
+def chart_env(chart: str, values: dict[str, Any]) -> Env:
+    """The environment `chart`'s Deployment gives its container, for merged chart values."""
+    env: dict[str, str] = {}
+    secrets: dict[str, tuple[str, str]] = {}
+    wires = wiring(chart)
+    for helper in dict.fromkeys(w.helper for w in wires if w.helper):
+        plain, refs = HELPERS[helper](values)
+        env.update(plain)
+        secrets.update(refs)
+    for w in wires:
+        if w.helper:
+            continue
+        value = lookup(values, w.path)
+        if not w.file:
+            env[w.name] = _text(value)
+        elif value or not w.if_set:
+            env[w.name] = w.file
+    return env, secrets
 
 
 def worker_env(values: dict[str, Any]) -> dict[str, str]:
-    q = values["queue"]
-    r = q["retry"]
-    env = {
-        **nats_env(values["nats"]),
-        "JETQUEUE_QUEUE": q["name"],
-        "JETQUEUE_STREAM": q["stream"],
-        "JETQUEUE_DURABLE": q["durable"],
-        "JETQUEUE_DLQ_STREAM": q["deadLetterStream"],
-        "JETQUEUE_MODE": q["mode"],
-        "JETQUEUE_STREAM_REPLICAS": str(q["streamReplicas"]),
-        "JETQUEUE_STREAM_STORAGE": q["streamStorage"],
-        "JETQUEUE_MAX_INFLIGHT": str(q["maxInflight"]),
-        "JETQUEUE_ACK_WAIT": q["ackWait"],
-        "JETQUEUE_MAX_ACK_PENDING": str(q["maxAckPending"]),
-        "JETQUEUE_MAX_WAITING": str(q["maxWaiting"]),
-        "JETQUEUE_INACTIVE_THRESHOLD": q["inactiveThreshold"],
-        "JETQUEUE_ADAPTIVE_CONCURRENCY": _b(q["adaptiveConcurrency"]),
-        "JETQUEUE_UPSTREAM_TIMEOUT": q["upstreamTimeout"],
-        "JETQUEUE_SHUTDOWN_TIMEOUT": q["shutdownTimeout"],
-        "JETQUEUE_FUNCTION_URL": q["functionURL"],
-        "JETQUEUE_CALL_STATUS": _b(q["callStatus"]["enabled"]),
-        "JETQUEUE_STATUS_TTL": q["callStatus"]["ttl"],
-        "JETQUEUE_MAX_RETRY_ATTEMPTS": str(r["maxAttempts"]),
-        "JETQUEUE_INITIAL_RETRY_WAIT": r["initialWait"],
-        "JETQUEUE_MAX_RETRY_WAIT": r["maxWait"],
-        "JETQUEUE_RETRY_HTTP_CODES": ",".join(str(c) for c in r["httpCodes"]),
-        "JETQUEUE_BACKOFF": r["backoff"],
-        "JETQUEUE_LOG_FORMAT": values["logs"]["format"],
-        "JETQUEUE_LOG_LEVEL": values["logs"]["level"],
-        "JETQUEUE_HTTP_PORT": str(values["metrics"]["port"]),
-    }
-    if q["functions"]:
-        env["JETQUEUE_FUNCTIONS_FILE"] = FUNCTIONS_FILE
-    return env
+    """The queue-worker container's plain variables (Secret references are not values one can run with)."""
+    return chart_env("queue-worker", values)[0]
 
 
 def gateway_env(values: dict[str, Any]) -> dict[str, str]:
-    g = values["gateway"]
-    env = {
-        **nats_env(values["nats"]),
-        "JETQUEUE_HTTP_PORT": str(g["port"]),
-        "JETQUEUE_ROUTES_FILE": ROUTES_FILE,
-        "JETQUEUE_DEFAULT_QUEUE": g["defaultQueue"],
-        "JETQUEUE_STRICT_ROUTING": _b(g["strictRouting"]),
-        "JETQUEUE_MAX_BODY_SIZE": g["maxBodySize"],
-        "JETQUEUE_CALL_STATUS": _b(g["callStatus"]["enabled"]),
-        "JETQUEUE_STATUS_TTL": g["callStatus"]["ttl"],
-        "JETQUEUE_CALLBACK_HOSTS": ",".join(g["callbackHosts"]),
-        "JETQUEUE_LOG_FORMAT": values["logs"]["format"],
-        "JETQUEUE_LOG_LEVEL": values["logs"]["level"],
-    }
-    return env
+    """The gateway container's plain variables."""
+    return chart_env("gateway", values)[0]
 
 
 def routes_document(values: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from jetqueue.generator import envmap
+from jetqueue.generator import chartenv, envmap
 from jetqueue.generator.chartdocs import stale
 from jetqueue.generator.render import render
 from jetqueue.generator.validate import validate_text
@@ -114,31 +114,115 @@ def test_pods_are_locked_down():
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
-@pytest.mark.parametrize("rel", sorted(rendered_values("queues.yaml")))
-def test_deployment_env_is_what_the_code_reads(rel):
-    """The chart's env equals envmap (which `jetqueue dev` runs with), and secrets come from Secrets."""
-    values = rendered_values("queues.yaml")[rel]
-    chart = chart_for(rel)
-    for variant in (values, {**values, **copy.deepcopy(ALL_FEATURES[chart])}):
-        merged = helm_python.Chart.load(CHARTS[chart]).merge_values(variant)
-        env = deployment(manifests(chart, variant))["spec"]["template"]["spec"]["containers"][0]["env"]
-        plain = {e["name"]: e["value"] for e in env if "value" in e}
-        secret = {
-            e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
-            for e in env
-            if "valueFrom" in e
-        }
-        expected = envmap.gateway_env(merged) if chart == "gateway" else envmap.worker_env(merged)
-        assert plain == expected
-        expected_secret = envmap.secret_env(merged["nats"])
-        if chart == "gateway" and merged["gateway"]["auth"]["method"] == "bearer":
-            expected_secret["JETQUEUE_AUTH_TOKEN"] = (merged["gateway"]["auth"]["secretName"], "token")
-        assert secret == expected_secret
-        from jetqueue.settings import GatewaySettings, WorkerSettings
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
-        cls = GatewaySettings if chart == "gateway" else WorkerSettings
-        known = {f"JETQUEUE_{f.upper()}" for f in cls.__dataclass_fields__}
-        assert set(plain) | set(secret) <= known  # no variable the code does not read
+
+def values_files() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every rendered values file: the golden ones, and what `jetqueue render` writes for the examples."""
+    files = {}
+    for path in sorted((ROOT / "tests" / "golden").glob("*/*/*.yaml")):
+        if path.parent.name in ("queues", "gateway"):
+            chart = "gateway" if path.parent.name == "gateway" else "queue-worker"
+            files[str(path.relative_to(ROOT))] = (chart, yaml.safe_load(path.read_text()))
+    for src in ("queues.yaml", "examples/dev.yaml", "tests/data/dev.yaml", "tests/data/external.yaml"):
+        files |= {f"{src}:{rel}": (chart_for(rel), v) for rel, v in rendered_values(src).items()}
+    return files
+
+
+VALUES_FILES = values_files()
+# Overrides that, with ALL_FEATURES, take every branch of the named env templates (jetqueue.natsEnv,
+# gateway.authEnv) and of the generated ones; 2000000 once came out of Helm as "2e+06".
+VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "queue-worker": [
+        {},
+        ALL_FEATURES["queue-worker"],
+        {"nats": {"auth": {"method": "token", "secretName": "t"}, "tls": {"enabled": True, "secretName": "x"}}},
+        {"nats": {"auth": {"method": "creds", "secretName": "c", "credsKey": "u.creds"}}},
+        {"queue": {"maxAckPending": 2000000, "retry": {"httpCodes": [503]}, "functions": {}}},
+    ],
+    "gateway": [
+        {},
+        ALL_FEATURES["gateway"],
+        {
+            "gateway": {"auth": {"method": "basic", "secretName": "b"}, "callbackHosts": ["a.example", "b.example"]},
+            "nats": {"auth": {"method": "userPassword", "secretName": "u"}, "tls": {"enabled": True}},
+        },
+    ],
+}
+
+
+def env_of(container: dict[str, Any]) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    env = container.get("env", [])
+    plain = {e["name"]: e["value"] for e in env if "value" in e}
+    refs = [(e["name"], e["valueFrom"]["secretKeyRef"]) for e in env if "valueFrom" in e]
+    return plain, {name: (ref["name"], ref["key"]) for name, ref in refs}
+
+
+@pytest.mark.parametrize("label", sorted(VALUES_FILES))
+def test_deployment_env_is_what_the_code_reads(label):
+    """The rendered env equals envmap's (which `jetqueue dev` runs with) for every values file and branch: the
+    generated entries, the named templates' conditional ones, Secrets as references, mounted files mounted."""
+    chart, values = VALUES_FILES[label]
+    wired = {w.name: w for w in chartenv.wiring(chart)}
+    for variant in VARIANTS[chart]:
+        given = deep_merge(values, variant)
+        merged = helm_python.Chart.load(CHARTS[chart]).merge_values(given)
+        docs = manifests(chart, given)
+        container = deployment(docs)["spec"]["template"]["spec"]["containers"][0]
+        plain, secret = env_of(container)
+        assert (plain, secret) == envmap.chart_env(chart, merged), variant
+        assert set(plain) | set(secret) <= set(wired)  # only variables the settings say this chart sets
+        for helper in {w.helper for w in wired.values() if w.helper}:
+            made = envmap.HELPERS[helper](merged)
+            assert all(wired[name].helper == helper for name in [*made[0], *made[1]]), helper
+        mounts = [m["mountPath"] for m in container["volumeMounts"]]
+        for value in plain.values():
+            if value.startswith("/etc/jetqueue/"):
+                assert any(value == m or value.startswith(m + "/") for m in mounts), value
+        test_pod = env_of(next(d for d in docs if d["kind"] == "Pod")["spec"]["containers"][0])
+        if chart == "queue-worker":
+            assert test_pod == envmap.nats_env(merged)
+        else:
+            assert test_pod[1] == envmap.gateway_auth_env(merged)[1]
+
+
+def test_every_setting_says_how_the_charts_set_it():
+    """wiring() raises for a setting with neither values= nor not_in_chart=; helpers named exist in envmap."""
+    from jetqueue import settings
+
+    assert set(CHARTS) == set(chartenv.SETTINGS) == set(settings.CHARTS)
+    for chart in CHARTS:
+        for w in chartenv.wiring(chart):
+            assert not w.helper or w.helper in envmap.HELPERS, w
+
+
+def test_chart_env_templates_are_current():
+    for path, fresh in chartenv.files().items():
+        assert path.is_file() and path.read_text() == fresh, f"{path} is stale: run `make docs`"
+
+
+def test_charts_share_the_library_chart():
+    """Both charts load charts/jetqueue-lib through a symlink; helpers live once, named by their chart."""
+    lib = ROOT / "charts" / "jetqueue-lib"
+    assert yaml.safe_load((lib / "Chart.yaml").read_text())["type"] == "library"
+    lint = helm_python.lint(lib, strict=True)
+    assert not lint["errors"], lint
+    defined: dict[str, str] = {}
+    for chart_dir in (lib, *CHARTS.values()):
+        prefix = "jetqueue." if chart_dir == lib else f"{chart_dir.name}."
+        for tpl in (chart_dir / "templates").glob("*.tpl"):
+            for name in re.findall(r'\{\{-? define "([^"]+)"', tpl.read_text()):
+                assert name.startswith(prefix) and name not in defined, (name, tpl, defined.get(name))
+                defined[name] = str(tpl)
+    for chart, path in CHARTS.items():
+        assert (path / "charts" / "jetqueue-lib").resolve() == lib.resolve()
+        deps = helm_python.Chart.load(path).dependencies
+        assert [(d["name"], d.get("type")) for d in deps] == [("jetqueue-lib", "library")], chart
+        assert yaml.safe_load((path / "Chart.yaml").read_text())["dependencies"][0]["name"] == "jetqueue-lib"
 
 
 @pytest.mark.parametrize("chart", sorted(CHARTS))

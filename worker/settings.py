@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from jetqueue import contract
 from jetqueue.durations import format_duration, parse_duration
+from jetqueue.egress import DEFAULT_BLOCKED_NETWORKS, Egress
 
 PREFIX = "JETQUEUE_"
 T = TypeVar("T", bound="_Base")
@@ -23,26 +24,94 @@ class SettingsError(ValueError):
     pass
 
 
-def _f(default: Any, help: str, kind: str = "", secret: bool = False, choices: tuple[str, ...] = ()) -> Any:
-    """A setting: default, one-line help, and how to parse it (duration, size, list)."""
-    return field(default=default, metadata={"help": help, "kind": kind, "secret": secret, "choices": choices})
+CHARTS = ("queue-worker", "gateway")  # the Helm charts: queue-worker runs WorkerSettings, gateway GatewaySettings
+# Named chart templates that set variables the generated env blocks cannot: conditional, or from Secrets.
+NATS = "jetqueue.natsEnv"  # charts/jetqueue-lib: the NATS connection (TLS and creds files, Secret refs)
+GATEWAY_AUTH = "gateway.authEnv"  # charts/gateway: the API credentials, from a Secret
+DEFAULT = "the default applies"  # the usual reason a chart does not set a setting
+
+
+def _f(
+    default: Any,
+    help: str,
+    kind: str = "",
+    secret: bool = False,
+    choices: tuple[str, ...] = (),
+    *,
+    values: str | dict[str, str] = "",
+    helper: str = "",
+    file: str = "",
+    if_set: bool = False,
+    not_in_chart: str = "",
+) -> Any:
+    """A setting: default, one-line help, how to parse it (duration, size, list), and how the charts set it: the one
+    source of the charts' env templates, `jetqueue dev`'s env and the README (generator/chartenv.py). `values`: the
+    chart values path ({chart: path} when the charts differ). `helper`: a named chart template sets it (conditional,
+    Secrets). `file`: the chart mounts `values` there (`if_set`: when not empty). `not_in_chart`: why it does not."""
+    charts = set(values) if isinstance(values, dict) else set(CHARTS) if values else set()
+    if not charts <= set(CHARTS) or ((helper or file) and not values) or (helper and file) or (if_set and not file):
+        raise TypeError(f"{help!r}: values= names charts {CHARTS}; helper= or file= need values=; if_set= needs file=")
+    wiring = {"values": values, "helper": helper, "file": file, "if_set": if_set, "not_in_chart": not_in_chart}
+    return field(default=default, metadata={"help": help, "kind": kind, "secret": secret, "choices": choices, **wiring})
+
+
+def chart_values(f: dataclasses.Field[Any], chart: str) -> str:
+    """The values path `chart` sets this setting from; empty when that chart does not set it."""
+    values = f.metadata["values"]
+    return str(values.get(chart, "")) if isinstance(values, dict) else str(values)
 
 
 @dataclass(repr=False)
 class _Base:
-    nats_url: str = _f("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated (cluster failover).")
-    nats_user: str = _f("", "NATS user name (user/password auth).")
-    nats_password: str = _f("", "NATS password.", secret=True)
-    nats_token: str = _f("", "NATS token (token auth).", secret=True)
-    nats_creds: str = _f("", "Path of a NATS .creds file (JWT auth).")
-    nats_tls_ca: str = _f("", "Path of the CA certificate that signed the NATS server's certificate.")
-    nats_tls_cert: str = _f("", "Path of the client certificate (mutual TLS).")
-    nats_tls_key: str = _f("", "Path of the client key (mutual TLS).")
-    call_status: bool = _f(True, "Record each call's status in the JetStream KV bucket `jetqueue-calls`.")
-    status_ttl: float = _f(86400.0, "How long a call's status is kept.", kind="duration")
-    stream_storage: str = _f("file", "Storage of streams this process creates.", choices=("file", "memory"))
-    log_format: str = _f("console", "Log format.", choices=("console", "json"))
-    log_level: str = _f("info", "Minimum log level.", choices=("debug", "info", "warning", "error"))
+    nats_url: str = _f(
+        "nats://127.0.0.1:4222",
+        "NATS server URL(s), comma-separated (cluster failover).",
+        values="nats.url",
+        helper=NATS,
+    )
+    nats_user: str = _f("", "NATS user name (user/password auth).", values="nats.auth", helper=NATS)
+    nats_password: str = _f("", "NATS password.", secret=True, values="nats.auth", helper=NATS)
+    nats_token: str = _f("", "NATS token (token auth).", secret=True, values="nats.auth", helper=NATS)
+    nats_creds: str = _f("", "Path of a NATS .creds file (JWT auth).", values="nats.auth", helper=NATS)
+    nats_tls_ca: str = _f(
+        "", "Path of the CA certificate that signed the NATS server's certificate.", values="nats.tls", helper=NATS
+    )
+    nats_tls_cert: str = _f("", "Path of the client certificate (mutual TLS).", values="nats.tls", helper=NATS)
+    nats_tls_key: str = _f("", "Path of the client key (mutual TLS).", values="nats.tls", helper=NATS)
+    callback_hosts: str = _f(
+        "",
+        "Comma-separated host names callback URLs may point at (empty = any host); checked by both processes.",
+        values={"gateway": "gateway.callbackHosts"},
+        not_in_chart="not in the chart yet",
+    )
+    callback_blocked_networks: str = _f(
+        DEFAULT_BLOCKED_NETWORKS,
+        "Comma-separated networks (CIDR) no callback may connect to, checked on the address actually connected "
+        "to; empty = none. Default: link-local and cloud metadata addresses.",
+        not_in_chart=DEFAULT,
+    )
+    call_status: bool = _f(
+        True,
+        "Record each call's status in the JetStream KV bucket `jetqueue-calls`.",
+        values={"queue-worker": "queue.callStatus.enabled", "gateway": "gateway.callStatus.enabled"},
+    )
+    status_ttl: float = _f(
+        86400.0,
+        "How long a call's status is kept.",
+        kind="duration",
+        values={"queue-worker": "queue.callStatus.ttl", "gateway": "gateway.callStatus.ttl"},
+    )
+    stream_storage: str = _f(
+        "file",
+        "Storage of streams this process creates.",
+        choices=("file", "memory"),
+        values={"queue-worker": "queue.streamStorage"},
+        not_in_chart="per queue, in `gateway.queues`",
+    )
+    log_format: str = _f("console", "Log format.", choices=("console", "json"), values="logs.format")
+    log_level: str = _f(
+        "info", "Minimum log level.", choices=("debug", "info", "warning", "error"), values="logs.level"
+    )
 
     @classmethod
     def from_env(cls: type[T], env: Mapping[str, str] | None = None) -> T:
@@ -69,6 +138,10 @@ class _Base:
                 raise SettingsError(f"{PREFIX}{f.name.upper()}={value!r}: must be one of {opts}")
             if f.metadata["kind"] in ("duration", "size") and value < 0:
                 raise SettingsError(f"{PREFIX}{f.name.upper()}: must not be negative")
+        try:
+            Egress.parse(self.callback_hosts, self.callback_blocked_networks)
+        except ValueError as e:
+            raise SettingsError(f"{PREFIX}CALLBACK_BLOCKED_NETWORKS: {e}") from None
         if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
             raise SettingsError(f"{PREFIX}NATS_TLS_CERT and {PREFIX}NATS_TLS_KEY go together")
 
@@ -119,41 +192,83 @@ def _parse(raw: str, f: dataclasses.Field[Any]) -> Any:
 
 @dataclass(repr=False)
 class WorkerSettings(_Base):
-    queue: str = _f(contract.DEFAULT_QUEUE, "Queue to work on.")
-    stream: str = _f("", "Stream name (default `OF_<queue>`).")
-    durable: str = _f("", "Durable consumer name (default `<queue>-workers`).")
-    dlq_stream: str = _f("", "Dead-letter stream (default `OF_<queue>_DLQ`).")
-    stream_replicas: int = _f(1, "Replicas of the streams this worker creates (1, 3 or 5).")
+    queue: str = _f(contract.DEFAULT_QUEUE, "Queue to work on.", values="queue.name")
+    stream: str = _f("", "Stream name (default `OF_<queue>`).", values="queue.stream")
+    durable: str = _f("", "Durable consumer name (default `<queue>-workers`).", values="queue.durable")
+    dlq_stream: str = _f("", "Dead-letter stream (default `OF_<queue>_DLQ`).", values="queue.deadLetterStream")
+    stream_replicas: int = _f(
+        1, "Replicas of the streams this worker creates (1, 3 or 5).", values="queue.streamReplicas"
+    )
     mode: str = _f(
         "static",
         "`static`: one consumer per queue; `function`: one per function.",
         choices=("static", "function"),
+        values="queue.mode",
     )
-    max_inflight: int = _f(50, "Calls this worker runs at once.")
-    ack_wait: float = _f(30.0, "Consumer ack wait; in-progress signals are sent every ack_wait/2.", kind="duration")
-    max_ack_pending: int = _f(0, "Consumer max_ack_pending; 0 = 2 × max_inflight.")
-    max_waiting: int = _f(512, "Consumer max_waiting.")
-    inactive_threshold: float = _f(30.0, "Function mode: idle consumers are removed after this.", kind="duration")
-    adaptive_concurrency: bool = _f(True, "Function mode: learn each function's concurrency limit from 429s.")
-    upstream_timeout: float = _f(60.0, "Timeout of one invocation.", kind="duration")
+    max_inflight: int = _f(50, "Calls this worker runs at once.", values="queue.maxInflight")
+    ack_wait: float = _f(
+        30.0,
+        "Consumer ack wait; in-progress signals are sent every ack_wait/2.",
+        kind="duration",
+        values="queue.ackWait",
+    )
+    max_ack_pending: int = _f(0, "Consumer max_ack_pending; 0 = 2 × max_inflight.", values="queue.maxAckPending")
+    max_waiting: int = _f(512, "Consumer max_waiting.", values="queue.maxWaiting")
+    inactive_threshold: float = _f(
+        30.0, "Function mode: idle consumers are removed after this.", kind="duration", values="queue.inactiveThreshold"
+    )
+    adaptive_concurrency: bool = _f(
+        True, "Function mode: learn each function's concurrency limit from 429s.", values="queue.adaptiveConcurrency"
+    )
+    upstream_timeout: float = _f(60.0, "Timeout of one invocation.", kind="duration", values="queue.upstreamTimeout")
     function_url: str = _f(
         "http://gateway.openfaas:8080/function/{function}",
         "Function URL template; `{function}` is replaced by the function name.",
+        values="queue.functionURL",
     )
-    max_retry_attempts: int = _f(10, "Attempts per call, the first included.")
-    initial_retry_wait: float = _f(10.0, "First retry wait, and the minimum wait.", kind="duration")
-    max_retry_wait: float = _f(120.0, "Longest retry wait.", kind="duration")
+    max_retry_attempts: int = _f(10, "Attempts per call, the first included.", values="queue.retry.maxAttempts")
+    initial_retry_wait: float = _f(
+        10.0, "First retry wait, and the minimum wait.", kind="duration", values="queue.retry.initialWait"
+    )
+    max_retry_wait: float = _f(120.0, "Longest retry wait.", kind="duration", values="queue.retry.maxWait")
     retry_http_codes: tuple[int, ...] = _f(
-        (408, 429, 500, 502, 503, 504), "Status codes that are retried.", kind="codes"
+        (408, 429, 500, 502, 503, 504), "Status codes that are retried.", kind="codes", values="queue.retry.httpCodes"
     )
-    backoff: str = _f("exponential", "Backoff jitter.", choices=("exponential", "full", "equal"))
-    functions_file: str = _f("", "JSON file of per-function overrides (upstreamTimeout, retry), from the generator.")
-    callback_attempts: int = _f(3, "Attempts to deliver a callback before it is counted as failed.")
-    callback_timeout: float = _f(10.0, "Timeout of one callback POST.", kind="duration")
-    http_port: int = _f(8081, "Port of /metrics, /healthz and /readyz.")
-    http_host: str = _f("0.0.0.0", "Address the HTTP server binds.")
+    backoff: str = _f(
+        "exponential", "Backoff jitter.", choices=("exponential", "full", "equal"), values="queue.retry.backoff"
+    )
+    functions_file: str = _f(
+        "",
+        "JSON file of per-function overrides (upstreamTimeout, retry), from the generator.",
+        values="queue.functions",
+        file="/etc/jetqueue/functions.json",
+        if_set=True,
+    )
+    callback_attempts: int = _f(
+        20,
+        "Attempts to deliver a callback (stored in JetStream) before it becomes a dead letter.",
+        not_in_chart=DEFAULT,
+    )
+    callback_max_wait: float = _f(
+        300.0,
+        "Longest wait between callback attempts (exponential from 1s).",
+        kind="duration",
+        not_in_chart=DEFAULT,
+    )
+    callback_timeout: float = _f(10.0, "Timeout of one callback POST.", kind="duration", not_in_chart=DEFAULT)
+    callback_concurrency: int = _f(32, "Callbacks this worker sends at once.", not_in_chart=DEFAULT)
+    callback_host_concurrency: int = _f(
+        4,
+        "Callbacks sent at once to one receiver host, so a slow receiver delays nobody else.",
+        not_in_chart=DEFAULT,
+    )
+    http_port: int = _f(8081, "Port of /metrics, /healthz and /readyz.", values="metrics.port")
+    http_host: str = _f("0.0.0.0", "Address the HTTP server binds.", not_in_chart="pods listen on every interface")
     shutdown_timeout: float = _f(
-        60.0, "On SIGTERM, how long in-flight calls may finish before they are handed back.", kind="duration"
+        60.0,
+        "On SIGTERM, how long in-flight calls may finish before they are handed back.",
+        kind="duration",
+        values="queue.shutdownTimeout",
     )
 
     def __post_init__(self) -> None:
@@ -168,7 +283,14 @@ class WorkerSettings(_Base):
             raise SettingsError(f"{PREFIX}QUEUE={self.queue!r}: must be a DNS-1123 label")
         if self.stream_replicas not in (1, 3, 5):
             raise SettingsError(f"{PREFIX}STREAM_REPLICAS={self.stream_replicas}: must be 1, 3 or 5")
-        for name in ("max_inflight", "max_retry_attempts", "max_waiting", "callback_attempts"):
+        for name in (
+            "max_inflight",
+            "max_retry_attempts",
+            "max_waiting",
+            "callback_attempts",
+            "callback_concurrency",
+            "callback_host_concurrency",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{PREFIX}{name.upper()}: must be at least 1")
         if self.ack_wait < 1:
@@ -181,34 +303,58 @@ class WorkerSettings(_Base):
 
 @dataclass(repr=False)
 class GatewaySettings(_Base):
-    http_port: int = _f(8080, "Port of the gateway API, /metrics, /healthz and /readyz.")
-    http_host: str = _f("0.0.0.0", "Address the gateway binds.")
+    http_port: int = _f(8080, "Port of the gateway API, /metrics, /healthz and /readyz.", values="gateway.port")
+    http_host: str = _f("0.0.0.0", "Address the gateway binds.", not_in_chart="pods listen on every interface")
     routes_file: str = _f(
-        "", "JSON routing table from the generator: function → queue, and each queue's stream settings."
+        "",
+        "JSON routing table from the generator: function → queue, and each queue's stream settings.",
+        values="gateway.routes",
+        file="/etc/jetqueue/routes.json",
     )
-    default_queue: str = _f(contract.DEFAULT_QUEUE, "Queue for functions the routing table does not list.")
-    strict_routing: bool = _f(False, "Answer 404 for functions the routing table does not list.")
+    default_queue: str = _f(
+        contract.DEFAULT_QUEUE, "Queue for functions the routing table does not list.", values="gateway.defaultQueue"
+    )
+    strict_routing: bool = _f(
+        False, "Answer 404 for functions the routing table does not list.", values="gateway.strictRouting"
+    )
     stream_replicas: int = _f(
-        1, "Replicas of streams the gateway creates for queues the routing table does not describe."
+        1,
+        "Replicas of streams the gateway creates for queues the routing table does not describe.",
+        not_in_chart="per queue, in `gateway.queues`",
     )
-    max_body_size: int = _f(1024 * 1024, "Largest accepted request body (413 above); e.g. 1Mi.", kind="size")
-    publish_timeout: float = _f(5.0, "How long to wait for JetStream's PubAck before answering 503.", kind="duration")
-    auth_token: str = _f("", "Bearer token required on the API (empty = no bearer auth).", secret=True)
-    auth_user: str = _f("", "Basic-auth user required on the API (empty = no basic auth).")
-    auth_password: str = _f("", "Basic-auth password.", secret=True)
-    callback_hosts: str = _f("", "Comma-separated host names callback URLs may point at (empty = any host).")
-    shutdown_timeout: float = _f(10.0, "On SIGTERM, how long open requests may finish.", kind="duration")
+    max_body_size: int = _f(
+        1024 * 1024, "Largest accepted request body (413 above); e.g. 1Mi.", kind="size", values="gateway.maxBodySize"
+    )
+    publish_timeout: float = _f(
+        5.0,
+        "How long to wait for JetStream's PubAck before answering 503.",
+        kind="duration",
+        not_in_chart=DEFAULT,
+    )
+    auth_token: str = _f(
+        "",
+        "Bearer token required on the API (empty = no bearer auth).",
+        secret=True,
+        values="gateway.auth",
+        helper=GATEWAY_AUTH,
+    )
+    auth_user: str = _f(
+        "", "Basic-auth user required on the API (empty = no basic auth).", values="gateway.auth", helper=GATEWAY_AUTH
+    )
+    auth_password: str = _f("", "Basic-auth password.", secret=True, values="gateway.auth", helper=GATEWAY_AUTH)
+    shutdown_timeout: float = _f(
+        10.0, "On SIGTERM, how long open requests may finish.", kind="duration", not_in_chart=DEFAULT
+    )
 
 
 def env_reference() -> str:
     """Markdown table of every variable, for README.md."""
-    rows = ["| variable | worker | gateway | default | meaning |", "|---|---|---|---|---|"]
+    rows = ["| variable | worker | gateway | chart value | default | meaning |", "|---|---|---|---|---|---|"]
     w = {f.name: f for f in fields(WorkerSettings)}
     g = {f.name: f for f in fields(GatewaySettings)}
     for name in list(w) + [n for n in g if n not in w]:
         f = w.get(name) or g[name]
-        defaults = {(w[name].default if name in w else None), (g[name].default if name in g else None)} - {None}
-        shown = " / ".join(_fmt(f, d) for d in sorted(defaults, key=str)) if len(defaults) > 1 else _fmt(f, f.default)
+        shown = _fmt(f, f.default)
         if name in w and name in g and w[name].default != g[name].default:
             shown = f"{_fmt(w[name], w[name].default)} (worker), {_fmt(g[name], g[name].default)} (gateway)"
         help_text = f.metadata["help"] + (
@@ -217,8 +363,27 @@ def env_reference() -> str:
         if name in w and name in g and w[name].metadata["help"] != g[name].metadata["help"]:
             help_text = f"Worker: {w[name].metadata['help']} Gateway: {g[name].metadata['help']}"
         marks = " | ".join("✓" if name in side else "" for side in (w, g))
-        rows.append(f"| `{PREFIX}{name.upper()}` | {marks} | {shown} | {help_text} |")
+        chart = _chart_cell(w.get(name), g.get(name))
+        rows.append(f"| `{PREFIX}{name.upper()}` | {marks} | {chart} | {shown} | {help_text} |")
     return "\n".join(rows)
+
+
+def _chart_cell(worker: dataclasses.Field[Any] | None, gateway: dataclasses.Field[Any] | None) -> str:
+    """Where each chart sets a variable from; one entry when both charts agree."""
+    cells: dict[str, str] = {}
+    for side, chart, f in (("worker", "queue-worker", worker), ("gateway", "gateway", gateway)):
+        if f is None:
+            continue
+        path = chart_values(f, chart)
+        if not path:
+            cells[side] = f"— ({f.metadata['not_in_chart']})"
+        elif f.metadata["helper"]:
+            cells[side] = f"`{path}` via `{f.metadata['helper']}`"
+        else:
+            cells[side] = f"`{path}`" + (" (mounted file)" if f.metadata["file"] else "")
+    if len(set(cells.values())) == 1:
+        return next(iter(cells.values()))
+    return "; ".join(f"{side}: {cell}" for side, cell in cells.items())
 
 
 def _fmt(f: dataclasses.Field[Any], value: Any) -> str:
