@@ -6,6 +6,7 @@ Never deletes or recreates a stream by itself: a stream holds calls that got a 2
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
@@ -60,6 +61,15 @@ async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
             f"that were already accepted. Make a full queue refuse new calls instead (the gateway answers 503 "
             f"'queue full'): nats stream edit {want.name} --discard new"
         )
+    if want.allow_msg_schedules and not cfg.allow_msg_schedules:
+        try:  # editable in place: later attempts are held by the server as message schedules
+            await js.update_stream(replace(cfg, allow_msg_schedules=True))
+        except APIError as e:
+            raise StreamSetupError(
+                f"stream {want.name} does not allow message schedules and cannot be changed ({e.description}); "
+                "jetqueue needs nats-server 2.12 or later"
+            ) from None
+        log.info("stream %s now allows message schedules", want.name)
     log.info("using existing stream %s", want.name)
 
 

@@ -121,7 +121,6 @@ async def test_flapping_function_and_callback_receiver_down_then_back(nats_serve
     )
     async with running_worker(settings) as w:
         assert w.callbacks is not None
-        w.callbacks.first_wait = 0.3
         ledger.accepted += await asyncio.gather(*(enqueue(nc, "flap", callback_url=callbacks.url) for _ in range(100)))
         await asyncio.sleep(2)
         callbacks.status = 200  # the receiver comes back

@@ -1,21 +1,121 @@
-"""callbacks.py: callbacks retried until the receiver is back."""
+"""callbacks.py: callbacks are stored before the ack and delivered with retries, per receiver, safely."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
-from tests.helpers import connect, enqueue, running_worker, worker_settings
-from tests.servers import eventually
+from jetqueue import contract
+from jetqueue.queueworker.callbacks import H_URL
+from tests.helpers import connect, dead_letters, enqueue, running_worker, start_worker, worker_env, worker_settings
+from tests.servers import CallbackReceiver, eventually
+
+
+async def callback_dead_letters(nc):
+    return [d for d in await dead_letters(nc) if d.subject.endswith("." + contract.CALLBACK_DLQ_FUNCTION)]
 
 
 async def test_callback_receiver_down_then_back(nats_server, functions, callbacks):
     callbacks.status = 503
     nc = await connect(nats_server.url)
-    async with running_worker(worker_settings(nats_server.url, functions.url_template)) as w:
-        assert w.callbacks is not None
-        w.callbacks.first_wait = 0.3
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)):
         await enqueue(nc, "echo", callback_url=callbacks.url)
         await asyncio.sleep(0.2)
         callbacks.status = 200
         await eventually(lambda: len(callbacks.received) == 1)
     await nc.close()
+
+
+async def test_a_hanging_receiver_delays_nobody_else(nats_server, functions, callbacks):
+    """40 callbacks to a receiver that accepts and never answers; 5 to a healthy one arrive meanwhile."""
+    hung: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hung.append(writer)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    nc = await connect(nats_server.url)
+    try:
+        async with running_worker(worker_settings(nats_server.url, functions.url_template, callback_timeout=30.0)):
+            for _ in range(40):
+                await enqueue(nc, "echo", callback_url=f"http://127.0.0.1:{port}/cb")
+            await eventually(lambda: len(hung) >= 4)  # the hanging receiver has its share, and no more
+            for _ in range(5):
+                await enqueue(nc, "echo", callback_url=callbacks.url)
+            await eventually(lambda: len(callbacks.received) == 5, timeout=15)  # well inside one 30 s timeout
+            assert len(hung) <= 4
+    finally:
+        for w in hung:
+            w.close()
+        server.close()
+        await nc.close()
+
+
+async def test_redirects_are_not_followed(nats_server, functions, callbacks):
+    target = await CallbackReceiver().start()
+    callbacks.status, callbacks.headers = 307, {"Location": target.url}
+    nc = await connect(nats_server.url)
+    try:
+        async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+            await enqueue(nc, "echo", callback_url=callbacks.url, call_id="redirected")
+            await eventually(lambda: len(functions.completed["echo"]) == 1)
+            await asyncio.sleep(1)
+        assert target.received == []
+        (dl,) = await callback_dead_letters(nc)
+        assert dl.headers[contract.H_DLQ_REASON] == "redirected" and dl.headers[H_URL] == callbacks.url
+    finally:
+        await target.stop()
+        await nc.close()
+
+
+async def test_the_worker_enforces_the_allow_list_and_blocked_networks(nats_server, functions, callbacks):
+    """Calls published straight to NATS never met the gateway's checks; a host name that resolves to a blocked
+    address is refused on the address actually connected to."""
+    nc = await connect(nats_server.url)
+    settings = worker_settings(
+        nats_server.url,
+        functions.url_template,
+        callback_hosts="127.0.0.1,localhost",
+        callback_blocked_networks="127.0.0.0/8",
+    )
+    async with running_worker(settings):
+        await enqueue(nc, "echo", call_id="other-host", callback_url="http://elsewhere.invalid/cb")
+        await enqueue(nc, "echo", call_id="by-name", callback_url=f"http://localhost:{callbacks.port}/cb")
+        await eventually(lambda: len(functions.completed["echo"]) == 2)
+        for _ in range(150):
+            if len(await callback_dead_letters(nc)) == 2:
+                break
+            await asyncio.sleep(0.1)
+    refused = {d.headers["X-Call-Id"]: d.headers for d in await callback_dead_letters(nc)}
+    assert set(refused) == {"other-host", "by-name"}
+    assert all(h[contract.H_DLQ_REASON] == "refused" for h in refused.values())
+    assert "blocked network" in refused["by-name"][contract.H_DLQ_ERROR]
+    assert callbacks.received == []
+    await nc.close()
+
+
+async def test_a_worker_killed_after_the_ack_loses_no_callback(nats_server, functions, callbacks, tmp_path):
+    """Calls finish (acked) while the receiver is down; the worker is killed -9; the next worker delivers
+    every stored callback, once."""
+    callbacks.status = 503
+    nc = await connect(nats_server.url)
+    env = worker_env(nats_server.url, functions.url_template)
+    log = tmp_path / "w.log"
+    first = start_worker(env, log)
+    await eventually(lambda: b"worker ready" in log.read_bytes(), timeout=30)
+    ids = [await enqueue(nc, "echo", callback_url=callbacks.url) for _ in range(20)]
+    await eventually(lambda: set(ids) <= set(functions.completed["echo"]), timeout=30)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    callbacks.status = 200
+    second = start_worker(env, log)
+    try:
+        await eventually(lambda: set(ids) <= set(callbacks.by_call()), timeout=60)
+        await asyncio.sleep(1)
+        assert all(len(callbacks.by_call()[i]) == 1 for i in ids)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(30)
+        await nc.close()

@@ -30,6 +30,8 @@ DUPLICATE_WINDOW = 120.0  # seconds a call id is remembered: a retried submissio
 DLQ_MAX_AGE = 14 * 24 * 3600.0  # dead letters are kept two weeks
 QUEUE_FULL = 10077  # JetStream's error code for a publish refused by a full discard-new stream
 SERVER_ACK_WAIT = 30.0  # nats-server's default, for a consumer that reports none
+CALLBACK_ACK_MARGIN = 30.0  # a callback being sent is acked within its timeout plus this
+CALLBACK_MAX_ACK_PENDING = 100_000
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class StreamSpec:
     discard: str = "new"
     duplicate_window: float = DUPLICATE_WINDOW
     max_age: float = 0.0  # 0: no age limit
+    allow_msg_schedules: bool = False  # server 2.12+: messages published for later (retries that hold nothing)
 
     def to_nats(self) -> StreamConfig:
         return StreamConfig(
@@ -55,6 +58,7 @@ class StreamSpec:
             num_replicas=self.replicas,
             duplicate_window=self.duplicate_window,
             max_age=self.max_age or None,
+            allow_msg_schedules=self.allow_msg_schedules or None,
         )
 
     def to_nack(self) -> dict[str, Any]:
@@ -69,6 +73,8 @@ class StreamSpec:
         }
         if self.max_age:
             spec["maxAge"] = format_duration(self.max_age)
+        if self.allow_msg_schedules:
+            spec["allowMsgSchedules"] = True
         return spec
 
 
@@ -91,6 +97,19 @@ def dead_letter_stream(queue: str, replicas: int = 1, storage: str = "file") -> 
         replicas=replicas,
         discard="old",  # dead letters expire after max_age by design
         max_age=DLQ_MAX_AGE,
+    )
+
+
+def callback_stream(queue: str, replicas: int = 1, storage: str = "file") -> StreamSpec:
+    """Callbacks waiting to be sent: stored before their call is acked, removed once delivered."""
+    return StreamSpec(
+        name=names.callback_stream_name(queue),
+        subjects=(names.callback_subjects(queue),),
+        retention=RetentionPolicy.WORK_QUEUE.value,
+        storage=storage,
+        replicas=replicas,
+        discard="old",  # nats-server refuses message schedules with discard new; no limit is set, so none applies
+        allow_msg_schedules=True,
     )
 
 
@@ -157,6 +176,19 @@ def function_consumer(
         max_waiting,
         filter_subject=names.subject(queue, function),
         inactive_threshold=inactive_threshold,
+    )
+
+
+def callback_consumer(queue: str, send_timeout: float, max_waiting: int) -> ConsumerSpec:
+    """The callback sender's consumer. max_ack_pending is high on purpose: a callback put back for a busy
+    receiver waits in the server, and must not hold back the callbacks of other receivers."""
+    return ConsumerSpec(
+        names.callback_stream_name(queue),
+        names.callback_durable_name(queue),
+        ack_wait=send_timeout + CALLBACK_ACK_MARGIN,
+        max_ack_pending=CALLBACK_MAX_ACK_PENDING,
+        max_waiting=max_waiting,
+        filter_subject=names.callback_subject(queue),
     )
 
 

@@ -31,6 +31,7 @@ H_METHOD = "Jq-Method"
 H_PATH = "Jq-Path"
 H_QUERY = "Jq-Query"
 H_CALLBACK = "Jq-Callback-Url"
+H_CALLBACK_ATTEMPT = "Jq-Callback-Attempt"  # on a stored callback: the delivery attempt it is waiting for
 H_FORWARD = "Jq-Header-"
 # Dead-letter metadata: every header of a dead letter that jetqueue adds starts with this.
 H_DLQ = "Jq-Dlq-"

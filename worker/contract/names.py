@@ -14,6 +14,9 @@ DEFAULT_QUEUE = "faas-request"
 STREAM_PREFIX = "OF_"
 DLQ_STREAM_SUFFIX = "_DLQ"
 DLQ_SUBJECT_PREFIX = "_DLQ"
+CALLBACK_STREAM_SUFFIX = "_CB"
+CALLBACK_SUBJECT_PREFIX = "_CB"
+CALLBACK_DLQ_FUNCTION = "_callback"  # undeliverable callbacks' dead-letter subject part (no function starts with _)
 CANCEL_SUBJECT = "_JQ.cancel"
 STATUS_BUCKET = "jetqueue-calls"
 MAX_QUEUE_NAME = 40  # it names the stream, the consumers and the Helm release
@@ -37,7 +40,7 @@ def dlq_stream_name(queue: str) -> str:
 
 def queue_of_stream(stream: str) -> str | None:
     """The queue a work-queue stream belongs to, or None for any other stream (dead letters included)."""
-    if not stream.startswith(STREAM_PREFIX) or stream.endswith(DLQ_STREAM_SUFFIX):
+    if not stream.startswith(STREAM_PREFIX) or stream.endswith((DLQ_STREAM_SUFFIX, CALLBACK_STREAM_SUFFIX)):
         return None
     return stream[len(STREAM_PREFIX) :]
 
@@ -71,3 +74,25 @@ def dlq_subject(queue: str, function: str) -> str:
 
 def dlq_subjects(queue: str) -> str:
     return f"{DLQ_SUBJECT_PREFIX}.{queue}.>"
+
+
+def callback_stream_name(queue: str) -> str:
+    return f"{STREAM_PREFIX}{queue}{CALLBACK_STREAM_SUFFIX}"
+
+
+def callback_durable_name(queue: str) -> str:
+    return f"{queue}-callbacks"
+
+
+def callback_subject(queue: str) -> str:
+    """Where a callback waits to be sent."""
+    return f"{CALLBACK_SUBJECT_PREFIX}.{queue}.send"
+
+
+def callback_schedule_subject(queue: str, key: str) -> str:
+    """A callback's next attempt, held by the server until its time (a message schedule)."""
+    return f"{CALLBACK_SUBJECT_PREFIX}.{queue}.later.{key}"
+
+
+def callback_subjects(queue: str) -> str:
+    return f"{CALLBACK_SUBJECT_PREFIX}.{queue}.>"

@@ -4,10 +4,10 @@ with the reason, or 503 with Retry-After when the call could not be stored."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from nats.js.api import PubAck
@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from jetqueue import callstatus, contract
 from jetqueue.contract import jetstream
+from jetqueue.egress import Egress
 from jetqueue.gateway.auth import problem
 from jetqueue.gateway.backend import Backend
 from jetqueue.gateway.routing import Routing
@@ -27,6 +28,7 @@ MAX_FUNCTION_NAME = 253  # a DNS-1123 subdomain
 PREFIX = "/async-function/"
 # Room kept in every stored call for the metadata a dead letter adds (deadletter.py fits it in this).
 DEAD_LETTER_ROOM = 1024
+MAX_STATUS_WRITES = 1000
 
 
 class Accept:
@@ -46,20 +48,11 @@ class Accept:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=registry,
         )
-        self.allowed_hosts = [h.strip().lower() for h in s.callback_hosts.split(",") if h.strip()]
+        self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
+        self._status_writes: set[asyncio.Task[None]] = set()
 
     def _count(self, function: str, queue: str, code: int) -> None:
         self.requests.labels(function, queue, str(code)).inc()
-
-    def callback_problem(self, url: str) -> str | None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return "X-Callback-Url must be an absolute http:// or https:// URL"
-        if any(c in url for c in "\r\n "):
-            return "X-Callback-Url must not contain spaces or line breaks"
-        if self.allowed_hosts and parts.hostname.lower() not in self.allowed_hosts:
-            return f"X-Callback-Url host {parts.hostname!r} is not in the allowed callback hosts"
-        return None
 
     async def submit(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -77,7 +70,7 @@ class Accept:
                 400, "X-Call-Id must be 1-128 characters of [A-Za-z0-9_=.-], starting with a letter or digit"
             )
         callback = request.headers.get("X-Callback-Url", "")
-        if callback and (reason := self.callback_problem(callback)):
+        if callback and (reason := self.egress.url_problem(callback)):
             self._count(name, queue, 400)
             return problem(400, reason)
         # The path as the client sent it (still percent-encoded): what the worker will send on, unchanged.
@@ -138,18 +131,35 @@ class Accept:
             return self._not_accepted(call, e)
         self.publish_seconds.observe(time.perf_counter() - t0)
         if not ack.duplicate and b.status.enabled:
-            with contextlib.suppress(Exception):  # the worker may have begun already: its write wins
-                await b.status.update(call.call_id, callstatus.base_record(call), None)
+            self._record_queued(call)
         self._count(name, queue, 202)
         answer = {"X-Call-Id": call.call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
         if ack.duplicate:
             answer["X-Duplicate"] = "true"
         return web.Response(status=202, headers=answer)
 
+    def _record_queued(self, call: contract.Call) -> None:
+        """Write the `queued` record without holding the 202 (a status write waits for its own PubAck, seconds
+        during a failover). Create-only: if the worker has begun already, its record stays. Bounded: past
+        MAX_STATUS_WRITES in flight a queued record is skipped (status is observability; the call is stored)."""
+        if len(self._status_writes) >= MAX_STATUS_WRITES:
+            return
+        task = asyncio.create_task(self._create_queued(call))
+        self._status_writes.add(task)
+        task.add_done_callback(self._status_writes.discard)
+
+    async def _create_queued(self, call: contract.Call) -> None:
+        with contextlib.suppress(Exception):
+            await self.backend.status.update(call.call_id, callstatus.base_record(call), None)
+
+    async def close(self) -> None:
+        """Let the queued-record writes in flight finish."""
+        await asyncio.gather(*self._status_writes, return_exceptions=True)
+
     def _not_accepted(self, call: contract.Call, e: Exception) -> web.Response:
         """The 503 for a publish that got no PubAck, saying only what is known about the call."""
         retry = {"Retry-After": RETRY_AFTER}
-        if isinstance(e, NoStreamResponseError):
+        if isinstance(e, NoStreamResponseError):  # no stream answered (e.g. electing a leader): not stored
             return problem(503, "the queue's stream is unavailable; nothing was stored, retry later", **retry)
         if isinstance(e, APIError):  # JetStream answered, and refused it
             what = "queue full" if e.err_code == jetstream.QUEUE_FULL else "JetStream refused the call"
@@ -173,7 +183,6 @@ class Accept:
         try:
             return await b.js.publish(subject, call.body, headers=headers, timeout=self.s.publish_timeout)
         except NoStreamResponseError:
-            b.stream_lost(call.queue)
-            if not await b.ensure_queue(call.queue):
+            if not await b.stream_deleted(call.queue):
                 raise
             return await b.js.publish(subject, call.body, headers=headers, timeout=self.s.publish_timeout)

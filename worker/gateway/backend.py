@@ -9,8 +9,9 @@ import logging
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
-from jetqueue import provision
+from jetqueue import contract, provision
 from jetqueue.callstatus import StatusStore
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
@@ -19,6 +20,7 @@ from jetqueue.settings import GatewaySettings
 
 log = logging.getLogger("jetqueue.gateway")
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default
+STREAM_CHECK_TIMEOUT = 1.0
 
 
 class Backend:
@@ -58,9 +60,19 @@ class Backend:
         for queue in sorted(self.routing.queues):
             await self.ensure_queue(queue)
 
-    def stream_lost(self, queue: str) -> None:
-        """A publish found no stream for the queue (deleted underneath): set it up again on the next try."""
-        self.ready_streams.discard(queue)
+    async def stream_deleted(self, queue: str) -> bool:
+        """A publish got no answer from any stream: deleted underneath, or only electing a new leader? Only a
+        definite 'not found' counts as deleted; then the stream is set up again (True when it is back)."""
+        if self.js is None:
+            return False
+        try:
+            await asyncio.wait_for(self.js.stream_info(contract.stream_name(queue)), STREAM_CHECK_TIMEOUT)
+            return False  # it exists: a leader election or a passing fault
+        except NotFoundError:
+            self.ready_streams.discard(queue)
+            return await self.ensure_queue(queue)
+        except Exception:
+            return False
 
     async def ensure_queue(self, queue: str) -> bool:
         """Create the queue's stream if missing, so calls are stored even before its worker starts."""

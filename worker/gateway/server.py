@@ -71,6 +71,7 @@ class Gateway:
         if self.runner:
             await self.runner.shutdown()
             await self.runner.cleanup()
+        await self.accept.close()
         await self.backend.close()
 
 

@@ -80,6 +80,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("action", choices=("list", "show", "replay", "purge"))
     p.add_argument("queue")
     p.add_argument("--function", help="only this function")
+    p.add_argument(
+        "--callbacks",
+        action="store_const",
+        const=contract.CALLBACK_DLQ_FUNCTION,
+        dest="function",
+        help="only callbacks that could not be delivered (refused, redirected, rejected or out of attempts)",
+    )
     p.add_argument("--call-id", help="only this call")
     p.add_argument("--yes", action="store_true", help="do not ask (replay, purge)")
     nats_args(p)

@@ -105,7 +105,9 @@ async def dlq_replay(
         out.write("nothing done\n")
         return 1
     for d in found:
+        # A replayed callback starts its attempts afresh, like a replayed call.
         headers = {k: v for k, v in d.headers.items() if not k.startswith(contract.H_DLQ)}
+        headers.pop(contract.H_CALLBACK_ATTEMPT, None)
         # A new Nats-Msg-Id: the original is still inside the dedup window if it failed fast.
         headers[contract.H_MSG_ID] = f"{d.call_id or 'call'}-replay-{d.seq}"
         subject = d.headers.get(contract.H_DLQ_SUBJECT) or contract.subject(queue, d.function)

@@ -1,95 +1,253 @@
-"""Callbacks: POST the function's result to X-Callback-Url, retried, never blocking the consumer.
+"""Callbacks, durable: a finished call's callback is stored in JetStream (`OF_<queue>_CB`) before the call
+is acked, and a sender delivers it with retries, so neither a worker killed after the ack nor a receiver
+down for minutes loses it.
 
-A bounded queue feeds a few sender tasks; when it is full the callback is dropped and counted
-(the consumer must not slow down because a callback receiver did).
+- `CallbackStore.store` (used by handle.py): one message per finished call, deduplicated by the call's
+  stored message, so a redelivered call does not store a second callback.
+- `CallbackSender`: pulls into at most `callback_concurrency` sends, at most `callback_host_concurrency`
+  per receiver (scheme, host, port): a callback for a busy receiver goes back to the server for a while (not
+  an attempt), so a hanging receiver delays nobody else. A failed attempt is published again for later as a
+  message schedule with its attempt count in a header (it holds nothing meanwhile); the last one becomes a dead letter
+  (`jetqueue dlq list QUEUE --callbacks`), as does a callback refused by the egress rules (checked on every
+  connection), redirected (never followed) or rejected with a 4xx. Bodies are held only while being sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import aiohttp
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from jetqueue import __version__
+from jetqueue import __version__, contract
+from jetqueue.egress import Egress, EgressRefused
+from jetqueue.queueworker.deadletter import dead_letter
+from jetqueue.queueworker.heartbeat import AckExtender
 from jetqueue.queueworker.metrics import WorkerMetrics
 
 log = logging.getLogger("jetqueue.callback")
+H_URL = contract.H_CALLBACK
+H_ATTEMPT = contract.H_CALLBACK_ATTEMPT
+H_TRUNCATED = "X-Callback-Body-Truncated"  # the original body length, when the body had to be cut to fit
+FIRST_WAIT = 1.0
+HOST_BUSY_WAIT = 2.0  # a callback for a busy receiver is offered again after this (not counted as an attempt)
+FETCH_TIMEOUT = 1.0
 
 
-@dataclass
-class CallbackRequest:
-    url: str
-    body: bytes
-    headers: dict[str, str]
-    call_id: str
+def receiver(url: str) -> str:
+    """The receiver a callback goes to, for the per-receiver limit: scheme, host and port."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port or ''}"
+
+
+class CallbackStore:
+    def __init__(self, js: JetStreamContext, queue: str, max_payload: int) -> None:
+        self.js = js
+        self.queue = queue
+        self.max_payload = max_payload
+
+    async def store(self, key: str, url: str, body: bytes, headers: dict[str, str]) -> None:
+        """Store a callback and wait for the PubAck; `key` identifies the call's stored message (dedup)."""
+        h = {**headers, H_URL: url, H_ATTEMPT: "1", contract.H_MSG_ID: f"cb-{key}"}
+        room = self.max_payload - contract.header_size({**h, H_TRUNCATED: str(len(body))})
+        if len(body) > room:
+            h[H_TRUNCATED] = str(len(body))
+            body = body[: max(0, room)]
+        await self.js.publish(contract.callback_subject(self.queue), body, headers=h)
 
 
 class CallbackSender:
     def __init__(
         self,
-        queue_name: str,
+        js: JetStreamContext,
+        queue: str,
         metrics: WorkerMetrics,
-        attempts: int = 3,
+        egress: Egress,
+        max_payload: int,
+        attempts: int = 20,
+        max_wait: float = 300.0,
         timeout: float = 10.0,
-        first_wait: float = 0.5,
-        senders: int = 8,
-        capacity: int = 10_000,
+        concurrency: int = 32,
+        host_concurrency: int = 4,
     ) -> None:
-        self.queue_name = queue_name
+        self.js = js
+        self.queue = queue
         self.metrics = metrics
+        self.egress = egress
+        self.max_payload = max_payload
         self.attempts = attempts
+        self.max_wait = max_wait
         self.timeout = timeout
-        self.first_wait = first_wait
-        self._queue: asyncio.Queue[CallbackRequest] = asyncio.Queue(capacity)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
-        self._tasks = [asyncio.create_task(self._run(), name=f"callback-{i}") for i in range(senders)]
-
-    def submit(self, req: CallbackRequest) -> None:
-        req.headers.setdefault("User-Agent", f"jetqueue/{__version__}")
-        try:
-            self._queue.put_nowait(req)
-        except asyncio.QueueFull:
-            self.metrics.callbacks.labels(self.queue_name, "dropped").inc()
-            log.error("callback queue full; dropped callback", extra={"call_id": req.call_id})
-
-    async def _run(self) -> None:
-        while True:
-            req = await self._queue.get()
-            try:
-                await self._deliver(req)
-            finally:
-                self._queue.task_done()
-
-    async def _deliver(self, req: CallbackRequest) -> None:
-        wait = self.first_wait
-        error = ""
-        for attempt in range(1, self.attempts + 1):
-            try:
-                async with self._session.post(req.url, data=req.body, headers=req.headers) as resp:
-                    await resp.read()
-                    if resp.status < 500 and resp.status not in (408, 429):
-                        self.metrics.callbacks.labels(self.queue_name, "delivered").inc()
-                        return
-                    error = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                error = f"{type(e).__name__}: {e}"
-            if attempt < self.attempts:
-                await asyncio.sleep(wait)
-                wait *= 2
-        self.metrics.callbacks.labels(self.queue_name, "failed").inc()
-        log.warning(
-            "callback to %s failed after %d attempts: %s", req.url, self.attempts, error, extra={"call_id": req.call_id}
+        self.concurrency = concurrency
+        self.host_concurrency = host_concurrency
+        self.per_host: Counter[str] = Counter()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.extender = AckExtender(timeout + 30.0)
+        self.stopping = False
+        self._psub: JetStreamContext.PullSubscription | None = None
+        self._rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]] | None = None
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency, socket_factory=egress.socket_factory),
+            timeout=aiohttp.ClientTimeout(total=timeout),
         )
 
-    async def close(self, timeout: float) -> None:
-        """Give queued callbacks up to `timeout` seconds, then stop."""
+    def bind(
+        self,
+        psub: JetStreamContext.PullSubscription,
+        rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]],
+    ) -> None:
+        """Pull from `psub`; `rebind` sets the stream and consumer up again if they are deleted underneath."""
+        self._psub, self._rebind = psub, rebind
+
+    async def run(self) -> None:
+        beat = asyncio.create_task(self.extender.run())
         try:
-            await asyncio.wait_for(self._queue.join(), timeout)
-        except TimeoutError:
-            log.warning("%d callbacks not sent at shutdown", self._queue.qsize())
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            while not self.stopping:
+                free = self.concurrency - len(self.tasks)
+                if free <= 0 or self._psub is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                try:
+                    msgs = await self._psub.fetch(free, timeout=FETCH_TIMEOUT)
+                except TimeoutError:
+                    continue
+                except (ServiceUnavailableError, NotFoundError):  # deleted underneath: set it up again
+                    await self._recover()
+                    continue
+                except Exception as e:  # disconnected: keep trying
+                    log.warning("callback fetch failed: %r", e)
+                    await asyncio.sleep(1)
+                    continue
+                for m in msgs:
+                    task = asyncio.create_task(self._handle(m))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+        finally:
+            beat.cancel()
+
+    async def _recover(self) -> None:
+        log.warning("the callback consumer is missing; setting it up again")
+        while not self.stopping and self._rebind is not None:
+            try:
+                self._psub = await self._rebind()
+                return
+            except Exception as e:
+                log.warning("cannot set up the callback consumer yet: %r", e)
+                await asyncio.sleep(2)
+
+    async def _handle(self, msg: Msg) -> None:
+        headers = dict(msg.headers or {})
+        url = headers.get(H_URL, "")
+        host = receiver(url)
+        if self.per_host[host] >= self.host_concurrency:
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=HOST_BUSY_WAIT)
+            return
+        self.per_host[host] += 1
+        self.extender.track(msg)
+        try:
+            await self._attempt(msg, headers, url)
+        except Exception:
+            log.exception("callback handling failed; it is offered again after the ack wait")
+        finally:
+            self.extender.untrack(msg)
+            self.per_host[host] -= 1
+            if not self.per_host[host]:
+                del self.per_host[host]
+
+    async def _attempt(self, msg: Msg, headers: dict[str, str], url: str) -> None:
+        attempt = int(headers.get(H_ATTEMPT, "1") or 1)
+        call_id = headers.get("X-Call-Id", "")
+        if refused := self.egress.url_problem(url):
+            await self._give_up(msg, headers, "refused", refused, attempt)
+            return
+        sent = {k: v for k, v in headers.items() if not k.startswith(("Jq-", "Nats-"))}
+        sent.setdefault("User-Agent", f"jetqueue/{__version__}")
+        try:
+            async with self._session.post(url, data=msg.data, headers=sent, allow_redirects=False) as resp:
+                await resp.read()
+                status, location = resp.status, resp.headers.get("Location", "")
+        except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, EgressRefused) or "blocked network" in str(e):
+                await self._give_up(msg, headers, "refused", str(e.os_error), attempt)
+                return
+            status, error = 0, f"{type(e).__name__}: {e}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            status, error = 0, f"{type(e).__name__}: {e}"
+        if 200 <= status < 300:
+            await msg.ack()
+            self.metrics.callbacks.labels(self.queue, "delivered").inc()
+            return
+        if 300 <= status < 400:  # never followed: a redirect could lead anywhere the egress rules forbid
+            await self._give_up(msg, headers, "redirected", f"HTTP {status} to {location[:200]!r}", attempt)
+            return
+        if 400 <= status < 500 and status not in (408, 429):
+            await self._give_up(msg, headers, "rejected", f"HTTP {status}", attempt)
+            return
+        if status:
+            error = f"HTTP {status}"
+        if attempt >= self.attempts:
+            await self._give_up(msg, headers, "exhausted", error, attempt)
+            return
+        wait = min(self.max_wait, FIRST_WAIT * 2.0 ** min(attempt - 1, 32))
+        await self._later(msg, headers, attempt + 1, wait)
+        self.metrics.callbacks.labels(self.queue, "retried").inc()
+        log.info(
+            "callback to %s failed (%s); attempt %d in %.0fs", url, error, attempt + 1, wait, extra={"call_id": call_id}
+        )
+
+    async def _later(self, msg: Msg, headers: dict[str, str], attempt: int, wait: float) -> None:
+        """Publish the next attempt as a message schedule (held by the server, holding no slot), then ack."""
+        seq = msg.metadata.sequence.stream
+        key = f"{seq}-{attempt}"
+        at = datetime.now(UTC) + timedelta(seconds=max(1.0, wait))
+        h = {k: v for k, v in headers.items() if not k.startswith(("Nats-Schedule", "Nats-Scheduler"))}
+        h.update(
+            {
+                H_ATTEMPT: str(attempt),
+                contract.H_MSG_ID: f"cb-later-{key}",  # a crash before the ack re-publishes nothing twice
+                "Nats-Schedule": f"@at {at.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+                "Nats-Schedule-Target": contract.callback_subject(self.queue),
+            }
+        )
+        await self.js.publish(contract.callback_schedule_subject(self.queue, key), msg.data, headers=h)
+        await msg.ack()
+
+    async def _give_up(self, msg: Msg, headers: dict[str, str], reason: str, error: str, attempt: int) -> None:
+        log.warning(
+            "callback to %s %s: %s",
+            headers.get(H_URL, ""),
+            reason,
+            error,
+            extra={"call_id": headers.get("X-Call-Id", "")},
+        )
+        await dead_letter(
+            self.js, msg, self.queue, contract.CALLBACK_DLQ_FUNCTION, reason, None, attempt, error, self.max_payload
+        )
+        await msg.ack()
+        self.metrics.callbacks.labels(self.queue, "failed").inc()
+
+    async def close(self, timeout: float) -> None:
+        """Stop fetching; callbacks being sent get up to `timeout` seconds, the rest stay stored for later."""
+        self.stopping = True
+        if self._psub is not None:  # a pull subscription never drains by itself: without this, drain times out
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         await self._session.close()

@@ -79,5 +79,6 @@ async def dead_letter(
         }
     )
     headers, body = fit(headers, msg.data, limit)
-    safe_fn = function if contract.FUNCTION_NAME.match(function) else "_invalid"
+    ok = contract.FUNCTION_NAME.match(function) or function == contract.CALLBACK_DLQ_FUNCTION
+    safe_fn = function if ok else "_invalid"
     await js.publish(contract.dlq_subject(queue, safe_fn), body, headers=headers)

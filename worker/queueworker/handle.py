@@ -1,8 +1,10 @@
 """Carry out one message: decode it, run the call, then do what `decision.decide` says, always in the
-same order: settle the message in JetStream, record the status, count and log, queue the callback.
+same order: store the callback (a finished call's), settle the message in JetStream, record the status,
+count and log.
 
-Settling comes first because it is what keeps the promise of the 202 (ack, retry later, or the dead
-letter stored before the message is terminated); status and callback are reports about it.
+The callback is stored before settling so a worker that dies after the ack loses no callback; settling
+keeps the promise of the 202 (ack, retry later, or the dead letter stored before the message is
+terminated); status and metrics are reports about it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from nats.js import JetStreamContext
 from jetqueue import callstatus, contract
 from jetqueue.callstatus import StatusStore
 from jetqueue.contract import BadMessage, Call, CallState
-from jetqueue.queueworker.callbacks import CallbackRequest, CallbackSender
+from jetqueue.queueworker.callbacks import CallbackStore
 from jetqueue.queueworker.deadletter import dead_letter
 from jetqueue.queueworker.decision import Ack, Cancelled, DeadLetter, Decision, Retry, decide
 from jetqueue.queueworker.heartbeat import AckExtender
@@ -38,7 +40,7 @@ class Context:
     js: JetStreamContext
     policies: Policies
     invoker: Invoker
-    callbacks: CallbackSender
+    callbacks: CallbackStore
     status: StatusStore
     metrics: WorkerMetrics
     ack_wait: float
@@ -115,8 +117,10 @@ class Processor:
                 c.observer(call.function, outcome.status, outcome.retry_after is not None, outcome.duration)
             c.metrics.duration.labels(c.queue, call.function, status_class(outcome.status)).observe(outcome.duration)
         decision = decide(outcome, attempt, policy.retry)
-        await self._settle(msg, call, decision, outcome, attempt)
         state = state_of(decision)
+        if state.final and call.callback_url:  # stored before the ack: a worker dying after it loses nothing
+            await self._store_callback(msg, call, state, outcome, attempt, policy.retry.max_attempts)
+        await self._settle(msg, call, decision, outcome, attempt)
         fields: dict[str, object] = {"state": state, "status_code": outcome.status}
         if not outcome.ok and not outcome.cancelled:
             fields["error"] = outcome.excerpt()
@@ -124,8 +128,6 @@ class Processor:
             fields["next_try"] = round(callstatus.now() + decision.delay, 3)
         await c.status.finish(call, rec, **fields)
         self._report(call, decision, outcome, attempt)
-        if state.final:
-            self._callback(call, state, outcome, attempt, policy.retry.max_attempts)
 
     async def _settle(self, msg: Msg, call: Call, decision: Decision, outcome: Outcome, attempt: int) -> None:
         """Keep the 202's promise in JetStream: removed, redelivered later, or stored as a dead letter first."""
@@ -197,10 +199,10 @@ class Processor:
             self.cancel_requested.discard(call.call_id)
             inflight.dec()
 
-    def _callback(self, call: Call, state: CallState, outcome: Outcome, attempt: int, max_attempts: int) -> None:
-        """Queue the callback of a finished call (never awaited: callbacks never block the consumer)."""
-        if not call.callback_url:
-            return
+    async def _store_callback(
+        self, msg: Msg, call: Call, state: CallState, outcome: Outcome, attempt: int, max_attempts: int
+    ) -> None:
+        """The callback of a finished call, stored in JetStream; callbacks.py sends it."""
         status = CANCELLED_STATUS if outcome.cancelled else outcome.status
         headers = {
             "X-Call-Id": call.call_id,
@@ -218,4 +220,5 @@ class Processor:
         if outcome.content_encoding:
             headers["Content-Encoding"] = outcome.content_encoding
         body = b"" if outcome.cancelled else outcome.body if outcome.status is not None else outcome.error.encode()
-        self.ctx.callbacks.submit(CallbackRequest(call.callback_url, body, headers, call.call_id))
+        key = f"{msg.metadata.stream}-{msg.metadata.sequence.stream}"
+        await self.ctx.callbacks.store(key, call.callback_url, body, headers)

@@ -36,7 +36,7 @@ class WorkerMetrics:
         )
         self.callbacks = Counter(
             "queue_worker_callbacks_total",
-            "Callbacks by result (delivered, failed, dropped).",
+            "Callback attempts by result: delivered, retried (scheduled again), failed (dead-lettered).",
             ["queue_name", "result"],
             registry=r,
         )

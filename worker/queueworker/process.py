@@ -1,7 +1,8 @@
 """The queue-worker process: connect, set up the queue's streams, run consumer loops, shut down cleanly.
 
 SIGTERM/SIGINT: stop fetching, let in-flight calls finish up to the shutdown timeout, hand the rest
-back with a NAK (redelivered at once elsewhere), flush callbacks, drain the connection, exit 0.
+back with a NAK (redelivered at once elsewhere), stop sending callbacks (stored ones wait in JetStream),
+drain the connection, exit 0.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from jetqueue import contract, provision
 from jetqueue.callstatus import StatusStore
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
+from jetqueue.egress import Egress
 from jetqueue.probes import add_probes, serve
-from jetqueue.queueworker.callbacks import CallbackSender
+from jetqueue.queueworker.callbacks import CallbackSender, CallbackStore
 from jetqueue.queueworker.fetch import ConsumerLoop, Slots
 from jetqueue.queueworker.functionmode import FunctionMode
 from jetqueue.queueworker.handle import Context, Processor
@@ -49,6 +51,7 @@ class Worker:
         self._loop_tasks: list[asyncio.Task[None]] = []
         self._timer: asyncio.Task[None] | None = None
         self._beat: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.processor: Processor | None = None
         self.callbacks: CallbackSender | None = None
@@ -70,14 +73,26 @@ class Worker:
         status = StatusStore(js, bucket) if s.call_status else StatusStore.off()
         await status.bucket()
         self.invoker = Invoker(s.function_url, s.max_inflight)
-        self.callbacks = CallbackSender(s.queue, self.metrics, s.callback_attempts, s.callback_timeout)
+        self.callbacks = CallbackSender(
+            js,
+            s.queue,
+            self.metrics,
+            Egress.parse(s.callback_hosts, s.callback_blocked_networks),
+            self.nc.max_payload,
+            attempts=s.callback_attempts,
+            max_wait=s.callback_max_wait,
+            timeout=s.callback_timeout,
+            concurrency=s.callback_concurrency,
+            host_concurrency=s.callback_host_concurrency,
+        )
+        self.callbacks.bind(await self._bind_callbacks(), self._bind_callbacks)
         nc = self.nc
         ctx = Context(
             s.queue,
             js,
             self.policies,
             self.invoker,
-            self.callbacks,
+            CallbackStore(js, s.queue, self.nc.max_payload),
             status,
             self.metrics,
             ack_wait,
@@ -93,6 +108,7 @@ class Worker:
             await self.function_mode.start()
         self._timer = asyncio.create_task(self._refresh_pending(js))
         self._beat = asyncio.create_task(self.processor.extender.run())
+        self._sender = asyncio.create_task(self.callbacks.run(), name="callbacks")
         log.info("worker ready: queue=%s stream=%s mode=%s max_inflight=%d", s.queue, s.stream, s.mode, s.max_inflight)
 
     async def _provision(self) -> float:
@@ -109,6 +125,16 @@ class Worker:
             return s.ack_wait
         consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting)
         return await provision.ensure_consumer(js, replace(consumer, stream=s.stream, durable=s.durable))
+
+    async def _bind_callbacks(self) -> JetStreamContext.PullSubscription:
+        """The callbacks stream and the sender's consumer, created if missing (at start, and when deleted)."""
+        s, js = self.s, self.js
+        assert js is not None
+        await provision.ensure_stream(js, jetstream.callback_stream(s.queue, s.stream_replicas, s.stream_storage))
+        await provision.ensure_consumer(js, jetstream.callback_consumer(s.queue, s.callback_timeout, s.max_waiting))
+        return await js.pull_subscribe_bind(
+            durable=contract.callback_durable_name(s.queue), stream=contract.callback_stream_name(s.queue)
+        )
 
     async def _rebind(self) -> JetStreamContext.PullSubscription:
         """The static consumer vanished (deleted, or lost with the server's state): set it up again."""
@@ -192,6 +218,8 @@ class Worker:
                 timer.cancel()
         if self.callbacks:
             await self.callbacks.close(timeout=5.0)
+        if self._sender:
+            await asyncio.gather(self._sender, return_exceptions=True)
         if self.invoker:
             await self.invoker.close()
         for loop in self.loops:  # a pull subscription never drains by itself: it has no callback
