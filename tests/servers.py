@@ -38,7 +38,12 @@ def free_port() -> int:
 
 
 class NatsServer:
-    """One nats-server with JetStream on loopback, optionally part of a cluster."""
+    """One nats-server with JetStream on loopback, optionally part of a cluster.
+
+    Elsewhere than loopback: `host` is the address it binds (client, route and monitor listeners),
+    `route_urls` are full routes (e.g. "nats-route://10.1.2.12:6222"), and `command_prefix` runs it
+    through another command, e.g. ["ip", "netns", "exec", NS] to place it in a network namespace (that
+    command must exec the server so that `proc.pid` is the server's own pid)."""
 
     def __init__(
         self,
@@ -49,11 +54,18 @@ class NatsServer:
         routes: list[int] | None = None,
         extra_conf: str = "",
         jetstream_conf: str = "",
+        host: str = "127.0.0.1",
+        monitor_port: int | None = None,
+        route_urls: list[str] | None = None,
+        command_prefix: list[str] | None = None,
     ) -> None:
         self.store = store
         self.name = name
         self.port = port or free_port()
-        self.monitor = free_port()
+        self.monitor = monitor_port or free_port()
+        self.host = host
+        self.route_urls = route_urls or []
+        self.command_prefix = command_prefix or []
         self.cluster_port = cluster_port
         self.routes = routes or []
         self.extra_conf = extra_conf
@@ -63,19 +75,24 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.host}:{self.monitor}"
 
     def _write_conf(self) -> None:
         lines = [
             f'server_name: "{self.name}"',
-            "host: 127.0.0.1",
+            f"host: {self.host}",
             f"port: {self.port}",
-            f"http: 127.0.0.1:{self.monitor}",
+            f"http: {self.host}:{self.monitor}",
             f'jetstream {{\n  store_dir: "{self.store / self.name}"\n  {self.jetstream_conf}\n}}',
         ]
         if self.cluster_port:
-            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
-            lines.append(f'cluster {{ name: "jq", listen: "127.0.0.1:{self.cluster_port}", routes: [{routes}] }}')
+            routes = ", ".join([f"nats-route://127.0.0.1:{p}" for p in self.routes] + self.route_urls)
+            listen = f"{self.host}:{self.cluster_port}"
+            lines.append(f'cluster {{ name: "jq", listen: "{listen}", routes: [{routes}] }}')
         lines.append(self.extra_conf)
         self.conf.write_text("\n".join(lines) + "\n")
 
@@ -83,7 +100,8 @@ class NatsServer:
         self.store.mkdir(parents=True, exist_ok=True)
         self._write_conf()
         log = open(self.store / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(self.conf)], stdout=log, stderr=log)
+        command = [*self.command_prefix, nats_server_binary(), "-c", str(self.conf)]
+        self.proc = subprocess.Popen(command, stdout=log, stderr=log)
         if wait:
             self.wait_ready()
         return self
@@ -95,7 +113,7 @@ class NatsServer:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server {self.name} exited: see {self.store / (self.name + '.log')}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor}{path}", timeout=1) as r:
+                with urllib.request.urlopen(f"{self.monitor_url}{path}", timeout=1) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -208,6 +226,7 @@ class CallbackReceiver:
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     port: int = 0
     status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)  # answered with every response (e.g. Location)
     runner: web.AppRunner | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -230,7 +249,7 @@ class CallbackReceiver:
 
     async def _receive(self, request: web.Request) -> web.Response:
         if self.status >= 300:
-            return web.Response(status=self.status)
+            return web.Response(status=self.status, headers=self.headers)
         self.received.append((dict(request.headers), await request.read()))
         self.event.set()
         return web.Response(status=self.status)
