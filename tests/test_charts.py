@@ -118,7 +118,7 @@ def test_the_gateway_keeps_serving_until_endpoints_update_then_drains():
     """preStop before SIGTERM (Services stop sending first), and a grace period that covers it and the drain."""
     from jetqueue.settings import GatewaySettings
 
-    spec = deployment(manifests("charts/gateway", None))["spec"]["template"]["spec"]
+    spec = deployment(manifests("gateway", None))["spec"]["template"]["spec"]
     pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert pre_stop >= 5
     assert spec["terminationGracePeriodSeconds"] > pre_stop + GatewaySettings().shutdown_timeout
