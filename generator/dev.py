@@ -136,7 +136,7 @@ class Dev:
                 path = self.tmp / f"functions-{name}.json"
                 path.write_text(json.dumps(values["queue"]["functions"]))
                 env["JETQUEUE_FUNCTIONS_FILE"] = str(path)
-            proc = self._spawn(f"worker {name}", [sys.executable, "-m", "worker", "worker"], env)
+            proc = self._spawn(f"worker {name}", [sys.executable, "-m", "jetqueue", "worker"], env)
             proc.http = f"http://127.0.0.1:{env['JETQUEUE_HTTP_PORT']}"
         gw_values = gateway_values(cfg)
         env = envmap.gateway_env(gw_values)
@@ -144,7 +144,7 @@ class Dev:
         routes.write_text(json.dumps(envmap.routes_document(gw_values)))
         port = self.gateway_port or free_port()
         env.update(JETQUEUE_HTTP_HOST="127.0.0.1", JETQUEUE_HTTP_PORT=str(port), JETQUEUE_ROUTES_FILE=str(routes))
-        gw = self._spawn("gateway", [sys.executable, "-m", "worker", "gateway"], env)
+        gw = self._spawn("gateway", [sys.executable, "-m", "jetqueue", "gateway"], env)
         gw.http = f"http://127.0.0.1:{port}"
         self.gateway = gw.http
         for p in self.procs:

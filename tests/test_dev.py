@@ -10,7 +10,7 @@ from pathlib import Path
 
 def run_dev(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker", "dev", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "jetqueue", "dev", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
