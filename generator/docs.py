@@ -64,7 +64,7 @@ def queues_reference() -> str:
 
 
 def settings_reference() -> str:
-    from jetqueue.settings import env_reference
+    from jetqueue.generator.settingsdoc import env_reference
 
     return env_reference()
 

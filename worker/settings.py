@@ -1,7 +1,7 @@
 """Settings from `JETQUEUE_<NAME>` environment variables: one dataclass per process, `from_env()`.
 
 A bad value fails at start with a message naming the variable. Secrets never appear in `repr`.
-The README's settings table is generated from the field metadata here (`jetqueue docs`).
+The README's settings table is generated from the field metadata here (generator/settingsdoc.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from jetqueue import contract
-from jetqueue.durations import format_duration, parse_duration
+from jetqueue.durations import parse_duration
 from jetqueue.egress import DEFAULT_BLOCKED_NETWORKS, Egress
+from jetqueue.signing import signing_keys
 
 PREFIX = "JETQUEUE_"
 T = TypeVar("T", bound="_Base")
@@ -262,6 +263,13 @@ class WorkerSettings(_Base):
         "Callbacks sent at once to one receiver host, so a slow receiver delays nobody else.",
         not_in_chart=DEFAULT,
     )
+    callback_signing_keys: str = _f(
+        "",
+        "Keys that sign callbacks (`X-Jetqueue-Signature`), `id:secret` comma-separated: the current key first, "
+        "then the next one during a rotation; every key listed signs. Empty = unsigned.",
+        secret=True,
+        not_in_chart="set it from a Secret with the chart's `env` list",
+    )
     http_port: int = _f(8081, "Port of /metrics, /healthz and /readyz.", values="metrics.port")
     http_host: str = _f("0.0.0.0", "Address the HTTP server binds.", not_in_chart="pods listen on every interface")
     shutdown_timeout: float = _f(
@@ -295,6 +303,10 @@ class WorkerSettings(_Base):
                 raise SettingsError(f"{PREFIX}{name.upper()}: must be at least 1")
         if self.ack_wait < 1:
             raise SettingsError(f"{PREFIX}ACK_WAIT: must be at least 1s")
+        try:
+            signing_keys(self.callback_signing_keys)
+        except ValueError as e:
+            raise SettingsError(f"{PREFIX}CALLBACK_SIGNING_KEYS: {e}") from None
         if "{function}" not in self.function_url:
             raise SettingsError(f"{PREFIX}FUNCTION_URL={self.function_url!r}: needs a {{function}} placeholder")
         if self.initial_retry_wait > self.max_retry_wait:
@@ -345,55 +357,3 @@ class GatewaySettings(_Base):
     shutdown_timeout: float = _f(
         10.0, "On SIGTERM, how long open requests may finish.", kind="duration", not_in_chart=DEFAULT
     )
-
-
-def env_reference() -> str:
-    """Markdown table of every variable, for README.md."""
-    rows = ["| variable | worker | gateway | chart value | default | meaning |", "|---|---|---|---|---|---|"]
-    w = {f.name: f for f in fields(WorkerSettings)}
-    g = {f.name: f for f in fields(GatewaySettings)}
-    for name in list(w) + [n for n in g if n not in w]:
-        f = w.get(name) or g[name]
-        shown = _fmt(f, f.default)
-        if name in w and name in g and w[name].default != g[name].default:
-            shown = f"{_fmt(w[name], w[name].default)} (worker), {_fmt(g[name], g[name].default)} (gateway)"
-        help_text = f.metadata["help"] + (
-            " One of " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "." if f.metadata["choices"] else ""
-        )
-        if name in w and name in g and w[name].metadata["help"] != g[name].metadata["help"]:
-            help_text = f"Worker: {w[name].metadata['help']} Gateway: {g[name].metadata['help']}"
-        marks = " | ".join("✓" if name in side else "" for side in (w, g))
-        chart = _chart_cell(w.get(name), g.get(name))
-        rows.append(f"| `{PREFIX}{name.upper()}` | {marks} | {chart} | {shown} | {help_text} |")
-    return "\n".join(rows)
-
-
-def _chart_cell(worker: dataclasses.Field[Any] | None, gateway: dataclasses.Field[Any] | None) -> str:
-    """Where each chart sets a variable from; one entry when both charts agree."""
-    cells: dict[str, str] = {}
-    for side, chart, f in (("worker", "queue-worker", worker), ("gateway", "gateway", gateway)):
-        if f is None:
-            continue
-        path = chart_values(f, chart)
-        if not path:
-            cells[side] = f"— ({f.metadata['not_in_chart']})"
-        elif f.metadata["helper"]:
-            cells[side] = f"`{path}` via `{f.metadata['helper']}`"
-        else:
-            cells[side] = f"`{path}`" + (" (mounted file)" if f.metadata["file"] else "")
-    if len(set(cells.values())) == 1:
-        return next(iter(cells.values()))
-    return "; ".join(f"{side}: {cell}" for side, cell in cells.items())
-
-
-def _fmt(f: dataclasses.Field[Any], value: Any) -> str:
-    kind = f.metadata["kind"]
-    if kind == "duration":
-        return f"`{format_duration(value)}`"
-    if kind == "codes":
-        return "`" + ",".join(str(c) for c in value) + "`"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    if value == "":
-        return "(empty)"
-    return f"`{value}`"

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from jetqueue import __version__, contract
+from jetqueue import __version__, contract, signing
 from jetqueue.egress import Egress, EgressRefused
 from jetqueue.queueworker.deadletter import dead_letter
 from jetqueue.queueworker.heartbeat import AckExtender
@@ -81,6 +81,7 @@ class CallbackSender:
         timeout: float = 10.0,
         concurrency: int = 32,
         host_concurrency: int = 4,
+        signing_keys: dict[str, bytes] | None = None,
     ) -> None:
         self.js = js
         self.queue = queue
@@ -92,6 +93,7 @@ class CallbackSender:
         self.timeout = timeout
         self.concurrency = concurrency
         self.host_concurrency = host_concurrency
+        self.signing_keys = signing_keys or {}
         self.per_host: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self.extender = AckExtender(timeout + 30.0)
@@ -175,6 +177,8 @@ class CallbackSender:
             return
         sent = {k: v for k, v in headers.items() if not k.startswith(("Jq-", "Nats-"))}
         sent.setdefault("User-Agent", f"jetqueue/{__version__}")
+        if self.signing_keys:  # signed at each attempt: the timestamp says when it was sent
+            sent[signing.HEADER] = signing.signature(msg.data, self.signing_keys)
         try:
             async with self._session.post(url, data=msg.data, headers=sent, allow_redirects=False) as resp:
                 await resp.read()

@@ -33,6 +33,7 @@ from jetqueue.queueworker.invoke import Invoker
 from jetqueue.queueworker.metrics import WorkerMetrics
 from jetqueue.queueworker.policy import Policies
 from jetqueue.settings import WorkerSettings
+from jetqueue.signing import signing_keys
 
 log = logging.getLogger("jetqueue.worker")
 PENDING_REFRESH = 5.0
@@ -84,6 +85,7 @@ class Worker:
             timeout=s.callback_timeout,
             concurrency=s.callback_concurrency,
             host_concurrency=s.callback_host_concurrency,
+            signing_keys=signing_keys(s.callback_signing_keys),
         )
         self.callbacks.bind(await self._bind_callbacks(), self._bind_callbacks)
         nc = self.nc
