@@ -263,6 +263,12 @@ class WorkerSettings(_Base):
         "Callbacks sent at once to one receiver host, so a slow receiver delays nobody else.",
         not_in_chart=DEFAULT,
     )
+    dead_letter_credentials: bool = _f(
+        False,
+        "Keep `Authorization`, `Cookie` and `Proxy-*` request headers in dead letters (a replay then sends them "
+        "again); off, they are stored as `[redacted]`.",
+        not_in_chart=DEFAULT,
+    )
     callback_signing_keys: str = _f(
         "",
         "Keys that sign callbacks (`X-Jetqueue-Signature`), `id:secret` comma-separated: the current key first, "

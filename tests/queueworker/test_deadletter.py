@@ -8,7 +8,7 @@ from aiohttp import web
 from jetqueue import contract
 from jetqueue.gateway.accept import DEAD_LETTER_ROOM
 from jetqueue.queueworker.deadletter import fit
-from tests.helpers import connect, dead_letters, running_worker, worker_settings
+from tests.helpers import connect, dead_letters, enqueue, running_worker, worker_settings
 from tests.servers import eventually
 
 LIMIT = 1024 * 1024
@@ -58,3 +58,34 @@ async def test_a_call_at_the_size_limit_is_dead_lettered_without_losing_the_conn
     assert dl.headers.get(contract.H_DLQ_TRUNCATED) == truncated
     assert (contract.H_FORWARD + "X-Pad" in dl.headers) == (room > 0)  # the caller's headers survive the reserve
     await nc.close()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+async def test_credentials_are_redacted_in_dead_letters_unless_kept(nats_server, functions, keep):
+    async def reject(request, server):
+        return web.Response(status=400)
+
+    functions.handlers["reject"] = reject
+    nc = await connect(nats_server.url)
+    secrets = {"Authorization": "Bearer s3cret", "Cookie": "session=abc", "Proxy-Token": "p", "X-Plain": "kept"}
+    settings = worker_settings(nats_server.url, functions.url_template, dead_letter_credentials=keep)
+    async with running_worker(settings):
+        await enqueue(nc, "reject", headers=secrets)
+        await eventually(lambda: len(functions.calls["reject"]) == 1)
+        await eventually_dead_letters(nc, 1)
+    (dl,) = await dead_letters(nc)
+    stored = {k[len(contract.H_FORWARD) :]: v for k, v in dl.headers.items() if k.startswith(contract.H_FORWARD)}
+    assert stored["X-Plain"] == "kept"
+    for name in ("Authorization", "Cookie", "Proxy-Token"):
+        assert stored[name] == (secrets[name] if keep else "[redacted]")
+    assert functions.requests[0]["headers"]["Authorization"] == "Bearer s3cret"  # the function still got them
+    await nc.close()
+
+
+async def eventually_dead_letters(nc, n: int) -> None:
+    import asyncio
+
+    for _ in range(100):
+        if len(await dead_letters(nc)) >= n:
+            return
+        await asyncio.sleep(0.1)

@@ -16,6 +16,8 @@ from nats.js import JetStreamContext
 from jetqueue import contract
 
 HEADER_VALUE_MAX = 1024
+REDACTED = "[redacted]"
+_CREDENTIALS = ("authorization", "cookie", "proxy-")  # forwarded request headers that carry credentials
 # The Jq-Dlq-Truncated header at its longest, kept free whenever anything must be cut.
 _MARKER = contract.header_size({contract.H_DLQ_TRUNCATED: "error,subject,headers,body"}) - contract.header_size({})
 
@@ -62,9 +64,15 @@ async def dead_letter(
     attempts: int,
     error: str,
     limit: int,
+    keep_credentials: bool = False,
 ) -> None:
-    """Publish the original message with its failure to the DLQ stream and wait for the PubAck."""
+    """Publish the original message with its failure to the DLQ stream and wait for the PubAck. Dead letters
+    are kept for weeks and shown by `jetqueue dlq show`: credentials are redacted unless asked to keep them."""
     headers = {k: v for k, v in (msg.headers or {}).items() if k != contract.H_MSG_ID}
+    if not keep_credentials:
+        for k in headers:
+            if k.startswith(contract.H_FORWARD) and k[len(contract.H_FORWARD) :].lower().startswith(_CREDENTIALS):
+                headers[k] = REDACTED
     seq = msg.metadata.sequence.stream
     headers.update(
         {

@@ -45,6 +45,7 @@ class Context:
     metrics: WorkerMetrics
     ack_wait: float
     max_payload: Callable[[], int]  # the server's limit on one message, from its INFO (dead letters fit it)
+    keep_credentials: bool = False  # in dead letters (settings.dead_letter_credentials)
     # Function mode: told every outcome (function, status, had Retry-After, duration) for adaptive concurrency.
     observer: Callable[[str, int | None, bool, float], None] | None = None
 
@@ -138,7 +139,9 @@ class Processor:
                 await msg.nak(delay=delay)
             case DeadLetter(reason=reason):
                 c, status, why = self.ctx, outcome.status, outcome.excerpt()
-                await dead_letter(c.js, msg, c.queue, call.function, reason, status, attempt, why, c.max_payload())
+                await dead_letter(
+                    c.js, msg, c.queue, call.function, reason, status, attempt, why, c.max_payload(), c.keep_credentials
+                )
                 await msg.term()
             case Cancelled():
                 await msg.term()
@@ -176,7 +179,9 @@ class Processor:
         log.error("undecodable message on %s: %s; dead-lettered", msg.subject, error)
         function = msg.subject.partition(".")[2]
         label = function if contract.FUNCTION_NAME.match(function) else "_invalid"
-        await dead_letter(c.js, msg, c.queue, label, UNDECODABLE, None, attempt, str(error), c.max_payload())
+        await dead_letter(
+            c.js, msg, c.queue, label, UNDECODABLE, None, attempt, str(error), c.max_payload(), c.keep_credentials
+        )
         await msg.term()
         c.metrics.dead_letters.labels(c.queue, label, UNDECODABLE).inc()
 

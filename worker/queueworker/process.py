@@ -99,6 +99,7 @@ class Worker:
             self.metrics,
             ack_wait,
             max_payload=lambda: nc.max_payload,
+            keep_credentials=s.dead_letter_credentials,
         )
         self.processor = Processor(ctx)
         await self.nc.subscribe(contract.CANCEL_SUBJECT, cb=self._on_cancel)
