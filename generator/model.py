@@ -72,6 +72,11 @@ def deep_merge(base: Any, over: Any) -> Any:
     return copy.deepcopy(over)
 
 
+def max_replicas(replicas: int, autoscaling: dict[str, Any]) -> int:
+    """The most worker replicas a queue can have: the autoscaler's maximum when it scales the queue."""
+    return max(replicas, autoscaling["maxReplicas"]) if autoscaling["type"] != "none" else replicas
+
+
 def nats_servers(nats: dict[str, Any]) -> int | None:
     """How many NATS servers the declared profile runs; None when external (unknown)."""
     if nats["profile"] == "production":
@@ -99,7 +104,8 @@ def resolve(data: dict[str, Any]) -> dict[str, Any]:
         if "streamReplication" not in raw and "streamReplication" not in raw_defaults and servers:
             q["streamReplication"] = min(q["streamReplication"], servers)
         if q["maxAckPending"] is None:
-            q["maxAckPending"] = 2 * q["maxInflight"] * q["replicas"]
+            # Sized for the most replicas the queue can have, or scaling out is capped by the consumer.
+            q["maxAckPending"] = 2 * q["maxInflight"] * max_replicas(q["replicas"], q["autoscaling"])
         if q["functionURL"] is None:
             q["functionURL"] = top["gateway"]["functionURL"]
         overrides = {}

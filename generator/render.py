@@ -130,6 +130,10 @@ def _storage(cfg: dict[str, Any]) -> str:
     return "memory" if cfg["nats"]["profile"] == "dev" else "file"
 
 
+def _bytes(quantity: str) -> int:
+    return int(parse_quantity(quantity))
+
+
 def _retry(r: dict[str, Any]) -> dict[str, Any]:
     return {k: r[k] for k in ("maxAttempts", "initialWait", "maxWait", "httpCodes", "backoff")}
 
@@ -153,6 +157,9 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
             "ackWait": q["ackWait"],
             "maxAckPending": q["maxAckPending"],
             "maxWaiting": q["maxWaiting"],
+            "maxQueueLength": q["maxQueueLength"],
+            "maxQueueBytes": _bytes(q["maxQueueBytes"]),
+            "callbackRetry": dict(q["callbackRetry"]),
             "inactiveThreshold": q["inactiveThreshold"],
             "adaptiveConcurrency": q["adaptiveConcurrency"],
             "upstreamTimeout": q["upstreamTimeout"],
@@ -216,7 +223,12 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
             "callbackHosts": list(g["callbackHosts"]),
             "routes": dict(sorted(routes.items())),
             "queues": {
-                name: {"streamReplicas": q["streamReplication"], "streamStorage": _storage(cfg)}
+                name: {
+                    "streamReplicas": q["streamReplication"],
+                    "streamStorage": _storage(cfg),
+                    "maxQueueLength": q["maxQueueLength"],
+                    "maxQueueBytes": _bytes(q["maxQueueBytes"]),
+                }
                 for name, q in sorted(cfg["queues"].items())
             },
         },
@@ -231,7 +243,11 @@ def nack_resources(cfg: dict[str, Any], name: str) -> list[dict[str, Any]]:
     q = cfg["queues"][name]
     storage, replicas = _storage(cfg), q["streamReplication"]
     specs: list[tuple[str, str, dict[str, Any]]] = [
-        ("Stream", f"{name}-stream", jetstream.work_stream(name, replicas, storage).to_nack()),
+        (
+            "Stream",
+            f"{name}-stream",
+            jetstream.work_stream(name, replicas, storage, q["maxQueueLength"], _bytes(q["maxQueueBytes"])).to_nack(),
+        ),
         ("Stream", f"{name}-dlq-stream", jetstream.dead_letter_stream(name, replicas, storage).to_nack()),
     ]
     if q["mode"] == "static":  # function mode creates its per-function consumers on demand

@@ -122,3 +122,20 @@ async def test_streams_jetqueue_creates_discard_new(nats_server, functions):
     info = await nc.jetstream().stream_info("OF_faas-request")
     assert info.config.discard == DiscardPolicy.NEW
     await nc.close()
+
+
+async def test_queue_limits_follow_the_settings_and_a_full_queue_refuses(nats_server, functions):
+    """maxQueueLength 3 then 5 on the same stream: applied in place, with discard new."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    for length in (3, 5):
+        settings = worker_settings(nats_server.url, functions.url_template, max_queue_length=length)
+        async with running_worker(settings):
+            pass
+        info = await js.stream_info("OF_faas-request")
+        assert (info.config.max_msgs, info.config.discard) == (length, DiscardPolicy.NEW)
+    for _ in range(5):
+        await enqueue(nc, "echo")
+    with pytest.raises(Exception, match="maximum messages exceeded"):
+        await enqueue(nc, "echo")
+    await nc.close()

@@ -138,6 +138,15 @@ def test_max_ack_pending_at_least_inflight_times_replicas():
     assert "$.queues.faas-request.maxAckPending: maxAckPending 29 is below maxInflight × replicas = 30" in out
 
 
+def test_max_ack_pending_is_sized_for_the_autoscaler_maximum():
+    """Scale-out must not be capped by a consumer sized for the static replica count."""
+    scaled = "faas-request: {maxInflight: 10, replicas: 2, autoscaling: {type: keda, maxReplicas: 8}"
+    result = validate_text(f"queues:\n  {scaled}}}\n")
+    assert result.config is not None and result.config["queues"]["faas-request"]["maxAckPending"] == 160
+    out = only_error(f"queues:\n  {scaled}, maxAckPending: 40}}\n")
+    assert "maxAckPending 40 is below maxInflight × autoscaling.maxReplicas = 80" in out
+
+
 def test_max_waiting_at_least_replicas():
     out = only_error("defaults: {maxWaiting: 2}\nqueues:\n  faas-request: {replicas: 3}\n")
     assert out.startswith("q.yaml:1:24: $.defaults.maxWaiting: maxWaiting 2 is below the 3 worker replicas")

@@ -61,6 +61,12 @@ async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
             f"that were already accepted. Make a full queue refuse new calls instead (the gateway answers 503 "
             f"'queue full'): nats stream edit {want.name} --discard new"
         )
+    wanted = (want.max_msgs or -1, want.max_bytes or -1)  # JetStream writes "no limit" as -1
+    if (want.max_msgs or want.max_bytes) and (cfg.max_msgs or -1, cfg.max_bytes or -1) != wanted:
+        # The queue's limits follow the settings (queues.yaml maxQueueLength, maxQueueBytes); both are editable
+        # in place. Settings of 0 leave a stream's own limits alone.
+        await js.update_stream(replace(cfg, max_msgs=wanted[0], max_bytes=wanted[1]))
+        log.info("stream %s now holds at most %s calls, %s bytes (-1: no limit)", want.name, *wanted)
     if want.allow_msg_schedules and not cfg.allow_msg_schedules:
         try:  # editable in place: later attempts are held by the server as message schedules
             await js.update_stream(replace(cfg, allow_msg_schedules=True))

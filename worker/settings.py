@@ -200,6 +200,18 @@ class WorkerSettings(_Base):
     stream_replicas: int = _f(
         1, "Replicas of the streams this worker creates (1, 3 or 5).", values="queue.streamReplicas"
     )
+    max_queue_length: int = _f(
+        0,
+        "Most calls the queue's stream holds; a full queue answers 503 'queue full' and never discards one. "
+        "0 = no limit (a limit set on the stream by hand is left as it is).",
+        values="queue.maxQueueLength",
+    )
+    max_queue_bytes: int = _f(
+        0,
+        "Most bytes the queue's stream holds, as `max_queue_length`. 0 = no limit.",
+        kind="size",
+        values="queue.maxQueueBytes",
+    )
     mode: str = _f(
         "static",
         "`static`: one consumer per queue; `function`: one per function.",
@@ -248,13 +260,13 @@ class WorkerSettings(_Base):
     callback_attempts: int = _f(
         20,
         "Attempts to deliver a callback (stored in JetStream) before it becomes a dead letter.",
-        not_in_chart=DEFAULT,
+        values="queue.callbackRetry.maxAttempts",
     )
     callback_max_wait: float = _f(
         300.0,
         "Longest wait between callback attempts (exponential from 1s).",
         kind="duration",
-        not_in_chart=DEFAULT,
+        values="queue.callbackRetry.maxWait",
     )
     callback_timeout: float = _f(10.0, "Timeout of one callback POST.", kind="duration", not_in_chart=DEFAULT)
     callback_concurrency: int = _f(32, "Callbacks this worker sends at once.", not_in_chart=DEFAULT)

@@ -46,6 +46,8 @@ class StreamSpec:
     discard: str = "new"
     duplicate_window: float = DUPLICATE_WINDOW
     max_age: float = 0.0  # 0: no age limit
+    max_msgs: int = 0  # 0: no limit (with discard new, a full stream refuses new calls)
+    max_bytes: int = 0
     allow_msg_schedules: bool = False  # server 2.12+: messages published for later (retries that hold nothing)
 
     def to_nats(self) -> StreamConfig:
@@ -58,6 +60,8 @@ class StreamSpec:
             num_replicas=self.replicas,
             duplicate_window=self.duplicate_window,
             max_age=self.max_age or None,
+            max_msgs=self.max_msgs or None,
+            max_bytes=self.max_bytes or None,
             allow_msg_schedules=self.allow_msg_schedules or None,
         )
 
@@ -73,18 +77,26 @@ class StreamSpec:
         }
         if self.max_age:
             spec["maxAge"] = format_duration(self.max_age)
+        if self.max_msgs:
+            spec["maxMsgs"] = self.max_msgs
+        if self.max_bytes:
+            spec["maxBytes"] = self.max_bytes
         if self.allow_msg_schedules:
             spec["allowMsgSchedules"] = True
         return spec
 
 
-def work_stream(queue: str, replicas: int = 1, storage: str = "file") -> StreamSpec:
+def work_stream(
+    queue: str, replicas: int = 1, storage: str = "file", max_length: int = 0, max_bytes: int = 0
+) -> StreamSpec:
     return StreamSpec(
         name=names.stream_name(queue),
         subjects=(names.queue_subjects(queue),),
         retention=RetentionPolicy.WORK_QUEUE.value,
         storage=storage,
         replicas=replicas,
+        max_msgs=max_length,
+        max_bytes=max_bytes,
     )
 
 

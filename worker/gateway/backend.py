@@ -81,9 +81,10 @@ class Backend:
         if self.js is None:
             return False
         info = self.routing.queues.get(queue)
-        want = jetstream.work_stream(
-            queue, info.replicas if info else self.s.stream_replicas, info.storage if info else self.s.stream_storage
-        )
+        if info is None:
+            want = jetstream.work_stream(queue, self.s.stream_replicas, self.s.stream_storage)
+        else:
+            want = jetstream.work_stream(queue, info.replicas, info.storage, info.max_length, info.max_bytes)
         try:
             await provision.ensure_stream(self.js, want)
         except Exception as e:

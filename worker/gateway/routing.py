@@ -1,7 +1,8 @@
 """The gateway's routing table: function → queue, and each queue's stream settings.
 
 File (rendered by the generator into the gateway chart's ConfigMap) shape:
-``{"routes": {"train": "ml-batch"}, "queues": {"ml-batch": {"streamReplicas": 3, "streamStorage": "file"}}}``.
+``{"routes": {"train": "ml-batch"}, "queues": {"ml-batch": {"streamReplicas": 3, "streamStorage": "file",
+"maxQueueLength": 0, "maxQueueBytes": 0}}}``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from jetqueue.settings import GatewaySettings, SettingsError
 class QueueInfo:
     replicas: int = 1
     storage: str = "file"
+    max_length: int = 0  # maxQueueLength: a full queue answers 503 "queue full"
+    max_bytes: int = 0
 
 
 @dataclass
@@ -44,7 +47,12 @@ class Routing:
                 data = json.loads(Path(s.routes_file).read_text(encoding="utf-8"))
                 r.routes = {str(k): str(v) for k, v in (data.get("routes") or {}).items()}
                 r.queues = {
-                    str(q): QueueInfo(int(v.get("streamReplicas", 1)), str(v.get("streamStorage", "file")))
+                    str(q): QueueInfo(
+                        int(v.get("streamReplicas", 1)),
+                        str(v.get("streamStorage", "file")),
+                        int(v.get("maxQueueLength", 0)),
+                        int(v.get("maxQueueBytes", 0)),
+                    )
                     for q, v in (data.get("queues") or {}).items()
                 }
             except (OSError, ValueError, AttributeError, TypeError) as e:

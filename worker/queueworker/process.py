@@ -120,7 +120,9 @@ class Worker:
         s, js = self.s, self.js
         assert js is not None
         # The names may be overridden (an adopted OpenFaaS stream); everything else is the contract's.
-        work = jetstream.work_stream(s.queue, s.stream_replicas, s.stream_storage)
+        work = jetstream.work_stream(
+            s.queue, s.stream_replicas, s.stream_storage, s.max_queue_length, s.max_queue_bytes
+        )
         await provision.ensure_stream(js, replace(work, name=s.stream))
         dlq = jetstream.dead_letter_stream(s.queue, s.stream_replicas, s.stream_storage)
         await provision.ensure_dlq_stream(js, replace(dlq, name=s.dlq_stream))

@@ -14,6 +14,10 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 - {name: JETQUEUE_MODE, value: {{ .Values.queue.mode | quote }}}
 - {name: JETQUEUE_STREAM_REPLICAS, value: {{ .Values.queue.streamReplicas | int64 | toString | quote }}}
 - {name: JETQUEUE_STREAM_STORAGE, value: {{ .Values.queue.streamStorage | quote }}}
+- {name: JETQUEUE_MAX_QUEUE_LENGTH, value: {{ .Values.queue.maxQueueLength | int64 | toString | quote }}}
+- {name: JETQUEUE_MAX_QUEUE_BYTES, value: {{ .Values.queue.maxQueueBytes | int64 | toString | quote }}}
+- {name: JETQUEUE_CALLBACK_ATTEMPTS, value: {{ .Values.queue.callbackRetry.maxAttempts | int64 | toString | quote }}}
+- {name: JETQUEUE_CALLBACK_MAX_WAIT, value: {{ .Values.queue.callbackRetry.maxWait | quote }}}
 - {name: JETQUEUE_MAX_INFLIGHT, value: {{ .Values.queue.maxInflight | int64 | toString | quote }}}
 - {name: JETQUEUE_ACK_WAIT, value: {{ .Values.queue.ackWait | quote }}}
 - {name: JETQUEUE_MAX_ACK_PENDING, value: {{ .Values.queue.maxAckPending | int64 | toString | quote }}}
