@@ -7,9 +7,12 @@ QUEUES ?= queues.yaml
 OUT    ?= out
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -n 1)
+IMAGE  ?= jetqueue:$(VERSION)
+DOCKER ?= docker
 
 .DEFAULT_GOAL := help
-.PHONY: help setup render install test lint docs bench demo chaos kind-test clean
+.PHONY: help setup render install test lint image docs bench demo chaos kind-test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,12 +34,18 @@ install: render ## helm upgrade --install NATS, the workers and the gateway, in 
 test: $(STAMP) ## run the whole test suite (real nats-server, real Helm engine)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, mypy and hadolint (worker/Dockerfile)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint --failure-threshold style worker/Dockerfile
 	rm -rf $(VENV)/typecheck && mkdir -p $(VENV)/typecheck/jetqueue
 	ln -s $(CURDIR)/worker/* $(VENV)/typecheck/jetqueue/ && ln -s $(CURDIR)/generator $(VENV)/typecheck/jetqueue/generator
 	$(BIN)/mypy
+
+image: ## build the runtime image from worker/Dockerfile (IMAGE=jetqueue:<version>; needs a Docker engine)
+	@command -v $(DOCKER) >/dev/null 2>&1 || { echo "make image: no Docker engine found ($(DOCKER) is not on PATH); install Docker, or build worker/Dockerfile with another engine" >&2; exit 1; }
+	@$(DOCKER) info >/dev/null 2>&1 || { echo "make image: no Docker engine found ($(DOCKER) info failed: is the daemon running and reachable?)" >&2; exit 1; }
+	$(DOCKER) build -f worker/Dockerfile -t $(IMAGE) .
 
 docs: $(STAMP) ## regenerate the generated parts of README.md from the schemas
 	$(BIN)/jetqueue docs --write

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
             return 2
 
         for name in ("validate", "render", "install", "docs"):
-            sub.add_parser(name, help="(needs the generator extra)").set_defaults(func=unavailable)
+            stand_in = sub.add_parser(name, help="(needs the generator extra)")
+            stand_in.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # say why, not "usage"
+            stand_in.set_defaults(func=unavailable)
     else:
         add_commands(sub)
     from jetqueue.ops.commands import add_commands as add_runtime_commands
