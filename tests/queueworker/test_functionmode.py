@@ -199,3 +199,59 @@ async def test_a_consumer_deleted_underneath_comes_back_with_its_calls(nats_serv
             await enqueue(nc, "slow")
         await eventually(lambda: len(functions.completed["slow"]) == 4, timeout=30)
     await nc.close()
+
+
+async def test_attempt_counts_survive_idle_periods_of_a_waiting_retry(nats_server, functions):
+    """A call waiting longer than inactive_threshold for its retry must keep its attempt count: the consumer
+    holding it is not given up while it has calls pending, so three attempts mean three, then a dead letter."""
+
+    async def busy(request, server):
+        return web.Response(status=503)
+
+    functions.handlers["busy"] = busy
+    nc = await connect(nats_server.url)
+    settings = worker_settings(
+        nats_server.url,
+        functions.url_template,
+        mode="function",
+        inactive_threshold=1.0,
+        max_retry_attempts=3,
+        initial_retry_wait=2.5,
+        max_retry_wait=2.5,
+    )
+    async with running_worker(settings) as w:
+        await enqueue(nc, "busy")
+        await eventually(
+            lambda: w.metrics.dead_letters.labels("faas-request", "busy", "exhausted")._value.get() == 1, timeout=30
+        )
+        await asyncio.sleep(3)
+    assert len(functions.calls["busy"]) == 3
+    await nc.close()
+
+
+async def test_a_function_only_waiting_on_retries_gives_its_slots_to_functions_with_work(nats_server, functions):
+    async def busy(request, server):
+        return web.Response(status=503)
+
+    functions.handlers["busy"] = busy
+    functions.handlers["slow"] = sleeper(0.5)
+    nc = await connect(nats_server.url)
+    settings = worker_settings(
+        nats_server.url,
+        functions.url_template,
+        mode="function",
+        max_inflight=10,
+        adaptive_concurrency=False,
+        initial_retry_wait=30.0,
+        max_retry_wait=30.0,
+    )
+    async with running_worker(settings):
+        await enqueue(nc, "busy")
+        await eventually(lambda: len(functions.calls["busy"]) == 1)  # now it only waits 30 s for its retry
+        await asyncio.sleep(1)
+        functions.max_concurrent = 0
+        for _ in range(40):
+            await enqueue(nc, "slow")
+        await eventually(lambda: len(functions.completed["slow"]) == 40, timeout=30)
+    assert functions.max_concurrent >= 9, functions.max_concurrent  # not half of max_inflight
+    await nc.close()

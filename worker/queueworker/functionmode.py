@@ -95,7 +95,8 @@ class FunctionMode:
                     function = subject.partition(".")[2]
                     loop = self.loops.get(function)
                     if loop is not None and not self.tasks[function].done():
-                        loop.has_work = True
+                        # Its own fetches say whether it has work: a subject that holds only calls waiting
+                        # for a retry has none to start, and must not take a share of max_inflight.
                         continue
                     try:
                         await self._start_function(function)
