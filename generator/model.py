@@ -10,9 +10,6 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "queues.schema.json"
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-MAX_QUEUE_NAME = 40
-NATS_DEFAULT_MAX_PAYLOAD = 1024 * 1024
 
 _QTY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 _QTY_FACTOR = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from jetqueue import contract
 from jetqueue.durations import parse_duration
 from jetqueue.generator import model
 from jetqueue.generator.problems import Path, Problem
@@ -41,7 +42,7 @@ def _effective(data: dict[str, Any], qname: str, key: str) -> tuple[Any, Path]:
 def check_queue_names(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
     for name in _queues(data):
         path: Path = ("queues", name)
-        if not model.DNS_LABEL.match(name):
+        if not contract.QUEUE_NAME.match(name):
             yield _at(
                 src,
                 path,
@@ -49,12 +50,12 @@ def check_queue_names(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
                 "and '-', starting and ending with a letter or digit",
                 key=True,
             )
-        elif len(name) > model.MAX_QUEUE_NAME:
+        elif len(name) > contract.MAX_QUEUE_NAME:
             yield _at(
                 src,
                 path,
                 f"queue name {name!r} is {len(name)} characters; at most "
-                f"{model.MAX_QUEUE_NAME} (it names the stream, consumer and release)",
+                f"{contract.MAX_QUEUE_NAME} (it names the stream, consumer and release)",
                 key=True,
             )
 
@@ -245,7 +246,7 @@ def check_body_size(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
     if "maxBodySize" not in gw:
         return
     extra = (data.get("nats") or {}).get("extraValues") or {}
-    max_payload = ((extra.get("config") or {}).get("merge") or {}).get("max_payload", model.NATS_DEFAULT_MAX_PAYLOAD)
+    max_payload = ((extra.get("config") or {}).get("merge") or {}).get("max_payload", contract.NATS_DEFAULT_MAX_PAYLOAD)
     limit = model.parse_quantity(str(max_payload))
     if model.parse_quantity(str(gw["maxBodySize"])) > limit:
         yield _at(

@@ -43,6 +43,7 @@ H_DLQ_SUBJECT = H_DLQ + "Subject"
 H_DLQ_TIME = H_DLQ + "Time"
 H_DLQ_TRUNCATED = H_DLQ + "Truncated"
 
+NATS_DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's max_payload unless configured (headers + body)
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 # Jq-Path and Jq-Query travel percent-encoded, exactly as the client sent them (RFC 3986 characters only),
 # and the worker sends them on unchanged: nothing re-encodes or normalises them on the way.

@@ -19,7 +19,6 @@ from jetqueue.gateway.routing import Routing
 from jetqueue.settings import GatewaySettings
 
 log = logging.getLogger("jetqueue.gateway")
-DEFAULT_MAX_PAYLOAD = 1024 * 1024  # nats-server's default
 STREAM_CHECK_TIMEOUT = 1.0
 
 
@@ -39,7 +38,7 @@ class Backend:
     @property
     def max_payload(self) -> int:
         """The server's limit on headers + body of one message (from its INFO; the default until connected)."""
-        return self.nc.max_payload if self.nc is not None else DEFAULT_MAX_PAYLOAD
+        return self.nc.max_payload if self.nc is not None else contract.NATS_DEFAULT_MAX_PAYLOAD
 
     def not_ready(self) -> str | None:
         return None if self.connected else "not connected to NATS"
