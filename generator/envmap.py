@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jetqueue.generator.chartenv import lookup, wiring
-from jetqueue.settings import GATEWAY_AUTH, NATS
+from jetqueue.settings import CALLBACK_SIGNING, GATEWAY_AUTH, NATS
 
 NATS_TLS_DIR = "/etc/jetqueue/nats-tls"
 NATS_CREDS_DIR = "/etc/jetqueue/nats-creds"
@@ -63,7 +63,19 @@ def gateway_auth_env(values: dict[str, Any]) -> Env:
     return {}, {}
 
 
-HELPERS: dict[str, Callable[[dict[str, Any]], Env]] = {NATS: nats_env, GATEWAY_AUTH: gateway_auth_env}
+def signing_env(values: dict[str, Any]) -> Env:
+    """charts/queue-worker's `queue-worker.signingEnv`."""
+    signing = values["queue"]["callbackSigning"]
+    if not signing["secretName"]:
+        return {}, {}
+    return {}, {"JETQUEUE_CALLBACK_SIGNING_KEYS": (signing["secretName"], signing["key"])}
+
+
+HELPERS: dict[str, Callable[[dict[str, Any]], Env]] = {
+    NATS: nats_env,
+    GATEWAY_AUTH: gateway_auth_env,
+    CALLBACK_SIGNING: signing_env,
+}
 
 
 def chart_env(chart: str, values: dict[str, Any]) -> Env:

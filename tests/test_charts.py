@@ -153,6 +153,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         {"nats": {"auth": {"method": "token", "secretName": "t"}, "tls": {"enabled": True, "secretName": "x"}}},
         {"nats": {"auth": {"method": "creds", "secretName": "c", "credsKey": "u.creds"}}},
         {"queue": {"maxAckPending": 2000000, "retry": {"httpCodes": [503]}, "functions": {}}},
+        {"queue": {"callbackSigning": {"secretName": "signing", "key": "keys"}}},
     ],
     "gateway": [
         {},

@@ -29,6 +29,7 @@ CHARTS = ("queue-worker", "gateway")  # the Helm charts: queue-worker runs Worke
 # Named chart templates that set variables the generated env blocks cannot: conditional, or from Secrets.
 NATS = "jetqueue.natsEnv"  # charts/jetqueue-lib: the NATS connection (TLS and creds files, Secret refs)
 GATEWAY_AUTH = "gateway.authEnv"  # charts/gateway: the API credentials, from a Secret
+CALLBACK_SIGNING = "queue-worker.signingEnv"  # charts/queue-worker: the callback signing keys, from a Secret
 DEFAULT = "the default applies"  # the usual reason a chart does not set a setting
 
 
@@ -286,7 +287,8 @@ class WorkerSettings(_Base):
         "Keys that sign callbacks (`X-Jetqueue-Signature`), `id:secret` comma-separated: the current key first, "
         "then the next one during a rotation; every key listed signs. Empty = unsigned.",
         secret=True,
-        not_in_chart="set it from a Secret with the chart's `env` list",
+        values={"queue-worker": "queue.callbackSigning"},
+        helper=CALLBACK_SIGNING,
     )
     http_port: int = _f(8081, "Port of /metrics, /healthz and /readyz.", values="metrics.port")
     http_host: str = _f("0.0.0.0", "Address the HTTP server binds.", not_in_chart="pods listen on every interface")

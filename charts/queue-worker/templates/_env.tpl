@@ -7,6 +7,7 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 */}}
 {{- define "queue-worker.env" }}
 {{- with include "jetqueue.natsEnv" . | trim }}{{ . | nindent 0 }}{{ end }}
+{{- with include "queue-worker.signingEnv" . | trim }}{{ . | nindent 0 }}{{ end }}
 - {name: JETQUEUE_QUEUE, value: {{ .Values.queue.name | quote }}}
 - {name: JETQUEUE_STREAM, value: {{ .Values.queue.stream | quote }}}
 - {name: JETQUEUE_DURABLE, value: {{ .Values.queue.durable | quote }}}

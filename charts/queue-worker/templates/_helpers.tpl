@@ -8,3 +8,13 @@ The shared helpers (names, the NATS connection, security contexts) are in the je
 {{ include "jetqueue.labels" (dict "context" . "component" "queue-worker") }}
 jetqueue.dev/queue: {{ .Values.queue.name }}
 {{- end -}}
+
+{{/* The callback signing keys, from an existing Secret (worker/signing.py). */}}
+{{- define "queue-worker.signingEnv" -}}
+{{- with .Values.queue.callbackSigning }}
+{{- if .secretName }}
+- name: JETQUEUE_CALLBACK_SIGNING_KEYS
+  valueFrom: {secretKeyRef: {name: {{ .secretName | quote }}, key: {{ .key | quote }}}}
+{{- end }}
+{{- end }}
+{{- end -}}
