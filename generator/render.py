@@ -159,6 +159,7 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
             "maxWaiting": q["maxWaiting"],
             "maxQueueLength": q["maxQueueLength"],
             "maxQueueBytes": _bytes(q["maxQueueBytes"]),
+            "callbackHosts": list(cfg["gateway"]["callbackHosts"]),
             "callbackSigning": dict(q["callbackSigning"]),
             "callbackRetry": dict(q["callbackRetry"]),
             "inactiveThreshold": q["inactiveThreshold"],

@@ -83,8 +83,7 @@ class _Base:
     callback_hosts: str = _f(
         "",
         "Comma-separated host names callback URLs may point at (empty = any host); checked by both processes.",
-        values={"gateway": "gateway.callbackHosts"},
-        not_in_chart="not in the chart yet",
+        values={"gateway": "gateway.callbackHosts", "queue-worker": "queue.callbackHosts"},
     )
     callback_blocked_networks: str = _f(
         DEFAULT_BLOCKED_NETWORKS,

@@ -119,3 +119,19 @@ async def test_a_worker_killed_after_the_ack_loses_no_callback(nats_server, func
         second.send_signal(signal.SIGTERM)
         second.wait(30)
         await nc.close()
+
+
+async def test_a_callback_out_of_attempts_becomes_a_dead_letter(nats_server, functions, callbacks):
+    """Attempt 2 is fired by a message schedule and carries its marks; its dead letter must still be stored."""
+    callbacks.status = 500
+    nc = await connect(nats_server.url)
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, callback_attempts=2)):
+        await enqueue(nc, "echo", call_id="never-delivered", callback_url=callbacks.url)
+        for _ in range(200):
+            if await callback_dead_letters(nc):
+                break
+            await asyncio.sleep(0.1)
+    (dl,) = await callback_dead_letters(nc)
+    assert dl.headers[contract.H_DLQ_REASON] == "exhausted" and dl.headers["X-Call-Id"] == "never-delivered"
+    assert not any(k.startswith("Nats-Schedule") for k in dl.headers)
+    await nc.close()

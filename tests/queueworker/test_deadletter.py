@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiohttp import web
 
@@ -34,7 +36,7 @@ def test_fit_drops_forwarded_headers_then_body_tail_only_when_it_must():
 
 @pytest.mark.parametrize(
     ("room", "truncated"),
-    [(0, "error,subject,headers"), (DEAD_LETTER_ROOM, None)],  # published at the limit; as the gateway allows
+    [(0, "error,headers"), (DEAD_LETTER_ROOM, None)],  # published at the limit; as the gateway allows
 )
 async def test_a_call_at_the_size_limit_is_dead_lettered_without_losing_the_connection(
     nats_server, functions, room, truncated
@@ -89,3 +91,40 @@ async def eventually_dead_letters(nc, n: int) -> None:
         if len(await dead_letters(nc)) >= n:
             return
         await asyncio.sleep(0.1)
+
+
+async def test_dead_letters_survive_a_stream_reset_and_publish_headers(nats_server, functions, callbacks):
+    """After `jetqueue reset` the new stream counts from 1 again: the next call's dead letter and callback must
+    not be taken for the old ones' duplicates. A Nats-Expected-Stream header on the original publish must not
+    make the dead letter itself be refused (it would be redelivered and run for ever)."""
+
+    async def reject(request, server):
+        return web.Response(status=400)
+
+    functions.handlers["reject"] = reject
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+        await enqueue(nc, "reject", b"A", call_id="A", callback_url=callbacks.url)
+        await eventually(lambda: len(callbacks.received) == 1)
+        await js.delete_stream("OF_faas-request")  # jetqueue reset
+        for _ in range(100):
+            try:
+                await js.publish(
+                    "faas-request.reject",
+                    b"B",
+                    headers={
+                        contract.H_CALL_ID: "B",
+                        contract.H_CALLBACK: callbacks.url,
+                        "Nats-Expected-Stream": "OF_faas-request",
+                    },
+                )
+                break
+            except Exception:
+                await asyncio.sleep(0.1)  # until the worker has set the stream up again
+        await eventually(lambda: len(callbacks.received) == 2, timeout=30)
+        await asyncio.sleep(1)
+    assert [h["X-Call-Id"] for h, _ in callbacks.received] == ["A", "B"]
+    assert functions.calls["reject"] == ["A", "B"]  # B ran once: its dead letter was stored the first time
+    assert sorted(d.data for d in await dead_letters(nc)) == [b"A", b"B"]
+    await nc.close()

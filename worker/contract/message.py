@@ -174,6 +174,12 @@ def derived_call_id(queue: str, seq: int, stored_at: datetime) -> str:
     return f"{queue}-{seq}-{int(stored_at.timestamp() * 1_000_000)}"
 
 
+def stored_message_key(stream: str, seq: int, stored_at: datetime) -> str:
+    """Names one stored message for deduplication (its dead letter, its callback): stream, sequence and storage
+    time, because a stream deleted and made again (`jetqueue reset`) counts its sequences from 1 again."""
+    return f"{stream}-{seq}-{int(stored_at.timestamp() * 1_000_000)}"
+
+
 def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_id: str) -> Call:
     """Turn a JetStream message into a Call. Raises BadMessage when it cannot be delivered.
 

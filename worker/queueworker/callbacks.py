@@ -40,16 +40,19 @@ H_TRUNCATED = "X-Callback-Body-Truncated"  # the original body length, when the 
 FIRST_WAIT = 1.0
 HOST_BUSY_WAIT = 2.0  # a callback for a busy receiver is offered again after this (not counted as an attempt)
 FETCH_TIMEOUT = 1.0
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def receiver(url: str) -> str:
-    """The receiver a callback goes to, for the per-receiver limit: scheme, host and port."""
+    """The receiver a callback goes to, for the per-receiver limit: scheme, host (lower case, no trailing dot)
+    and port (the scheme's default when absent), so spellings of one URL share one limit."""
     parts = urlsplit(url)
     try:
         port = parts.port
     except ValueError:
         port = None
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port or ''}"
+    host = (parts.hostname or "").lower().rstrip(".")
+    return f"{parts.scheme}://{host}:{port or DEFAULT_PORTS.get(parts.scheme, '')}"
 
 
 class CallbackStore:

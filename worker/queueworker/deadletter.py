@@ -2,7 +2,7 @@
 
 A dead letter must fit the server's max_payload (headers + body), or nats-server drops the worker's
 connection and the message comes back to fail the same way. What jetqueue adds is cut first (the error
-text, then the subject); a message published by someone else right at the limit then loses its forwarded
+text); a message published by someone else right at the limit then loses its forwarded
 headers, and as a last resort the tail of its body; `Jq-Dlq-Truncated` says what was cut.
 """
 
@@ -36,7 +36,8 @@ def fit(headers: dict[str, str], body: bytes, limit: int) -> tuple[dict[str, str
     def over() -> int:
         return contract.header_size(headers) + _MARKER + len(body) - limit
 
-    for key, label in ((contract.H_DLQ_ERROR, "error"), (contract.H_DLQ_SUBJECT, "subject")):
+    # Never the subject: `jetqueue dlq replay` sends the call back to it.
+    for key, label in ((contract.H_DLQ_ERROR, "error"),):
         if over() > 0 and headers.get(key):
             cut.append(label)
             while over() > 0 and headers[key]:  # a character is at least a byte: each pass cuts enough
@@ -68,7 +69,9 @@ async def dead_letter(
 ) -> None:
     """Publish the original message with its failure to the DLQ stream and wait for the PubAck. Dead letters
     are kept for weeks and shown by `jetqueue dlq show`: credentials are redacted unless asked to keep them."""
-    headers = {k: v for k, v in (msg.headers or {}).items() if k != contract.H_MSG_ID}
+    # No Nats-* header of the original goes along: publish expectations (Nats-Expected-Stream, ...), TTLs or
+    # the marks of a fired message schedule would make the server refuse the dead letter, every time.
+    headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
     if not keep_credentials:
         for k in headers:
             if k.startswith(contract.H_FORWARD) and k[len(contract.H_FORWARD) :].lower().startswith(_CREDENTIALS):
@@ -77,7 +80,7 @@ async def dead_letter(
     headers.update(
         {
             # The same stored message dead-lettered twice (a crash before term) is deduplicated.
-            contract.H_MSG_ID: f"dlq-{msg.metadata.stream}-{seq}",
+            contract.H_MSG_ID: "dlq-" + contract.stored_message_key(msg.metadata.stream, seq, msg.metadata.timestamp),
             contract.H_DLQ_REASON: reason,
             contract.H_DLQ_STATUS: "" if status is None else str(status),
             contract.H_DLQ_ATTEMPTS: str(attempts),

@@ -225,5 +225,6 @@ class Processor:
         if outcome.content_encoding:
             headers["Content-Encoding"] = outcome.content_encoding
         body = b"" if outcome.cancelled else outcome.body if outcome.status is not None else outcome.error.encode()
-        key = f"{msg.metadata.stream}-{msg.metadata.sequence.stream}"
+        meta = msg.metadata
+        key = contract.stored_message_key(meta.stream, meta.sequence.stream, meta.timestamp)
         await self.ctx.callbacks.store(key, call.callback_url, body, headers)
