@@ -119,16 +119,21 @@ class StatusStore:
             self._failed(kv)
             raise
 
-    async def begin(self, call: contract.Call, attempt: int, max_attempts: int) -> tuple[Record | None, int | None]:
-        """Mark a call running. Returns (record, revision); record['state'] == 'cancelled' means skip it."""
+    async def begin(
+        self, call: contract.Call, attempt: int, max_attempts: int, seq: int
+    ) -> tuple[Record | None, int | None]:
+        """Mark the call stored at stream sequence `seq` running. Returns (record, revision); record['state'] ==
+        'cancelled' means skip it. A record of another stored message with the same call id (a call sent again
+        after the duplicate window) is a finished story: this call starts a new record."""
         if not self.enabled:
             return None, None
         for _ in range(3):
             try:
                 entry = await self.get(call.call_id)
-                if entry and entry.record.get("state") == CallState.CANCELLED:
+                same = entry is not None and entry.record.get("seq") in (None, seq)
+                if entry and same and entry.record.get("state") == CallState.CANCELLED:
                     return entry.record, entry.revision
-                rec: Record = dict(entry.record) if entry else base_record(call)
+                rec: Record = dict(entry.record) if entry and same else base_record(call, seq=seq)
                 rec.update(state=CallState.RUNNING, attempt=attempt, max_attempts=max_attempts, updated_at=now())
                 rec.setdefault("started_at", rec["updated_at"])
                 rec.pop("next_try", None)
@@ -165,8 +170,10 @@ class StatusStore:
                 await asyncio.sleep(pause)
 
 
-def base_record(call: contract.Call, state: CallState = CallState.QUEUED) -> Record:
-    return {
+def base_record(call: contract.Call, state: CallState = CallState.QUEUED, seq: int | None = None) -> Record:
+    """A new record; `seq`, the stream sequence of the stored message it describes, tells a cancel of this call
+    from a later call sent under the same id."""
+    rec: Record = {
         "call_id": call.call_id,
         "state": state,
         "function": call.function,
@@ -175,3 +182,6 @@ def base_record(call: contract.Call, state: CallState = CallState.QUEUED) -> Rec
         "updated_at": now(),
         "attempt": 0,
     }
+    if seq is not None:
+        rec["seq"] = seq
+    return rec

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.helpers import gateway_settings, running_gateway, running_worker, worker_settings
+from tests.helpers import connect, gateway_settings, running_gateway, running_worker, worker_settings
 from tests.servers import eventually
 
 
@@ -93,3 +93,26 @@ async def test_status_walks_through_retries(nats_server, functions, http):
     retrying = next(r for r in records if r["state"] == "retrying")
     assert retrying["attempt"] >= 1 and retrying["next_try"] > retrying["updated_at"] and retrying["status_code"] == 503
     assert records[-1]["attempt"] == 3 and records[-1]["status_code"] == 200
+
+
+async def test_a_cancel_applies_to_the_stored_call_it_named_not_to_a_later_one_with_its_id(nats_server, functions):
+    """A call cancelled while queued, then sent again under the same id (after the duplicate window, or straight
+    to NATS with another message id): the cancelled one is skipped, the new one runs."""
+    async with aiohttp.ClientSession() as http, running_gateway(gateway_settings(nats_server.url)) as gw:
+        base = f"http://127.0.0.1:{gw.s.http_port}"
+        async with http.post(f"{base}/async-function/echo", data=b"old", headers={"X-Call-Id": "again"}) as r:
+            assert r.status == 202
+        await asyncio.sleep(0.3)  # the queued record is written in the background
+        async with http.delete(f"{base}/async-calls/again") as r:
+            assert r.status == 202 and (await r.json())["state"] == "cancelled"
+        nc = await connect(nats_server.url)
+        await nc.jetstream().publish(
+            "faas-request.echo", b"new", headers={"X-Call-Id": "again", "Nats-Msg-Id": "again-2"}
+        )
+        async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+            await eventually(lambda: functions.completed["echo"] == ["again"])
+            await asyncio.sleep(0.5)
+        assert [r["body"] for r in functions.requests] == [b"new"]
+        async with http.get(f"{base}/async-calls/again") as r:
+            assert (await r.json())["state"] == "succeeded"
+        await nc.close()

@@ -255,3 +255,32 @@ async def test_a_function_only_waiting_on_retries_gives_its_slots_to_functions_w
         await eventually(lambda: len(functions.completed["slow"]) == 40, timeout=30)
     assert functions.max_concurrent >= 9, functions.max_concurrent  # not half of max_inflight
     await nc.close()
+
+
+async def test_max_inflight_holds_across_functions_fetching_at_once(nats_server, functions):
+    """Idle loops each waiting on a pull for the whole max_inflight must not together start more than it."""
+    for name in ("f1", "f2", "f3"):
+        functions.handlers[name] = sleeper(1.0)
+    nc = await connect(nats_server.url)
+    settings = worker_settings(
+        nats_server.url, functions.url_template, mode="function", max_inflight=6, adaptive_concurrency=False
+    )
+    async with running_worker(settings) as w:
+        for name in ("f1", "f2", "f3"):  # each gets a consumer and an idle loop first
+            await enqueue(nc, name)
+        await eventually(lambda: sum(len(functions.completed[n]) for n in ("f1", "f2", "f3")) == 3, timeout=20)
+        peak = 0
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, w.slots.used)
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
+        functions.max_concurrent = 0
+        await asyncio.gather(*(enqueue(nc, n) for n in ("f1", "f2", "f3") for _ in range(10)))
+        await eventually(lambda: sum(len(functions.completed[n]) for n in ("f1", "f2", "f3")) == 33, timeout=30)
+        watcher.cancel()
+    assert peak <= 6 and functions.max_concurrent <= 6, (peak, functions.max_concurrent)
+    await nc.close()

@@ -11,11 +11,11 @@ import time
 
 from aiohttp import web
 from nats.js.api import PubAck
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponseError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from jetqueue import callstatus, contract
-from jetqueue.contract import jetstream
+from jetqueue.contract import CallState, jetstream
 from jetqueue.egress import Egress
 from jetqueue.gateway.auth import problem
 from jetqueue.gateway.backend import Backend
@@ -131,26 +131,32 @@ class Accept:
             return self._not_accepted(call, e)
         self.publish_seconds.observe(time.perf_counter() - t0)
         if not ack.duplicate and b.status.enabled:
-            self._record_queued(call)
+            self._record_queued(call, ack.seq)
         self._count(name, queue, 202)
         answer = {"X-Call-Id": call.call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
         if ack.duplicate:
             answer["X-Duplicate"] = "true"
         return web.Response(status=202, headers=answer)
 
-    def _record_queued(self, call: contract.Call) -> None:
+    def _record_queued(self, call: contract.Call, seq: int) -> None:
         """Write the `queued` record without holding the 202 (a status write waits for its own PubAck, seconds
         during a failover). Create-only: if the worker has begun already, its record stays. Bounded: past
         MAX_STATUS_WRITES in flight a queued record is skipped (status is observability; the call is stored)."""
         if len(self._status_writes) >= MAX_STATUS_WRITES:
             return
-        task = asyncio.create_task(self._create_queued(call))
+        task = asyncio.create_task(self._create_queued(call, seq))
         self._status_writes.add(task)
         task.add_done_callback(self._status_writes.discard)
 
-    async def _create_queued(self, call: contract.Call) -> None:
+    async def _create_queued(self, call: contract.Call, seq: int) -> None:
+        status, record = self.backend.status, callstatus.base_record(call, seq=seq)
         with contextlib.suppress(Exception):
-            await self.backend.status.update(call.call_id, callstatus.base_record(call), None)
+            try:
+                await status.update(call.call_id, record, None)
+            except KeyWrongLastSequenceError:  # a record exists: the worker's for this call, or an earlier call's
+                entry = await status.get(call.call_id)
+                if entry is not None and entry.record.get("seq") != seq and CallState(entry.record["state"]).final:
+                    await status.update(call.call_id, record, entry.revision)  # a new call under an old id
 
     async def close(self) -> None:
         """Let the queued-record writes in flight finish."""

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
+from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
@@ -37,12 +39,13 @@ class Slots:
     def free(self) -> int:
         return max(0, self.limit - self.used)
 
-    def take(self) -> None:
-        self.used += 1
+    def take(self, n: int = 1) -> None:
+        self.used += n
 
-    def release(self) -> None:
-        self.used -= 1
-        self._changed.set()
+    def release(self, n: int = 1) -> None:
+        if n:
+            self.used -= n
+            self._changed.set()
 
     async def wait_release(self, timeout: float) -> None:
         """Until the next call finishes (or timeout): then there may be room again."""
@@ -73,6 +76,7 @@ class ConsumerLoop:
         self.rebind = rebind  # static mode: set the consumer up again when it is found missing
         self.lost = False  # the consumer is missing and not set up again yet (readiness says so)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.surplus: deque[Msg] = deque()  # delivered beyond what was asked for; started first
         self.stopping = False
         self.has_work = False
 
@@ -82,6 +86,11 @@ class ConsumerLoop:
             await self._run(last_message)
         finally:
             self.has_work = False
+            while self.surplus:  # stopping: hand back what never started, for another worker at once
+                msg = self.surplus.popleft()
+                self.processor.extender.untrack(msg)
+                with contextlib.suppress(Exception):
+                    await msg.nak()
 
     async def _run(self, last_message: float) -> None:
         clock = asyncio.get_running_loop().time
@@ -90,8 +99,23 @@ class ConsumerLoop:
             if free <= 0:
                 await self.slots.wait_release(FETCH_TIMEOUT)
                 continue
+            if self.surplus:  # messages already delivered go first
+                for _ in range(min(free, len(self.surplus))):
+                    self.slots.take()
+                    self._start(self.surplus.popleft())
+                continue
+            # Reserve the slots before the fetch: loops fetching at once must not together ask for more than is
+            # free. An idle function-mode loop asks for one; its fair share once it has work.
+            n = min(free, FETCH_MAX) if self.share is None or self.has_work else 1
+            self.slots.take(n)
+            msgs: list[Msg] = []
             try:
-                msgs = await self.psub.fetch(min(free, FETCH_MAX), timeout=FETCH_TIMEOUT)
+                msgs = await self.psub.fetch(n, timeout=FETCH_TIMEOUT)
+                if len(msgs) > n:  # nats-py can hand over messages of an earlier, timed-out pull as well:
+                    msgs, surplus = msgs[:n], msgs[n:]  # they wait here (acks extended) for free slots
+                    for m in surplus:
+                        self.processor.extender.track(m)
+                    self.surplus.extend(surplus)
             except TimeoutError:  # nats' TimeoutError subclasses it; fetch raises either when idle
                 self.has_work = bool(self.tasks)
                 if self.idle_exit is not None and not self.tasks and clock() - last_message > self.idle_exit:
@@ -110,13 +134,18 @@ class ConsumerLoop:
                 log.warning("fetch from %s failed: %r", self.name, e)
                 await asyncio.sleep(1)
                 continue
+            finally:
+                self.slots.release(n - len(msgs))  # each fetched message keeps its reserved slot
             last_message = clock()
             self.has_work = True
             for m in msgs:
-                self.slots.take()
-                task = asyncio.create_task(self.processor.handle(m))
-                self.tasks.add(task)
-                task.add_done_callback(self._done)
+                self._start(m)
+
+    def _start(self, msg: Msg) -> None:
+        """Handle a message in a task of its own; its slot is already taken."""
+        task = asyncio.create_task(self.processor.handle(msg))
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
 
     async def _recover(self, rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]]) -> None:
         """Set the consumer (and its stream) up again, retrying until it works or the worker stops."""

@@ -109,7 +109,7 @@ class Processor:
             await self._undecodable(msg, attempt, e)
             return
         policy = c.policies(call.function)
-        rec, _ = await c.status.begin(call, attempt, policy.retry.max_attempts)
+        rec, _ = await c.status.begin(call, attempt, policy.retry.max_attempts, meta.sequence.stream)
         if rec is not None and rec.get("state") == CallState.CANCELLED:  # cancelled while queued
             outcome = Outcome(status=None, error=CANCELLED)
         else:
