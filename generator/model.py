@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,71 @@ _QTY_FACTOR = {
 }
 
 
+# Keywords that only annotate: a `$ref` site may restate them (its own value wins in the merged view).
+_ANNOTATIONS = frozenset({"$comment", "default", "description", "examples", "title"})
+
+
 @cache
-def schema() -> dict[str, Any]:
+def document() -> dict[str, Any]:
+    """The schema as written, `$ref`s and `$defs` included: what the validator checks documents against."""
     with SCHEMA_PATH.open(encoding="utf-8") as f:
         data: dict[str, Any] = json.load(f)
     return data
+
+
+def deref(node: dict[str, Any]) -> dict[str, Any]:
+    """`node` with its local `$ref` followed: the target's keywords (its own `$ref` followed too), then the
+    node's own. The merge must not change what validates: only annotations may be restated, and the node's
+    `properties` may extend the target's only when the target does not close itself (it is closed where it
+    is used, with `unevaluatedProperties: false`, which sees through `$ref`)."""
+    ref = node.get("$ref")
+    if ref is None:
+        return node
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        raise ValueError(f"$ref {ref!r}: only local references (#/...) are supported")
+    target: Any = document()
+    for part in ref[2:].split("/"):
+        target = target[part.replace("~1", "/").replace("~0", "~")]
+    target = deref(target)
+    target = {k: v for k, v in target.items() if k != "$comment"}  # a note on the target as written
+    own = {k: v for k, v in node.items() if k != "$ref"}
+    merged = {**target, **own}
+    for key in target.keys() & own.keys():
+        if key == "properties":
+            if clash := sorted(target[key].keys() & own[key].keys()):
+                raise ValueError(f"$ref {ref!r}: properties {clash} are defined both beside the $ref and in its target")
+            if {"additionalProperties", "unevaluatedProperties"} & target.keys():
+                raise ValueError(f"$ref {ref!r} closes itself, so the properties added beside the $ref are rejected")
+            merged[key] = {**target[key], **own[key]}
+        elif key not in _ANNOTATIONS:
+            raise ValueError(f"$ref {ref!r}: {key!r} is set both beside the $ref and in its target")
+    return merged
+
+
+def _expand(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_expand(v) for v in node]
+    if isinstance(node, dict):
+        return {k: _expand(v) for k, v in deref(node).items()}
+    return node
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The schema as it applies at each place: every `$ref` followed (`deref`), `$defs` dropped. Code that
+    reads properties, defaults and descriptions walks this; it validates exactly like `document()`."""
+    view: dict[str, Any] = _expand(document())
+    view.pop("$defs", None)
+    return view
+
+
+def schema_at(path: Iterable[str | int]) -> Any:
+    """The node of `schema()` at a keyword path, such as a ValidationError's `absolute_schema_path`."""
+    node: Any = schema()
+    for part in path:
+        if part != "$ref":  # jsonschema leaves `$ref` out of its paths; the view has merged it anyway
+            node = node[part]
+    return node
 
 
 def parse_quantity(text: str) -> float:

@@ -71,7 +71,7 @@ def _tolerant(src: Source) -> list[Problem]:
 
 
 def _schema_problems(src: Source) -> list[Problem]:
-    validator = Draft202012Validator(model.schema())
+    validator = Draft202012Validator(model.document())
     errors = list(validator.iter_errors(src.data))
     if not errors:
         return []
@@ -86,8 +86,11 @@ def _schema_problems(src: Source) -> list[Problem]:
 
 def _describe(err: ValidationError, src: Source) -> Iterator[Problem]:
     path: Path = tuple(err.absolute_path)
-    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = list(err.schema.get("properties", {}))
+    # The failing node with its `$ref`s followed: the keys a queue gets from `$defs/queue`, the description of
+    # the site that refers to `$defs/duration` (err.schema is the $ref target, which has neither).
+    node = model.schema_at(list(err.absolute_schema_path)[:-1])
+    if err.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(err.instance, dict):
+        allowed = list(node.get("properties", {}))
         for key in err.instance:
             if key in allowed:
                 continue
@@ -99,8 +102,8 @@ def _describe(err: ValidationError, src: Source) -> Iterator[Problem]:
         yield Problem(*src.where(path), path, f"{err.instance!r} is not one of {options}{hint}")
         return
     if err.validator == "pattern":
-        desc = err.schema.get("description", "")
-        what = "a Go duration such as 30s or 1m30s" if "duration" in desc else f"a match for {err.validator_value}"
+        duration = err.validator_value == model.document()["$defs"]["duration"]["pattern"]
+        what = "a Go duration such as 30s or 1m30s" if duration else f"a match for {err.validator_value}"
         yield Problem(*src.where(path), path, f"{err.instance!r} is not {what}")
         return
     if err.validator == "required":

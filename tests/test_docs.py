@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
-from jetqueue.generator import docs
-from jetqueue.generator.model import schema
+import pytest
+from jsonschema import Draft202012Validator
+
+from jetqueue.generator import docs, model
+from jetqueue.generator.model import document, schema
 
 
 def test_readme_reference_is_current(repo_root):
@@ -31,6 +34,10 @@ def test_every_property_has_description_and_default():
 
 
 def test_every_object_is_closed():
+    """Checked where each object applies, with its `$ref`s followed: `additionalProperties: false`, or
+    `unevaluatedProperties: false` where it extends a `$defs` block (additionalProperties does not see the
+    keys that come through a `$ref`)."""
+
     def objects(node, path="$"):
         if isinstance(node, dict):
             if node.get("type") == "object" and "properties" in node:
@@ -38,12 +45,43 @@ def test_every_object_is_closed():
             for k, v in node.items():
                 yield from objects(v, f"{path}/{k}")
 
-    for path, node in objects(schema()):
-        assert node.get("additionalProperties") is False, f"{path} accepts unknown keys"
+    found = list(objects(schema()))
+    assert len(found) > 20
+    for path, node in found:
+        closed = node.get("additionalProperties") is False or node.get("unevaluatedProperties") is False
+        assert closed, f"{path} accepts unknown keys"
+
+
+def test_every_def_is_used_and_no_ref_is_left_in_the_view():
+    text = json.dumps(document())
+    for name in document()["$defs"]:
+        assert f'"#/$defs/{name}"' in text, f"$defs/{name} is never used"
+    assert "$ref" not in json.dumps(schema()) and "$defs" not in schema()
+
+
+def test_repeated_blocks_are_written_once():
+    text = json.dumps(document())
+    assert text.count('"maxAttempts"') == 2  # retryPolicy and callbackRetry
+    assert text.count(json.dumps(document()["$defs"]["duration"]["pattern"])) == 1
+
+
+def test_deref_refuses_a_merge_that_would_validate_differently(monkeypatch):
+    closed = {"type": "object", "additionalProperties": False, "properties": {"a": {}}}
+    fake = {"$defs": {"closed": closed, "open": {"properties": {"a": {}}}, "int": {"type": "integer"}}}
+    monkeypatch.setattr(model, "document", lambda: fake)
+    assert model.deref({"$ref": "#/$defs/open", "properties": {"b": {}}, "description": "d"}) == {
+        "properties": {"a": {}, "b": {}},
+        "description": "d",
+    }
+    with pytest.raises(ValueError, match="closes itself"):
+        model.deref({"$ref": "#/$defs/closed", "properties": {"b": {}}})
+    with pytest.raises(ValueError, match="'type' is set both"):
+        model.deref({"$ref": "#/$defs/int", "type": "integer"})
+    with pytest.raises(ValueError, match="only local"):
+        model.deref({"$ref": "other.json#/x"})
 
 
 def test_schema_is_valid_2020_12():
-    from jsonschema import Draft202012Validator
-
+    Draft202012Validator.check_schema(document())
     Draft202012Validator.check_schema(schema())
     assert json.loads(json.dumps(schema()))["$schema"].endswith("2020-12/schema")

@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 
+from jetqueue.generator import model
 from jetqueue.generator.render import render, write_atomically
 from jetqueue.generator.validate import validate_text
 
@@ -97,3 +99,15 @@ def test_random_documents(doc):
 @given(st.text(max_size=200))
 def test_random_text(text):
     check(text)
+
+
+def _errors(schema: dict[str, Any], doc: Any) -> list[tuple[str, str, str]]:
+    found = Draft202012Validator(schema).iter_errors(doc)
+    return sorted((str(list(e.absolute_path)), str(e.validator), e.message) for e in found)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_the_view_validates_like_the_document(doc):
+    """model.schema() (every $ref followed) is what the generator reads; it must mean what the file says."""
+    assert _errors(model.schema(), doc) == _errors(model.document(), doc)

@@ -70,6 +70,31 @@ def test_unknown_key_suggests_nearest():
     assert out == "q.yaml:3:5: $.queues.faas-request.maxInflght: unknown key 'maxInflght' (did you mean 'maxInflight'?)"
 
 
+def test_unknown_key_in_blocks_shared_through_defs():
+    """`defaults` and each queue extend $defs/queue, a function override uses $defs/retryPolicy: same hints."""
+    assert only_error("defaults: {maxInflght: 3}\nqueues:\n  faas-request: {}\n") == (
+        "q.yaml:1:12: $.defaults.maxInflght: unknown key 'maxInflght' (did you mean 'maxInflight'?)"
+    )
+    assert only_error("defaults: {functions: [a]}\nqueues:\n  faas-request: {}\n").startswith(
+        "q.yaml:1:12: $.defaults.functions: unknown key 'functions'"
+    )
+    out = only_error("queues:\n  faas-request:\n    functionOverrides:\n      infer: {retry: {backof: full}}\n")
+    assert out == (
+        "q.yaml:4:23: $.queues.faas-request.functionOverrides.infer.retry.backof: "
+        "unknown key 'backof' (did you mean 'backoff'?)"
+    )
+
+
+def test_duration_message_follows_the_ref_to_the_site():
+    out = only_error("queues:\n  faas-request:\n    functionOverrides: {infer: {upstreamTimeout: 2x}}\n")
+    assert out.endswith("functionOverrides.infer.upstreamTimeout: '2x' is not a Go duration such as 30s or 1m30s")
+    out = only_error("queues:\n  faas-request: {callbackRetry: {maxWait: 2x}}\n")
+    assert (
+        out
+        == "q.yaml:2:43: $.queues.faas-request.callbackRetry.maxWait: '2x' is not a Go duration such as 30s or 1m30s"
+    )
+
+
 def test_wrong_type_and_enum():
     out = problems("nats:\n  durability: strik\nqueues:\n  faas-request:\n    maxInflight: many\n")
     assert any(p.startswith("q.yaml:2:15: $.nats.durability:") and "did you mean 'strict'" in p for p in out)
