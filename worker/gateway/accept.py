@@ -29,6 +29,7 @@ PREFIX = "/async-function/"
 # Room kept in every stored call for the metadata a dead letter adds (deadletter.py fits it in this).
 DEAD_LETTER_ROOM = 1024
 MAX_STATUS_WRITES = 1000
+RECORD_WAIT = 5.0
 
 
 class Accept:
@@ -49,7 +50,7 @@ class Accept:
             registry=registry,
         )
         self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
-        self._status_writes: set[asyncio.Task[None]] = set()
+        self._status_writes: dict[str, asyncio.Task[None]] = {}  # call id -> its queued record being written
 
     def _count(self, function: str, queue: str, code: int) -> None:
         self.requests.labels(function, queue, str(code)).inc()
@@ -145,8 +146,8 @@ class Accept:
         if len(self._status_writes) >= MAX_STATUS_WRITES:
             return
         task = asyncio.create_task(self._create_queued(call, seq))
-        self._status_writes.add(task)
-        task.add_done_callback(self._status_writes.discard)
+        self._status_writes[call.call_id] = task
+        task.add_done_callback(lambda _: self._status_writes.pop(call.call_id, None))
 
     async def _create_queued(self, call: contract.Call, seq: int) -> None:
         status, record = self.backend.status, callstatus.base_record(call, seq=seq)
@@ -158,9 +159,16 @@ class Accept:
                 if entry is not None and entry.record.get("seq") != seq and CallState(entry.record["state"]).final:
                     await status.update(call.call_id, record, entry.revision)  # a new call under an old id
 
+    async def recorded(self, call_id: str) -> None:
+        """Until the queued record of a call accepted here is written: a status or cancel request sent right
+        after the 202 must find it (a few ms; bounded by the status store's own timeouts)."""
+        task = self._status_writes.get(call_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=RECORD_WAIT)
+
     async def close(self) -> None:
         """Let the queued-record writes in flight finish."""
-        await asyncio.gather(*self._status_writes, return_exceptions=True)
+        await asyncio.gather(*self._status_writes.values(), return_exceptions=True)
 
     def _not_accepted(self, call: contract.Call, e: Exception) -> web.Response:
         """The 503 for a publish that got no PubAck, saying only what is known about the call."""

@@ -4,6 +4,8 @@ status record; a running one is told to its worker, which aborts the HTTP call a
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 from nats.js.errors import KeyWrongLastSequenceError
 
@@ -18,9 +20,10 @@ CANCEL_TRIES = 5
 
 
 class Calls:
-    def __init__(self, s: GatewaySettings, backend: Backend) -> None:
+    def __init__(self, s: GatewaySettings, backend: Backend, recorded: Callable[[str], Awaitable[None]]) -> None:
         self.s = s
         self.backend = backend
+        self.recorded = recorded  # accept.py writes a call's queued record after its 202: wait for it first
 
     def _check_id(self, call_id: str) -> web.Response | None:
         if not contract.CALL_ID.match(call_id):
@@ -31,6 +34,7 @@ class Calls:
 
     async def _lookup(self, call_id: str) -> callstatus.Entry | web.Response:
         """The call's status entry, or the answer to give when there is none (404) or NATS fails (503)."""
+        await self.recorded(call_id)
         try:
             entry = await self.backend.status.get(call_id)
         except Exception:

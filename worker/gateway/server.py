@@ -30,7 +30,7 @@ class Gateway:
         routing = Routing.from_settings(settings)
         self.backend = Backend(settings, routing)
         self.accept = Accept(settings, routing, self.backend, self.registry)
-        self.calls = Calls(settings, self.backend)
+        self.calls = Calls(settings, self.backend, self.accept.recorded)
         self.runner: web.AppRunner | None = None
         self._connector: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
