@@ -15,7 +15,7 @@ import yaml
 from jetqueue.generator.render import render, write_atomically
 from jetqueue.generator.validate import validate_text
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CASES = {"production": "queues.yaml", "dev": "tests/data/dev.yaml", "external": "tests/data/external.yaml"}
 
 
@@ -104,7 +104,7 @@ def test_atomic_write_keeps_previous_output_on_failure(tmp_path):
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "generator", *args],
+        [sys.executable, "-m", "jetqueue", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -151,7 +151,7 @@ def test_install_dry_run_and_missing_helm(repo_root, tmp_path):
     ]
     env = {**os.environ, "PATH": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
     res = subprocess.run(
-        [sys.executable, "-m", "generator", "install", "--plan", str(out / "install-plan.json")],
+        [sys.executable, "-m", "jetqueue", "install", "--plan", str(out / "install-plan.json")],
         cwd=repo_root,
         env=env,
         capture_output=True,

@@ -16,7 +16,7 @@ from jetqueue.generator import model
 from jetqueue.generator.render import render, write_atomically
 from jetqueue.generator.validate import validate_text
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((ROOT / "queues.yaml").read_text())
 
 scalars = st.one_of(
