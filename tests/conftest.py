@@ -39,3 +39,11 @@ async def callbacks():
     receiver = await CallbackReceiver().start()
     yield receiver
     await receiver.stop()
+
+
+@pytest.fixture
+async def http():
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        yield s

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 from nats.aio.client import Client
 
@@ -125,3 +126,9 @@ def worker_env(nats_url: str, function_url: str, **kw: str) -> dict[str, str]:
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     out = open(log, "ab")
     return subprocess.Popen([sys.executable, "-m", "jetqueue", "worker"], env=env, stdout=out, stderr=out)
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: bytes = b"", **headers: str) -> aiohttp.ClientResponse:
+    async with http.post(url, data=body, headers=headers) as r:
+        await r.read()
+        return r

@@ -6,17 +6,10 @@ import asyncio
 import subprocess
 import sys
 
-import aiohttp
 import pytest
 
 from tests.helpers import gateway_settings, running_gateway, running_worker, worker_settings
 from tests.servers import eventually
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_submit_command_and_library(nats_server, functions, callbacks):

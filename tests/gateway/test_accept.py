@@ -5,25 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
 
-from tests.helpers import connect, gateway_settings, running_gateway, running_worker, worker_settings
+from tests.helpers import connect, gateway_settings, post, running_gateway, running_worker, worker_settings
 from tests.servers import eventually
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: bytes = b"", **headers: str) -> aiohttp.ClientResponse:
-    async with http.post(url, data=body, headers=headers) as r:
-        await r.read()
-        return r
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_submit_to_callback_end_to_end(nats_server, functions, callbacks, http):

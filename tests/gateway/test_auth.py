@@ -4,22 +4,7 @@ from __future__ import annotations
 
 import base64
 
-import aiohttp
-import pytest
-
-from tests.helpers import gateway_settings, running_gateway
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: bytes = b"", **headers: str) -> aiohttp.ClientResponse:
-    async with http.post(url, data=body, headers=headers) as r:
-        await r.read()
-        return r
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
+from tests.helpers import gateway_settings, post, running_gateway
 
 
 async def test_auth_bearer_and_basic(nats_server, http):

@@ -5,23 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import pytest
 from aiohttp import web
 
-from tests.helpers import connect, gateway_settings, running_gateway, running_worker, worker_settings
+from tests.helpers import connect, gateway_settings, post, running_gateway, running_worker, worker_settings
 from tests.servers import eventually
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: bytes = b"", **headers: str) -> aiohttp.ClientResponse:
-    async with http.post(url, data=body, headers=headers) as r:
-        await r.read()
-        return r
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_cancel_while_queued_and_while_running(nats_server, functions, callbacks, http):

@@ -7,23 +7,10 @@ import subprocess
 import sys
 
 import aiohttp
-import pytest
 from aiohttp import web
 
-from tests.helpers import gateway_settings, running_gateway, running_worker, worker_settings
+from tests.helpers import gateway_settings, post, running_gateway, running_worker, worker_settings
 from tests.servers import eventually
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: bytes = b"", **headers: str) -> aiohttp.ClientResponse:
-    async with http.post(url, data=body, headers=headers) as r:
-        await r.read()
-        return r
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def test_dlq_list_and_replay(nats_server, functions, tmp_path):
