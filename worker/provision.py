@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
@@ -23,7 +24,8 @@ class StreamSetupError(RuntimeError):
 
 
 async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
-    """A queue's work-queue stream, created if missing, checked if present."""
+    """A work-queue stream (a queue's, or its callbacks'), created if missing, checked if present, and brought
+    to the limits and features `want` asks for in one in-place update."""
     try:
         info = await js.stream_info(want.name)
     except NotFoundError:
@@ -32,11 +34,12 @@ async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
         return
     cfg = info.config
     queue = names.queue_of_stream(want.name)
+    redo = f"`jetqueue reset {queue}`" if queue else f"`nats stream rm {want.name}` (jetqueue makes it again)"
     retention = getattr(cfg.retention, "value", cfg.retention)
     if retention != RetentionPolicy.WORK_QUEUE.value:
         raise StreamSetupError(
             f"stream {want.name} has retention {retention!r}; jetqueue needs 'workqueue' (a call must be removed "
-            f"once done). Retention cannot be changed in place: drain it, then `jetqueue reset {queue}`."
+            f"once done). Retention cannot be changed in place: drain it, then {redo}."
         )
     subjects = cfg.subjects or []
     if not any(s in (*want.subjects, ">") for s in subjects):
@@ -61,21 +64,23 @@ async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
             f"that were already accepted. Make a full queue refuse new calls instead (the gateway answers 503 "
             f"'queue full'): nats stream edit {want.name} --discard new"
         )
+    changes: dict[str, Any] = {}
     wanted = (want.max_msgs or -1, want.max_bytes or -1)  # JetStream writes "no limit" as -1
     if (want.max_msgs or want.max_bytes) and (cfg.max_msgs or -1, cfg.max_bytes or -1) != wanted:
-        # The queue's limits follow the settings (queues.yaml maxQueueLength, maxQueueBytes); both are editable
-        # in place. Settings of 0 leave a stream's own limits alone.
-        await js.update_stream(replace(cfg, max_msgs=wanted[0], max_bytes=wanted[1]))
-        log.info("stream %s now holds at most %s calls, %s bytes (-1: no limit)", want.name, *wanted)
+        # The queue's limits follow the settings (queues.yaml maxQueueLength, maxQueueBytes), editable in place.
+        # Settings of 0 leave a stream's own limits alone.
+        changes.update(max_msgs=wanted[0], max_bytes=wanted[1])
     if want.allow_msg_schedules and not cfg.allow_msg_schedules:
-        try:  # editable in place: later attempts are held by the server as message schedules
-            await js.update_stream(replace(cfg, allow_msg_schedules=True))
+        changes["allow_msg_schedules"] = True  # later attempts are held by the server as message schedules
+    if changes:
+        try:
+            await js.update_stream(replace(cfg, **changes))
         except APIError as e:
             raise StreamSetupError(
-                f"stream {want.name} does not allow message schedules and cannot be changed ({e.description}); "
-                "jetqueue needs nats-server 2.12 or later"
+                f"cannot update stream {want.name} to {changes}: {e.description or e!r} (message schedules need "
+                "nats-server 2.12 or later)"
             ) from None
-        log.info("stream %s now allows message schedules", want.name)
+        log.info("updated stream %s: %s", want.name, changes)
     log.info("using existing stream %s", want.name)
 
 
