@@ -172,6 +172,8 @@ def resolve(data: dict[str, Any]) -> dict[str, Any]:
             overrides[fn] = {
                 "upstreamTimeout": ov.get("upstreamTimeout", q["upstreamTimeout"]),
                 "retry": deep_merge(q["retry"], ov.get("retry") or {}),
+                "maxEventAge": ov.get("maxEventAge", q["maxEventAge"]),
+                "dispatchRate": ov.get("dispatchRate", q["dispatchRate"]),
             }
         q["functionOverrides"] = overrides
         queues[name] = q

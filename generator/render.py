@@ -135,7 +135,7 @@ def _bytes(quantity: str) -> int:
 
 
 def _retry(r: dict[str, Any]) -> dict[str, Any]:
-    return {k: r[k] for k in ("maxAttempts", "initialWait", "maxWait", "httpCodes", "backoff")}
+    return {k: r[k] for k in ("maxAttempts", "initialWait", "maxWait", "httpCodes", "backoff", "maxRetryAfter")}
 
 
 def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -159,6 +159,8 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
             "maxWaiting": q["maxWaiting"],
             "maxQueueLength": q["maxQueueLength"],
             "maxQueueBytes": _bytes(q["maxQueueBytes"]),
+            "maxEventAge": q["maxEventAge"],
+            "dispatchRate": q["dispatchRate"],
             "callbackHosts": list(cfg["gateway"]["callbackHosts"]),
             "callbackSigning": dict(q["callbackSigning"]),
             "callbackRetry": dict(q["callbackRetry"]),
@@ -170,7 +172,12 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
             "callStatus": dict(cfg["gateway"]["callStatus"]),
             "retry": _retry(q["retry"]),
             "functions": {
-                fn: {"upstreamTimeout": ov["upstreamTimeout"], "retry": _retry(ov["retry"])}
+                fn: {
+                    "upstreamTimeout": ov["upstreamTimeout"],
+                    "retry": _retry(ov["retry"]),
+                    "maxEventAge": ov["maxEventAge"],
+                    "dispatchRate": ov["dispatchRate"],
+                }
                 for fn, ov in sorted(q["functionOverrides"].items())
             },
         },
@@ -220,6 +227,7 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
             "defaultQueue": g["defaultQueue"],
             "strictRouting": g["strictRouting"],
             "maxBodySize": g["maxBodySize"],
+            "maxDelay": g["maxDelay"],
             "callStatus": dict(g["callStatus"]),
             "auth": dict(g["auth"]),
             "callbackHosts": list(g["callbackHosts"]),

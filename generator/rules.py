@@ -131,7 +131,8 @@ def check_replication(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
             )
 
 
-_DURATIONS = ("ackWait", "upstreamTimeout", "shutdownTimeout", "inactiveThreshold")
+_ZERO_IS_NONE = ("maxEventAge", "maxRetryAfter")  # `0s` switches these off
+_DURATIONS = ("ackWait", "upstreamTimeout", "shutdownTimeout", "inactiveThreshold", "maxEventAge")
 
 
 def _duration_fields(data: dict[str, Any]) -> Iterator[tuple[Path, Any]]:
@@ -139,7 +140,7 @@ def _duration_fields(data: dict[str, Any]) -> Iterator[tuple[Path, Any]]:
         for k in _DURATIONS:
             if k in block:
                 yield (*base, k), block[k]
-        for k in ("initialWait", "maxWait"):
+        for k in ("initialWait", "maxWait", "maxRetryAfter"):
             if k in (block.get("retry") or {}):
                 yield (*base, "retry", k), block["retry"][k]
 
@@ -148,9 +149,12 @@ def _duration_fields(data: dict[str, Any]) -> Iterator[tuple[Path, Any]]:
         yield from settings(("queues", qname), q)
         for fn, ov in (q.get("functionOverrides") or {}).items():
             yield from settings(("queues", qname, "functionOverrides", fn), ov or {})
-    ttl = ((data.get("gateway") or {}).get("callStatus") or {}).get("ttl")
+    gateway = data.get("gateway") or {}
+    ttl = (gateway.get("callStatus") or {}).get("ttl")
     if ttl is not None:
         yield ("gateway", "callStatus", "ttl"), ttl
+    if "maxDelay" in gateway:
+        yield ("gateway", "maxDelay"), gateway["maxDelay"]
 
 
 def check_durations(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
@@ -160,7 +164,7 @@ def check_durations(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
         except ValueError as e:
             yield _at(src, path, str(e))
             continue
-        if seconds <= 0:
+        if seconds < 0 or (seconds == 0 and path[-1] not in _ZERO_IS_NONE):
             yield _at(src, path, f"{value!r} must be greater than zero")
 
 

@@ -250,9 +250,27 @@ class WorkerSettings(_Base):
     backoff: str = _f(
         "exponential", "Backoff jitter.", choices=("exponential", "full", "equal"), values="queue.retry.backoff"
     )
+    max_retry_after: float = _f(
+        0.0,
+        "Longest Retry-After (429/503) honoured; a longer one waits this long. 0 = the longest retry wait.",
+        kind="duration",
+        values="queue.retry.maxRetryAfter",
+    )
+    max_event_age: float = _f(
+        0.0,
+        "Oldest a call may be when it is invoked, from its start (or its scheduled) time; an older call is "
+        "dead-lettered as `expired`, and no retry is made that would start past it. 0 = no limit.",
+        kind="duration",
+        values="queue.maxEventAge",
+    )
+    dispatch_rate: float = _f(
+        0.0,
+        "Most calls invoked per second, across every worker replica of the queue. 0 = no limit.",
+        values="queue.dispatchRate",
+    )
     functions_file: str = _f(
         "",
-        "JSON file of per-function overrides (upstreamTimeout, retry), from the generator.",
+        "JSON file of per-function overrides (upstreamTimeout, retry, maxEventAge, dispatchRate), from the generator.",
         values="queue.functions",
         file="/etc/jetqueue/functions.json",
         if_set=True,
@@ -328,6 +346,8 @@ class WorkerSettings(_Base):
             raise SettingsError(f"{PREFIX}CALLBACK_SIGNING_KEYS: {e}") from None
         if "{function}" not in self.function_url:
             raise SettingsError(f"{PREFIX}FUNCTION_URL={self.function_url!r}: needs a {{function}} placeholder")
+        if self.dispatch_rate < 0:
+            raise SettingsError(f"{PREFIX}DISPATCH_RATE: must not be negative")
         if self.initial_retry_wait > self.max_retry_wait:
             raise SettingsError(f"{PREFIX}INITIAL_RETRY_WAIT exceeds {PREFIX}MAX_RETRY_WAIT")
 
@@ -361,6 +381,12 @@ class GatewaySettings(_Base):
         "How long to wait for JetStream's PubAck before answering 503.",
         kind="duration",
         not_in_chart=DEFAULT,
+    )
+    max_delay: float = _f(
+        30 * 86400.0,
+        "Longest `X-Delay` (or furthest `X-Not-Before`) a submission may ask for; 400 beyond it.",
+        kind="duration",
+        values="gateway.maxDelay",
     )
     auth_token: str = _f(
         "",

@@ -7,7 +7,6 @@ import random
 import pytest
 
 from jetqueue.queueworker.decision import (
-    RETRY_AFTER_CEILING,
     Ack,
     Cancelled,
     DeadLetter,
@@ -44,7 +43,32 @@ def test_retry_after_on_429_and_503_only_and_never_below_the_minimum():
     assert decide(Outcome(status=503, retry_after="0"), 1, POLICY) == Retry(1.0)  # raised to initial_wait
     assert decide(Outcome(status=500, retry_after="5"), 1, POLICY) == Retry(1.0)  # 500's Retry-After is ignored
     assert decide(Outcome(status=429, retry_after="junk"), 2, POLICY) == Retry(2.0)  # junk: the backoff
-    assert decide(Outcome(status=429, retry_after=str(10**30)), 1, POLICY) == Retry(RETRY_AFTER_CEILING)
+    assert decide(Outcome(status=429, retry_after="3600"), 1, POLICY) == Retry(8.0)  # capped by max_wait
+
+
+def test_retry_after_cap_can_be_raised():
+    policy = RetryPolicy(max_attempts=3, initial_wait=1.0, max_wait=8.0, max_retry_after=7200.0)
+    assert decide(Outcome(status=429, retry_after="3600"), 1, policy) == Retry(3600.0)
+    assert decide(Outcome(status=429, retry_after=str(10**30)), 1, policy) == Retry(7200.0)
+
+
+EXPIRING = RetryPolicy(max_attempts=5, initial_wait=10.0, max_wait=10.0, max_event_age=60.0)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "age", "expected"),
+    [
+        (Outcome(status=None, error="expired"), 61.0, DeadLetter("expired")),  # too old to invoke
+        (Outcome(status=500), 49.0, Retry(10.0)),  # the next attempt starts at 59 s: still in time
+        (Outcome(status=500), 50.0, DeadLetter("expired")),  # it would start at 60 s: no retry
+        (Outcome(status=200), 600.0, Ack()),  # a success is a success, however late
+        (Outcome(status=404), 600.0, DeadLetter("rejected")),  # the function's answer is the reason
+    ],
+)
+def test_max_event_age(outcome, age, expected):
+    assert decide(outcome, 1, EXPIRING, age=age) == expected
+    no_limit = RetryPolicy(max_attempts=5, initial_wait=10.0, max_wait=10.0)
+    assert decide(Outcome(status=500), 1, no_limit, age=10**9) == Retry(10.0)
 
 
 @pytest.mark.parametrize("mode", ["exponential", "full", "equal"])

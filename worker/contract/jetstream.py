@@ -125,6 +125,21 @@ def callback_stream(queue: str, replicas: int = 1, storage: str = "file") -> Str
     )
 
 
+def schedule_stream(queue: str, replicas: int = 1, storage: str = "file") -> StreamSpec:
+    """Calls held for later (scheduled submissions, retries waiting for their time) as message schedules. The
+    server refuses schedules on a discard-new stream, so they cannot live in the work stream (maxQueueLength);
+    no limit is set here, so discard old removes nothing. A call enters the work stream when due."""
+    return StreamSpec(
+        name=names.schedule_stream_name(queue),
+        subjects=(names.schedule_subjects(queue),),
+        retention=RetentionPolicy.WORK_QUEUE.value,
+        storage=storage,
+        replicas=replicas,
+        discard="old",
+        allow_msg_schedules=True,
+    )
+
+
 @dataclass(frozen=True)
 class ConsumerSpec:
     """A durable pull consumer. Always ack explicit and deliver all (a work queue refuses anything else),
@@ -201,6 +216,19 @@ def callback_consumer(queue: str, send_timeout: float, max_waiting: int) -> Cons
         max_ack_pending=CALLBACK_MAX_ACK_PENDING,
         max_waiting=max_waiting,
         filter_subject=names.callback_subject(queue),
+    )
+
+
+def due_consumer(queue: str, max_waiting: int) -> ConsumerSpec:
+    """The consumer that moves due calls into the work stream. max_ack_pending is high as for callbacks: a due
+    call put back while the work stream is full must not hold back the others."""
+    return ConsumerSpec(
+        names.schedule_stream_name(queue),
+        names.due_durable_name(queue),
+        ack_wait=SERVER_ACK_WAIT,
+        max_ack_pending=CALLBACK_MAX_ACK_PENDING,
+        max_waiting=max_waiting,
+        filter_subject=names.due_subjects(queue),
     )
 
 

@@ -6,7 +6,8 @@ Anyone with a NATS client can enqueue a call by following it (README, "Message c
 * payload: the raw request body, byte for byte;
 * headers: ``Nats-Msg-Id`` and ``X-Call-Id`` (the call id), ``X-Start-Time`` (unix ns),
   ``Jq-Method``, ``Jq-Path``, ``Jq-Query``, ``Jq-Callback-Url``, and each original HTTP header
-  that should reach the function as ``Jq-Header-<Name>``.
+  that should reach the function as ``Jq-Header-<Name>``; a call that waited for its time carries
+  ``Jq-Not-Before`` (unix seconds) and, as a retry, ``Jq-Attempts`` (the attempts already made).
 
 Every header but the subject is optional: a bare ``nats pub faas-request.echo hello`` is a POST
 to ``echo`` with a call id derived from its queue, stream sequence and storage time.
@@ -14,12 +15,13 @@ to ``echo`` with a call id derived from its queue, stream sequence and storage t
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import unquote
 
 from jetqueue.contract.names import CALL_ID, FUNCTION_NAME, QUEUE_NAME
@@ -33,6 +35,10 @@ H_QUERY = "Jq-Query"
 H_CALLBACK = "Jq-Callback-Url"
 H_CALLBACK_ATTEMPT = "Jq-Callback-Attempt"  # on a stored callback: the delivery attempt it is waiting for
 H_FORWARD = "Jq-Header-"
+H_NOT_BEFORE = "Jq-Not-Before"  # unix seconds: a scheduled call's time; its age (maxEventAge) counts from it
+H_ATTEMPTS = "Jq-Attempts"  # attempts made before this message was published (a retry held for later)
+H_SCHEDULE = "Nats-Schedule"  # ADR-51 message schedules (nats-server 2.12+)
+H_SCHEDULE_TARGET = "Nats-Schedule-Target"
 # Dead-letter metadata: every header of a dead letter that jetqueue adds starts with this.
 H_DLQ = "Jq-Dlq-"
 H_DLQ_REASON = H_DLQ + "Reason"
@@ -97,9 +103,19 @@ class Call:
     callback_url: str = ""
     start_time_ns: int = field(default_factory=time.time_ns)
     headers: dict[str, str] = field(default_factory=dict)
+    not_before: float = 0.0  # unix seconds; 0: not scheduled
+    prior_attempts: int = 0  # attempts made before this message (a retry that waited for its time)
+
+    def age(self, now: float) -> float:
+        """Seconds since the call could first run: its start, or its scheduled time (maxEventAge counts this)."""
+        return now - max(self.start_time_ns / 1e9, self.not_before)
 
     def to_headers(self) -> dict[str, str]:
         h = {H_MSG_ID: self.call_id, H_CALL_ID: self.call_id, H_START: str(self.start_time_ns)}
+        if self.not_before:
+            h[H_NOT_BEFORE] = f"{self.not_before:.3f}"
+        if self.prior_attempts:
+            h[H_ATTEMPTS] = str(self.prior_attempts)
         if self.method != "POST":
             h[H_METHOD] = self.method
         if self.path:
@@ -197,8 +213,12 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_i
         raise BadMessage(f"{problem}: {(path + '?' + query)[:120]!r}")
     try:
         start = int(h.get(H_START) or time.time_ns())
+        not_before = float(h.get(H_NOT_BEFORE) or 0.0)
+        prior = int(h.get(H_ATTEMPTS) or 0)
     except ValueError as e:
         raise BadMessage(f"bad numeric header: {e}") from None
+    if prior < 0 or not math.isfinite(not_before):
+        raise BadMessage(f"{H_ATTEMPTS} must not be negative and {H_NOT_BEFORE} must be a time")
     forwarded = {k[len(H_FORWARD) :]: v for k, v in h.items() if k.startswith(H_FORWARD)}
     return Call(
         call_id=call_id,
@@ -211,4 +231,13 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_i
         callback_url=h.get(H_CALLBACK, ""),
         start_time_ns=start,
         headers=forwarded,
+        not_before=not_before,
+        prior_attempts=prior,
     )
+
+
+def schedule_headers(at: float, target: str) -> dict[str, str]:
+    """The headers that make nats-server hold a message until unix time `at`, then store it on `target` (a subject
+    of the same stream). Schedules have second precision: rounded up, so a message is never released early."""
+    when = datetime.fromtimestamp(math.ceil(at), UTC)
+    return {H_SCHEDULE: f"@at {when.strftime('%Y-%m-%dT%H:%M:%SZ')}", H_SCHEDULE_TARGET: target}

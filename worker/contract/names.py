@@ -16,6 +16,8 @@ DLQ_STREAM_SUFFIX = "_DLQ"
 DLQ_SUBJECT_PREFIX = "_DLQ"
 CALLBACK_STREAM_SUFFIX = "_CB"
 CALLBACK_SUBJECT_PREFIX = "_CB"
+SCHEDULE_STREAM_SUFFIX = "_SCHED"
+SCHEDULE_SUBJECT_PREFIX = "_SCHED"
 CALLBACK_DLQ_FUNCTION = "_callback"  # undeliverable callbacks' dead-letter subject part (no function starts with _)
 CANCEL_SUBJECT = "_JQ.cancel"
 STATUS_BUCKET = "jetqueue-calls"
@@ -40,7 +42,9 @@ def dlq_stream_name(queue: str) -> str:
 
 def queue_of_stream(stream: str) -> str | None:
     """The queue a work-queue stream belongs to, or None for any other stream (dead letters included)."""
-    if not stream.startswith(STREAM_PREFIX) or stream.endswith((DLQ_STREAM_SUFFIX, CALLBACK_STREAM_SUFFIX)):
+    if not stream.startswith(STREAM_PREFIX) or stream.endswith(
+        (DLQ_STREAM_SUFFIX, CALLBACK_STREAM_SUFFIX, SCHEDULE_STREAM_SUFFIX)
+    ):
         return None
     return stream[len(STREAM_PREFIX) :]
 
@@ -96,3 +100,46 @@ def callback_schedule_subject(queue: str, key: str) -> str:
 
 def callback_subjects(queue: str) -> str:
     return f"{CALLBACK_SUBJECT_PREFIX}.{queue}.>"
+
+
+def schedule_stream_name(queue: str) -> str:
+    """Calls held for later: scheduled submissions and retries waiting for their time."""
+    return f"{STREAM_PREFIX}{queue}{SCHEDULE_STREAM_SUFFIX}"
+
+
+def schedule_subjects(queue: str) -> str:
+    return f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.>"
+
+
+def schedule_subject(queue: str, function: str, key: str) -> str:
+    """One call held until its time (a message schedule); `key` is one token, unique per schedule. Counting
+    `schedule_subject(queue, function, "*")` counts one function's held calls."""
+    return f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.at.{function}.{key}"
+
+
+def held_subjects(queue: str) -> str:
+    return f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.at.>"
+
+
+def due_subject(queue: str, function: str) -> str:
+    """Where the server puts a held call at its time, for the worker to move into the queue."""
+    return f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.due.{function}"
+
+
+def due_subjects(queue: str) -> str:
+    return f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.due.>"
+
+
+def function_of_due(queue: str, subject: str) -> str:
+    prefix = f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.due."
+    return subject[len(prefix) :] if subject.startswith(prefix) else ""
+
+
+def function_of_held(queue: str, subject: str) -> str:
+    """The function of a held call's subject (`schedule_subject`), or '' for another subject."""
+    prefix = f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.at."
+    return subject[len(prefix) :].rpartition(".")[0] if subject.startswith(prefix) else ""
+
+
+def due_durable_name(queue: str) -> str:
+    return f"{queue}-due"

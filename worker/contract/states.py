@@ -1,8 +1,9 @@
 """The states of a call, as its status record (`GET /async-calls/{id}`) shows them.
 
-queued → running → (retrying → running)* → succeeded | failed | dead-lettered | cancelled.
-`failed`: the function answered a status that is not retried; `dead-lettered`: attempts exhausted.
-Both end in the dead-letter stream.
+(scheduled →) queued → running → (retrying → running)* → succeeded | failed | dead-lettered | expired |
+cancelled. `scheduled`: submitted for later (`X-Delay`, `X-Not-Before`); `failed`: the function answered a
+status that is not retried; `dead-lettered`: attempts exhausted; `expired`: older than maxEventAge. The last
+three end in the dead-letter stream.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from enum import StrEnum
 
 
 class CallState(StrEnum):
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
     RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DEAD_LETTERED = "dead-lettered"
+    EXPIRED = "expired"
     CANCELLED = "cancelled"
 
     @property
@@ -24,4 +27,6 @@ class CallState(StrEnum):
         return self in FINAL
 
 
-FINAL = frozenset({CallState.SUCCEEDED, CallState.FAILED, CallState.DEAD_LETTERED, CallState.CANCELLED})
+FINAL = frozenset(
+    {CallState.SUCCEEDED, CallState.FAILED, CallState.DEAD_LETTERED, CallState.EXPIRED, CallState.CANCELLED}
+)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -219,14 +219,12 @@ class CallbackSender:
         """Publish the next attempt as a message schedule (held by the server, holding no slot), then ack."""
         seq = msg.metadata.sequence.stream
         key = f"{seq}-{attempt}"
-        at = datetime.now(UTC) + timedelta(seconds=max(1.0, wait))
         h = {k: v for k, v in headers.items() if not k.startswith(("Nats-Schedule", "Nats-Scheduler"))}
         h.update(
             {
                 H_ATTEMPT: str(attempt),
                 contract.H_MSG_ID: f"cb-later-{key}",  # a crash before the ack re-publishes nothing twice
-                "Nats-Schedule": f"@at {at.strftime('%Y-%m-%dT%H:%M:%SZ')}",
-                "Nats-Schedule-Target": contract.callback_subject(self.queue),
+                **contract.schedule_headers(time.time() + max(1.0, wait), contract.callback_subject(self.queue)),
             }
         )
         await self.js.publish(contract.callback_schedule_subject(self.queue, key), msg.data, headers=h)

@@ -1,9 +1,11 @@
 """Where a finished attempt's fate is decided: ack it, retry it after a wait, or dead-letter it.
 
-`decide(outcome, attempt, policy)` is pure (no NATS, no clock but the Retry-After date): the handler
+`decide(outcome, attempt, policy, age)` is pure (no NATS, no clock but the Retry-After date): the handler
 carries out what it returns. Waits: exponential from `initial_wait` to `max_wait`; `full` jitter draws
 between `initial_wait` and the exponential wait, `equal` between half of it and all of it; no wait is
-ever below `initial_wait` (the documented minimum), a Retry-After on 429/503 included.
+ever below `initial_wait` (the documented minimum), a Retry-After on 429/503 included, and a Retry-After
+is honoured up to `max_retry_after` (default: `max_wait`). With `max_event_age`, a call that old is
+dead-lettered as `expired`, and so is a failed one whose next attempt would start past that age.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from email.utils import parsedate_to_datetime
 from jetqueue.queueworker.invoke import Outcome
 from jetqueue.queueworker.policy import RetryPolicy
 
-RETRY_AFTER_CEILING = 3600.0  # a Retry-After is honoured up to an hour, never more
 _MAX_DOUBLINGS = 64  # past this, 2**n overflows a float long before it matters: the wait is max_wait
 
 
@@ -34,7 +35,8 @@ class Retry:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """Stop trying: `exhausted` (retryable, attempts used up) or `rejected` (a status that is not retried)."""
+    """Stop trying: `exhausted` (retryable, attempts used up), `rejected` (a status that is not retried) or
+    `expired` (older than max_event_age, or would be by the next attempt)."""
 
     reason: str
 
@@ -47,18 +49,27 @@ class Cancelled:
 Decision = Ack | Retry | DeadLetter | Cancelled
 
 
-def decide(outcome: Outcome, attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> Decision:
-    """The fate of attempt number `attempt` (1-based) that ended with `outcome`."""
+def decide(
+    outcome: Outcome, attempt: int, policy: RetryPolicy, age: float = 0.0, rng: random.Random | None = None
+) -> Decision:
+    """The fate of attempt number `attempt` (1-based) that ended with `outcome`, `age` seconds after the call
+    could first run (`Call.age`). A call not invoked because it is too old comes here as a failed outcome."""
     if outcome.cancelled:
         return Cancelled()
     if outcome.ok:
         return Ack()
     if not policy.retryable(outcome.status):
         return DeadLetter("rejected")
+    too_old = policy.max_event_age
+    if too_old and age >= too_old:
+        return DeadLetter("expired")
     if attempt >= policy.max_attempts:
         return DeadLetter("exhausted")
     retry_after = parse_retry_after(outcome.retry_after) if outcome.status in (429, 503) else None
-    return Retry(backoff(policy, attempt, retry_after, rng))
+    delay = backoff(policy, attempt, retry_after, rng)
+    if too_old and age + delay >= too_old:
+        return DeadLetter("expired")
+    return Retry(delay)
 
 
 def backoff(
@@ -67,7 +78,7 @@ def backoff(
     """Seconds to wait after failed attempt number `attempt` (1-based)."""
     floor = policy.initial_wait
     if retry_after is not None:
-        return max(floor, min(retry_after, RETRY_AFTER_CEILING))
+        return max(floor, min(retry_after, policy.max_retry_after or policy.max_wait))
     doublings = max(0, attempt - 1)
     base = policy.max_wait if doublings > _MAX_DOUBLINGS else min(policy.max_wait, floor * 2.0**doublings)
     r = (rng or random).random()

@@ -2,7 +2,8 @@
 and the per-function overrides file the generator renders.
 
 File shape: ``{"<function>": {"upstreamTimeout": "2m", "retry": {"maxAttempts": 5, "initialWait": "1s",
-"maxWait": "1m", "httpCodes": [429, 503], "backoff": "full"}}}``; every key optional.
+"maxWait": "1m", "httpCodes": [429, 503], "backoff": "full", "maxRetryAfter": "0s"}, "maxEventAge": "1h",
+"dispatchRate": 5}}``; every key optional.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class RetryPolicy:
     max_wait: float = 120.0
     http_codes: frozenset[int] = field(default_factory=lambda: frozenset({408, 429, 500, 502, 503, 504}))
     backoff: str = "exponential"  # exponential | full | equal
+    max_retry_after: float = 0.0  # the longest Retry-After honoured; 0: max_wait
+    max_event_age: float = 0.0  # no attempt starts later than this after the call's start; 0: no limit
 
     def retryable(self, status: int | None) -> bool:
         """None means a platform error (connection refused/reset, timeout): always retried."""
@@ -35,6 +38,7 @@ class RetryPolicy:
 class FunctionPolicy:
     upstream_timeout: float
     retry: RetryPolicy
+    dispatch_rate: float = 0.0  # calls per second across the queue's workers; 0: no limit
 
 
 class Policies:
@@ -57,7 +61,10 @@ class Policies:
                 max_wait=s.max_retry_wait,
                 http_codes=frozenset(s.retry_http_codes),
                 backoff=s.backoff,
+                max_retry_after=s.max_retry_after,
+                max_event_age=s.max_event_age,
             ),
+            dispatch_rate=s.dispatch_rate,
         )
         overrides: dict[str, FunctionPolicy] = {}
         if s.functions_file:
@@ -78,6 +85,9 @@ def _override(default: FunctionPolicy, spec: dict[str, Any]) -> FunctionPolicy:
         max_wait=parse_duration(r["maxWait"]) if "maxWait" in r else d.max_wait,
         http_codes=frozenset(int(c) for c in r["httpCodes"]) if "httpCodes" in r else d.http_codes,
         backoff=str(r.get("backoff", d.backoff)),
+        max_retry_after=parse_duration(r["maxRetryAfter"]) if "maxRetryAfter" in r else d.max_retry_after,
+        max_event_age=parse_duration(spec["maxEventAge"]) if "maxEventAge" in spec else d.max_event_age,
     )
     timeout = parse_duration(spec["upstreamTimeout"]) if "upstreamTimeout" in spec else default.upstream_timeout
-    return FunctionPolicy(upstream_timeout=timeout, retry=retry)
+    rate = float(spec.get("dispatchRate", default.dispatch_rate))
+    return FunctionPolicy(upstream_timeout=timeout, retry=retry, dispatch_rate=rate)

@@ -17,6 +17,8 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 - {name: JETQUEUE_STREAM_STORAGE, value: {{ .Values.queue.streamStorage | quote }}}
 - {name: JETQUEUE_MAX_QUEUE_LENGTH, value: {{ .Values.queue.maxQueueLength | int64 | toString | quote }}}
 - {name: JETQUEUE_MAX_QUEUE_BYTES, value: {{ .Values.queue.maxQueueBytes | int64 | toString | quote }}}
+- {name: JETQUEUE_MAX_EVENT_AGE, value: {{ .Values.queue.maxEventAge | quote }}}
+- {name: JETQUEUE_DISPATCH_RATE, value: {{ .Values.queue.dispatchRate | int64 | toString | quote }}}
 - {name: JETQUEUE_CALLBACK_HOSTS, value: {{ join "," .Values.queue.callbackHosts | quote }}}
 - {name: JETQUEUE_CALLBACK_ATTEMPTS, value: {{ .Values.queue.callbackRetry.maxAttempts | int64 | toString | quote }}}
 - {name: JETQUEUE_CALLBACK_MAX_WAIT, value: {{ .Values.queue.callbackRetry.maxWait | quote }}}
@@ -36,6 +38,7 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 - {name: JETQUEUE_MAX_RETRY_WAIT, value: {{ .Values.queue.retry.maxWait | quote }}}
 - {name: JETQUEUE_RETRY_HTTP_CODES, value: {{ join "," .Values.queue.retry.httpCodes | quote }}}
 - {name: JETQUEUE_BACKOFF, value: {{ .Values.queue.retry.backoff | quote }}}
+- {name: JETQUEUE_MAX_RETRY_AFTER, value: {{ .Values.queue.retry.maxRetryAfter | quote }}}
 {{- if .Values.queue.functions }}
 - {name: JETQUEUE_FUNCTIONS_FILE, value: /etc/jetqueue/functions.json}
 {{- end }}
