@@ -173,7 +173,7 @@ def resolve(data: dict[str, Any]) -> dict[str, Any]:
                 "upstreamTimeout": ov.get("upstreamTimeout", q["upstreamTimeout"]),
                 "retry": deep_merge(q["retry"], ov.get("retry") or {}),
                 "maxEventAge": ov.get("maxEventAge", q["maxEventAge"]),
-                "dispatchRate": ov.get("dispatchRate", q["dispatchRate"]),
+                "dispatchRate": ov.get("dispatchRate", 0),  # its own limit; the queue's applies as well
             }
         q["functionOverrides"] = overrides
         queues[name] = q

@@ -120,17 +120,18 @@ class StatusStore:
             raise
 
     async def begin(
-        self, call: contract.Call, attempt: int, max_attempts: int, seq: int
+        self, call: contract.Call, attempt: int, max_attempts: int, seq: int | None
     ) -> tuple[Record | None, int | None]:
         """Mark the call stored at stream sequence `seq` running. Returns (record, revision); record['state'] ==
         'cancelled' means skip it. A record of another stored message with the same call id (a call sent again
-        after the duplicate window) is a finished story: this call starts a new record."""
+        after the duplicate window) is a finished story: this call starts a new record. `seq` None: a call that
+        waited for its time (moved between streams) continues whatever record its id has."""
         if not self.enabled:
             return None, None
         for _ in range(3):
             try:
                 entry = await self.get(call.call_id)
-                same = entry is not None and entry.record.get("seq") in (None, seq)
+                same = entry is not None and (seq is None or entry.record.get("seq") in (None, seq))
                 if entry and same and entry.record.get("state") == CallState.CANCELLED:
                     return entry.record, entry.revision
                 rec: Record = dict(entry.record) if entry and same else base_record(call, seq=seq)

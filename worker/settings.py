@@ -265,7 +265,8 @@ class WorkerSettings(_Base):
     )
     dispatch_rate: float = _f(
         0.0,
-        "Most calls invoked per second, across every worker replica of the queue. 0 = no limit.",
+        "Most calls of the queue invoked per second, all functions together, across every worker replica. "
+        "0 = no limit.",
         values="queue.dispatchRate",
     )
     functions_file: str = _f(

@@ -12,13 +12,14 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from jetqueue.queueworker.handle import Processor
+from jetqueue.queueworker.heartbeat import AckExtender
 
 log = logging.getLogger("jetqueue.worker")
 FETCH_MAX = 256
@@ -54,6 +55,14 @@ class Slots:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
 
+class Handler(Protocol):
+    """What a loop hands each message to: handle.Processor (calls), schedule.Mover (due calls)."""
+
+    extender: AckExtender
+
+    async def handle(self, msg: Msg) -> None: ...
+
+
 class ConsumerLoop:
     """Fetch from one pull subscription into free slots; one task per message, tracked."""
 
@@ -62,7 +71,7 @@ class ConsumerLoop:
         name: str,
         psub: JetStreamContext.PullSubscription,
         slots: Slots,
-        processor: Processor,
+        processor: Handler,
         share: Callable[[], int] | None = None,
         idle_exit: float | None = None,
         rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]] | None = None,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
@@ -28,10 +29,12 @@ from jetqueue.queueworker.heartbeat import AckExtender
 from jetqueue.queueworker.invoke import CANCELLED, Invoker, Outcome
 from jetqueue.queueworker.metrics import WorkerMetrics, status_class
 from jetqueue.queueworker.policy import Policies
+from jetqueue.queueworker.schedule import HOLD_AT_LEAST, Holder
 
 log = logging.getLogger("jetqueue.worker")
 CANCELLED_STATUS = 499  # nginx's "client closed request": the X-Function-Status of a cancelled call
 UNDECODABLE = "undecodable"
+EXPIRED = "expired: older than maxEventAge, not invoked"
 
 
 @dataclass
@@ -48,6 +51,9 @@ class Context:
     keep_credentials: bool = False  # in dead letters (settings.dead_letter_credentials)
     # Function mode: told every outcome (function, status, had Retry-After, duration) for adaptive concurrency.
     observer: Callable[[str, int | None, bool, float], None] | None = None
+    holder: Holder | None = None  # long retry waits are held as message schedules (schedule.py); None: NAK
+    # The dispatch rate: awaited before each invocation with the function's name (ratelimit.py).
+    admit: Callable[[str], Awaitable[None]] | None = None
 
 
 def state_of(decision: Decision) -> CallState:
@@ -58,6 +64,8 @@ def state_of(decision: Decision) -> CallState:
             return CallState.RETRYING
         case DeadLetter(reason="exhausted"):
             return CallState.DEAD_LETTERED
+        case DeadLetter(reason="expired"):
+            return CallState.EXPIRED
         case DeadLetter():
             return CallState.FAILED
         case Cancelled():
@@ -101,23 +109,28 @@ class Processor:
     async def _handle(self, msg: Msg) -> None:
         c = self.ctx
         meta = msg.metadata
-        attempt = meta.num_delivered or 1
         try:
             fallback = contract.derived_call_id(c.queue, meta.sequence.stream, meta.timestamp)
             call = contract.decode(msg.subject, msg.data, msg.headers, fallback)
         except BadMessage as e:
-            await self._undecodable(msg, attempt, e)
+            await self._undecodable(msg, meta.num_delivered or 1, e)
             return
+        attempt = call.prior_attempts + (meta.num_delivered or 1)  # a held retry counts the attempts before it
         policy = c.policies(call.function)
-        rec, _ = await c.status.begin(call, attempt, policy.retry.max_attempts, meta.sequence.stream)
+        # A call that waited for its time (held) is the same call as its record, whatever its sequence now.
+        seq = None if call.prior_attempts or call.not_before else meta.sequence.stream
+        rec, _ = await c.status.begin(call, attempt, policy.retry.max_attempts, seq)
+        max_age = policy.retry.max_event_age
         if rec is not None and rec.get("state") == CallState.CANCELLED:  # cancelled while queued
             outcome = Outcome(status=None, error=CANCELLED)
+        elif max_age and call.age(time.time()) >= max_age:
+            outcome = Outcome(status=None, error=EXPIRED)
         else:
             outcome = await self._invoke(call, policy.upstream_timeout)
             if c.observer is not None:
                 c.observer(call.function, outcome.status, outcome.retry_after is not None, outcome.duration)
             c.metrics.duration.labels(c.queue, call.function, status_class(outcome.status)).observe(outcome.duration)
-        decision = decide(outcome, attempt, policy.retry)
+        decision = decide(outcome, attempt, policy.retry, age=call.age(time.time()))
         state = state_of(decision)
         if state.final and call.callback_url:  # stored before the ack: a worker dying after it loses nothing
             await self._store_callback(msg, call, state, outcome, attempt, policy.retry.max_attempts)
@@ -136,7 +149,11 @@ class Processor:
             case Ack():
                 await msg.ack()
             case Retry(delay=delay):
-                await msg.nak(delay=delay)
+                holder = self.ctx.holder
+                if holder is not None and delay >= HOLD_AT_LEAST and await holder.hold(msg, call, attempt, delay):
+                    await msg.ack()  # the next attempt is stored as a schedule: nothing is held meanwhile
+                else:
+                    await msg.nak(delay=delay)
             case DeadLetter(reason=reason):
                 c, status, why = self.ctx, outcome.status, outcome.excerpt()
                 await dead_letter(
@@ -187,13 +204,18 @@ class Processor:
 
     async def _invoke(self, call: Call, timeout: float) -> Outcome:
         c = self.ctx
-        inflight = c.metrics.inflight.labels(c.queue, call.function)
-        inflight.inc()
         task = asyncio.current_task()
         assert task is not None
         self.running[call.call_id] = task
+        inflight = c.metrics.inflight.labels(c.queue, call.function)
         try:
-            return await c.invoker.invoke(call, timeout)
+            if c.admit is not None:  # waiting for the dispatch rate can be cancelled like the call
+                await c.admit(call.function)
+            inflight.inc()
+            try:
+                return await c.invoker.invoke(call, timeout)
+            finally:
+                inflight.dec()
         except asyncio.CancelledError:
             if call.call_id in self.cancel_requested and not self.stopping:
                 task.uncancel()
@@ -202,7 +224,6 @@ class Processor:
         finally:
             self.running.pop(call.call_id, None)
             self.cancel_requested.discard(call.call_id)
-            inflight.dec()
 
     async def _store_callback(
         self, msg: Msg, call: Call, state: CallState, outcome: Outcome, attempt: int, max_attempts: int
@@ -218,13 +239,16 @@ class Processor:
             "X-Retry": str(attempt),
             "X-Retry-Max": str(max_attempts),
         }
-        if outcome.cancelled:
+        if state in (CallState.CANCELLED, CallState.EXPIRED):
             headers["X-Call-Status"] = state.value
         if outcome.content_type:
             headers["Content-Type"] = outcome.content_type
         if outcome.content_encoding:
             headers["Content-Encoding"] = outcome.content_encoding
-        body = b"" if outcome.cancelled else outcome.body if outcome.status is not None else outcome.error.encode()
+        if outcome.cancelled:
+            body = b""
+        else:
+            body = outcome.body if outcome.status is not None else outcome.error.encode()
         meta = msg.metadata
         key = contract.stored_message_key(meta.stream, meta.sequence.stream, meta.timestamp)
         await self.ctx.callbacks.store(key, call.callback_url, body, headers)

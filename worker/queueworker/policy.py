@@ -38,7 +38,7 @@ class RetryPolicy:
 class FunctionPolicy:
     upstream_timeout: float
     retry: RetryPolicy
-    dispatch_rate: float = 0.0  # calls per second across the queue's workers; 0: no limit
+    dispatch_rate: float = 0.0  # this function's own calls per second across the queue's workers; 0: none
 
 
 class Policies:
@@ -64,7 +64,6 @@ class Policies:
                 max_retry_after=s.max_retry_after,
                 max_event_age=s.max_event_age,
             ),
-            dispatch_rate=s.dispatch_rate,
         )
         overrides: dict[str, FunctionPolicy] = {}
         if s.functions_file:
@@ -89,5 +88,5 @@ def _override(default: FunctionPolicy, spec: dict[str, Any]) -> FunctionPolicy:
         max_event_age=parse_duration(spec["maxEventAge"]) if "maxEventAge" in spec else d.max_event_age,
     )
     timeout = parse_duration(spec["upstreamTimeout"]) if "upstreamTimeout" in spec else default.upstream_timeout
-    rate = float(spec.get("dispatchRate", default.dispatch_rate))
+    rate = float(spec.get("dispatchRate", 0.0))  # the queue's rate (settings.dispatch_rate) applies as well
     return FunctionPolicy(upstream_timeout=timeout, retry=retry, dispatch_rate=rate)

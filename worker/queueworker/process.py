@@ -32,11 +32,13 @@ from jetqueue.queueworker.handle import Context, Processor
 from jetqueue.queueworker.invoke import Invoker
 from jetqueue.queueworker.metrics import WorkerMetrics
 from jetqueue.queueworker.policy import Policies
+from jetqueue.queueworker.schedule import Holder, Mover
 from jetqueue.settings import WorkerSettings
 from jetqueue.signing import signing_keys
 
 log = logging.getLogger("jetqueue.worker")
 PENDING_REFRESH = 5.0
+MOVE_AT_ONCE = 64  # due calls moved into the work stream at once
 
 
 class Worker:
@@ -53,6 +55,7 @@ class Worker:
         self._timer: asyncio.Task[None] | None = None
         self._beat: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._mover_beat: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.processor: Processor | None = None
         self.callbacks: CallbackSender | None = None
@@ -100,6 +103,7 @@ class Worker:
             ack_wait,
             max_payload=lambda: nc.max_payload,
             keep_credentials=s.dead_letter_credentials,
+            holder=Holder(js, lambda: nc.max_payload),
         )
         self.processor = Processor(ctx)
         await self.nc.subscribe(contract.CANCEL_SUBJECT, cb=self._on_cancel)
@@ -109,6 +113,17 @@ class Worker:
         else:
             self.function_mode = FunctionMode(s, js, ctx, self.processor, self.slots, self._provision)
             await self.function_mode.start()
+        mover = Mover(js, s.queue, self._restore_work_stream)
+        self._add_loop(
+            ConsumerLoop(
+                contract.due_durable_name(s.queue),
+                await self._bind_due(),
+                Slots(MOVE_AT_ONCE),
+                mover,
+                rebind=self._bind_due,
+            )
+        )
+        self._mover_beat = asyncio.create_task(mover.extender.run())
         self._timer = asyncio.create_task(self._refresh_pending(js))
         self._beat = asyncio.create_task(self.processor.extender.run())
         self._sender = asyncio.create_task(self.callbacks.run(), name="callbacks")
@@ -130,6 +145,21 @@ class Worker:
             return s.ack_wait
         consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting)
         return await provision.ensure_consumer(js, replace(consumer, stream=s.stream, durable=s.durable))
+
+    async def _bind_due(self) -> JetStreamContext.PullSubscription:
+        """The schedule stream and the consumer that moves due calls into the queue (at start, and when deleted)."""
+        s, js = self.s, self.js
+        assert js is not None
+        await provision.ensure_stream(js, jetstream.schedule_stream(s.queue, s.stream_replicas, s.stream_storage))
+        await provision.ensure_consumer(js, jetstream.due_consumer(s.queue, s.max_waiting))
+        return await js.pull_subscribe_bind(
+            durable=contract.due_durable_name(s.queue), stream=contract.schedule_stream_name(s.queue)
+        )
+
+    async def _restore_work_stream(self) -> None:
+        """A due call found no work stream (deleted underneath): set the queue up again."""
+        with contextlib.suppress(Exception):
+            await self._provision()
 
     async def _bind_callbacks(self) -> JetStreamContext.PullSubscription:
         """The callbacks stream and the sender's consumer, created if missing (at start, and when deleted)."""
@@ -218,7 +248,7 @@ class Worker:
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        for timer in (self._timer, self._beat):
+        for timer in (self._timer, self._beat, self._mover_beat):
             if timer:
                 timer.cancel()
         if self.callbacks:

@@ -1,0 +1,119 @@
+"""Calls that wait for their time without holding anything: scheduled submissions and long retry waits.
+
+A waiting call is a message schedule in `OF_<queue>_SCHED` (nats-server 2.12+): the server holds it and,
+at its time, stores it on `_SCHED.<queue>.due.<function>`. The `Mover` pulls due calls and publishes each
+into the work stream (deduplicated by the due message, so a crash between publish and ack stores it once),
+then acks it: from there on a scheduled call is like any other, under maxQueueLength, pause, rate and
+function mode. The work stream cannot hold the schedules itself: the server refuses them on a discard-new
+stream, and discard new is what keeps a full queue from dropping calls.
+
+Where the line is: a retry wait of at least `HOLD_AT_LEAST` seconds is held here and the call acked, so it
+takes no pending slot (max_ack_pending) and delays no other call; a shorter one stays a NAK with delay,
+because a schedule fires on a whole second (up to a second late) and costs two publishes, while a NAK held
+for under two seconds costs a slot for under two seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NoStreamResponseError
+
+from jetqueue import contract
+from jetqueue.contract import Call, jetstream
+from jetqueue.queueworker.heartbeat import AckExtender
+
+log = logging.getLogger("jetqueue.schedule")
+HOLD_AT_LEAST = 2.0
+FULL_WAIT = 2.0  # a due call the full work stream refused is offered again after this
+
+
+def held_message(call: Call, headers: dict[str, str], at: float, key: str) -> tuple[str, dict[str, str]]:
+    """The subject and headers that hold a call (its `headers` as stored) until unix time `at`. `key` makes
+    the publish idempotent (Nats-Msg-Id); the subject is unique per schedule, so none replaces another."""
+    kept = {k: v for k, v in headers.items() if not k.lower().startswith("nats-")}
+    kept.update(
+        {
+            # A call published without an id or start time keeps the ones it was given on its first attempt.
+            contract.H_CALL_ID: call.call_id,
+            contract.H_START: str(call.start_time_ns),
+            contract.H_MSG_ID: key,
+            **contract.schedule_headers(at, contract.due_subject(call.queue, call.function)),
+        }
+    )
+    return contract.schedule_subject(call.queue, call.function, uuid.uuid4().hex), kept
+
+
+class Holder:
+    """Holds a call's next attempt until its time (used by handle.py for long retry waits)."""
+
+    def __init__(self, js: JetStreamContext, max_payload: Callable[[], int]) -> None:
+        self.js = js
+        self.max_payload = max_payload
+
+    async def hold(self, msg: Msg, call: Call, attempts: int, delay: float) -> bool:
+        """Publish attempt `attempts + 1` for `delay` seconds from now; False when it cannot be held (too large
+        with the schedule's headers: the caller falls back to a NAK with delay). Raises when NATS fails."""
+        meta = msg.metadata
+        key = "retry-" + contract.stored_message_key(meta.stream, meta.sequence.stream, meta.timestamp)
+        subject, headers = held_message(call, dict(msg.headers or {}), time.time() + delay, key)
+        headers[contract.H_ATTEMPTS] = str(attempts)
+        if len(msg.data) + contract.header_size(headers) > self.max_payload():
+            return False
+        await self.js.publish(subject, msg.data, headers=headers)
+        return True
+
+
+class Mover:
+    """Moves due calls from the schedule stream into the work stream. Driven by a fetch.ConsumerLoop."""
+
+    def __init__(
+        self, js: JetStreamContext, queue: str, stream_deleted: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.js = js
+        self.queue = queue
+        self.extender = AckExtender(jetstream.SERVER_ACK_WAIT)
+        self.stream_deleted = stream_deleted  # sets the work stream up again when a publish finds none
+
+    async def handle(self, msg: Msg) -> None:
+        self.extender.track(msg)
+        try:
+            await self._move(msg)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nak())
+            raise
+        except Exception as e:  # disconnected, no stream leader: the due call is offered again
+            log.warning("cannot move a due call into the queue yet: %r", e)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=FULL_WAIT)
+        finally:
+            self.extender.untrack(msg)
+
+    async def _move(self, msg: Msg) -> None:
+        function = contract.function_of_due(self.queue, msg.subject)
+        meta = msg.metadata
+        headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
+        headers[contract.H_MSG_ID] = "due-" + contract.stored_message_key(
+            meta.stream, meta.sequence.stream, meta.timestamp
+        )
+        subject = contract.subject(self.queue, function or "_invalid")  # an unparsable one is dead-lettered there
+        try:
+            await self.js.publish(subject, msg.data, headers=headers)
+        except APIError as e:
+            if e.err_code != jetstream.QUEUE_FULL:
+                raise
+            await msg.nak(delay=FULL_WAIT)  # held here meanwhile: nothing is dropped
+            return
+        except NoStreamResponseError:
+            if self.stream_deleted is not None:
+                await self.stream_deleted()
+            raise
+        await msg.ack()
