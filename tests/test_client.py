@@ -74,3 +74,31 @@ async def test_submit_http_retries_under_one_id_so_a_lost_answer_never_runs_twic
         await eventually(lambda: len(functions.completed["echo"]) == 1)
         await asyncio.sleep(1)
     assert len(functions.calls["echo"]) == 1
+
+
+async def test_submit_with_delay_through_the_gateway_and_straight_to_nats(nats_server, functions):
+    import time
+
+    from jetqueue.client import submit_http, submit_nats
+    from tests.helpers import connect
+
+    async with (
+        running_gateway(gateway_settings(nats_server.url)) as gw,
+        running_worker(worker_settings(nats_server.url, functions.url_template)),
+    ):
+        t0 = time.monotonic()
+        by_http = await submit_http(f"http://127.0.0.1:{gw.s.http_port}", "echo", b"a", delay=2)
+        nc = await connect(nats_server.url)
+        by_nats = await submit_nats(nc, "echo", b"b", delay=2)
+        await nc.close()
+        res = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "worker", "submit", "echo", "--delay", "2s", "--nats-url", nats_server.url],
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr
+        by_cli = res.stdout.strip()
+        await eventually(lambda: sorted(functions.completed["echo"]) == sorted([by_http, by_nats, by_cli]))
+        first = min(functions.times["echo"])
+        assert first - t0 >= 1.9  # none ran before its time

@@ -2,11 +2,13 @@
 
 from jetqueue.client import submit_http, submit_nats
 call_id = await submit_http("http://gateway:8080", "resize", b"...", callback_url="http://me/done")
+call_id = await submit_http("http://gateway:8080", "report", delay=3600)  # not run before an hour from now
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 
 import aiohttp
@@ -31,13 +33,17 @@ async def submit_http(
     token: str = "",
     session: aiohttp.ClientSession | None = None,
     attempts: int = 3,
+    delay: float = 0.0,
 ) -> str:
     """POST /async-function/<function>; returns the call id once the gateway stored the call (202).
 
     Always sends a call id (a new one unless given), so retrying a 503 or a lost answer (up to `attempts`
-    tries, waiting as Retry-After says, at most MAX_RETRY_WAIT) can never enqueue the call twice."""
+    tries, waiting as Retry-After says, at most MAX_RETRY_WAIT) can never enqueue the call twice. `delay`:
+    seconds before the call may run, sent as the time it becomes due (X-Not-Before), so a retry keeps it."""
     h = dict(headers or {})
     h["X-Call-Id"] = call_id or contract.new_call_id()
+    if delay:
+        h["X-Not-Before"] = f"{time.time() + delay:.3f}"
     if callback_url:
         h["X-Callback-Url"] = callback_url
     if token:
@@ -77,8 +83,11 @@ async def submit_nats(
     callback_url: str = "",
     headers: Mapping[str, str] | None = None,
     call_id: str = "",
+    delay: float = 0.0,
 ) -> str:
-    """Publish by the message contract and wait for JetStream's PubAck; returns the call id."""
+    """Publish by the message contract and wait for JetStream's PubAck; returns the call id. With `delay`
+    (seconds), the call is held in the queue's schedule stream until then (the queue's worker must have set it
+    up: it creates `OF_<queue>_SCHED` at start)."""
     if not contract.FUNCTION_NAME.match(function):
         raise SubmitError(f"{function!r} is not a valid function name")
     call = contract.Call(
@@ -88,6 +97,10 @@ async def submit_nats(
         body=body,
         callback_url=callback_url,
         headers=dict(headers or {}),
+        not_before=time.time() + delay if delay > 0 else 0.0,
     )
-    await nc.jetstream().publish(contract.subject(queue, function), body, headers=call.to_headers())
+    subject, h = contract.subject(queue, function), call.to_headers()
+    if call.not_before:
+        subject, h = contract.held_message(call, h, call.not_before, call.call_id)
+    await nc.jetstream().publish(subject, body, headers=h)
     return call.call_id

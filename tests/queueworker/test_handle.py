@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from aiohttp import web
 
@@ -185,4 +186,42 @@ async def test_calls_without_an_id_get_ids_unique_across_queues(nats_server, fun
     records = [json.loads((await kv.get(i)).value or b"{}") for i in ids]
     assert sorted(r["queue"] for r in records) == ["alpha", "beta"]
     assert all(r["state"] == "succeeded" for r in records)
+    await nc.close()
+
+
+async def test_a_call_older_than_max_event_age_is_not_invoked(nats_server, functions, callbacks):
+    nc = await connect(nats_server.url)
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, max_event_age=5.0)):
+        old = time.time_ns() - 10 * 10**9  # started ten seconds ago
+        call_id = await enqueue(nc, "echo", b"stale", callback_url=callbacks.url, start_time_ns=old)
+        fresh = await enqueue(nc, "echo", b"fresh")
+        await eventually(lambda: len(callbacks.received) == 1)
+        await eventually(lambda: functions.completed["echo"] == [fresh])
+        kv = await nc.jetstream().key_value(contract.STATUS_BUCKET)
+        assert json.loads((await kv.get(call_id)).value)["state"] == "expired"
+    headers, _ = callbacks.received[0]
+    assert headers["X-Call-Status"] == "expired" and headers["X-Call-Id"] == call_id
+    [letter] = await dead_letters(nc)
+    assert letter.headers[contract.H_DLQ_REASON] == "expired" and letter.data == b"stale"
+    await nc.close()
+
+
+async def test_no_retry_starts_past_max_event_age(nats_server, functions):
+    async def failing(request, server):
+        return web.Response(status=500)
+
+    functions.handlers["failing"] = failing
+    nc = await connect(nats_server.url)
+    s = worker_settings(nats_server.url, functions.url_template, initial_retry_wait=1.0, max_event_age=2.5)
+    async with running_worker(s):
+        await enqueue(nc, "failing")
+        await eventually(lambda: len(functions.calls["failing"]) >= 1)
+        for _ in range(200):
+            if (await nc.jetstream().stream_info(contract.dlq_stream_name(contract.DEFAULT_QUEUE))).state.messages:
+                break
+            await asyncio.sleep(0.05)
+    # attempts at about 0 s and 1 s; a third would start at 3 s, past 2.5 s: dead-lettered instead
+    assert len(functions.calls["failing"]) == 2
+    [letter] = await dead_letters(nc)
+    assert letter.headers[contract.H_DLQ_REASON] == "expired"
     await nc.close()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
-from jetqueue.contract.names import CALL_ID, FUNCTION_NAME, QUEUE_NAME
+from jetqueue.contract.names import CALL_ID, FUNCTION_NAME, QUEUE_NAME, due_subject, schedule_subject
 
 H_MSG_ID = "Nats-Msg-Id"
 H_CALL_ID = "X-Call-Id"
@@ -78,6 +78,8 @@ _NOT_FORWARDED = frozenset(
         "X-Callback-Url",
         "X-Call-Id",
         "X-Start-Time",
+        "X-Delay",
+        "X-Not-Before",
         "Expect",
     )
 )
@@ -241,3 +243,20 @@ def schedule_headers(at: float, target: str) -> dict[str, str]:
     of the same stream). Schedules have second precision: rounded up, so a message is never released early."""
     when = datetime.fromtimestamp(math.ceil(at), UTC)
     return {H_SCHEDULE: f"@at {when.strftime('%Y-%m-%dT%H:%M:%SZ')}", H_SCHEDULE_TARGET: target}
+
+
+def held_message(call: Call, headers: Mapping[str, str], at: float, key: str) -> tuple[str, dict[str, str]]:
+    """The subject (in the queue's schedule stream) and headers that hold a call, stored with `headers`, until
+    unix time `at`. `key` makes the publish idempotent (Nats-Msg-Id); the subject is unique per schedule, so
+    none replaces another. The server then stores it on the due subject, and the worker moves it into the queue."""
+    kept = {k: v for k, v in headers.items() if not k.lower().startswith("nats-")}
+    kept.update(
+        {
+            # A call published without an id or start time keeps the ones it was given on its first attempt.
+            H_CALL_ID: call.call_id,
+            H_START: str(call.start_time_ns),
+            H_MSG_ID: key,
+            **schedule_headers(at, due_subject(call.queue, call.function)),
+        }
+    )
+    return schedule_subject(call.queue, call.function, uuid.uuid4().hex), kept

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from datetime import UTC, datetime
 
 from aiohttp import web
 from nats.js.api import PubAck
@@ -20,6 +22,7 @@ from jetqueue.egress import Egress
 from jetqueue.gateway.auth import problem
 from jetqueue.gateway.backend import Backend
 from jetqueue.gateway.routing import Routing
+from jetqueue.gateway.scheduling import NOT_BEFORE, BadSchedule, not_before
 from jetqueue.settings import GatewaySettings
 
 log = logging.getLogger("jetqueue.gateway")
@@ -83,6 +86,11 @@ class Accept:
         if (reason := contract.path_problem(path) or contract.query_problem(query)) is not None:
             self._count(name, queue, 400)
             return problem(400, reason)
+        try:
+            when = not_before(request.headers, time.time(), self.s.max_delay)
+        except BadSchedule as e:
+            self._count(name, queue, 400)
+            return problem(400, str(e))
         body = await request.read()
         headers = contract.forwardable(request.headers)
         if self.s.auth_token or self.s.auth_user:  # the credential was for the gateway, not the function
@@ -97,6 +105,7 @@ class Accept:
             query=query,
             callback_url=callback,
             headers=headers,
+            not_before=when,
         )
         return await self._store(call)
 
@@ -117,7 +126,9 @@ class Accept:
     async def _store(self, call: contract.Call) -> web.Response:
         b, name, queue = self.backend, call.function, call.queue
         retry = {"Retry-After": RETRY_AFTER}
-        headers = call.to_headers()
+        subject, headers = contract.subject(call.queue, call.function), call.to_headers()
+        if call.not_before:  # held by the server until its time (OF_<queue>_SCHED), then moved into the queue
+            subject, headers = contract.held_message(call, headers, call.not_before, call.call_id)
         if (too_large := self._too_large(len(call.body), contract.header_size(headers))) is not None:
             self._count(name, queue, 413)
             return too_large
@@ -126,37 +137,46 @@ class Accept:
             return problem(503, "NATS is unavailable; nothing was stored, retry later", **retry)
         t0 = time.perf_counter()
         try:
-            ack = await self._publish(call, headers)
+            ack = await self._publish(call, subject, headers)
         except Exception as e:
             self._count(name, queue, 503)
             return self._not_accepted(call, e)
         self.publish_seconds.observe(time.perf_counter() - t0)
         if not ack.duplicate and b.status.enabled:
-            self._record_queued(call, ack.seq)
+            self._record_queued(call, None if call.not_before else ack.seq)
         self._count(name, queue, 202)
         answer = {"X-Call-Id": call.call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
+        if call.not_before:
+            answer[NOT_BEFORE] = datetime.fromtimestamp(math.ceil(call.not_before), UTC).isoformat()
         if ack.duplicate:
             answer["X-Duplicate"] = "true"
         return web.Response(status=202, headers=answer)
 
-    def _record_queued(self, call: contract.Call, seq: int) -> None:
-        """Write the `queued` record without holding the 202 (a status write waits for its own PubAck, seconds
-        during a failover). Create-only: if the worker has begun already, its record stays. Bounded: past
-        MAX_STATUS_WRITES in flight a queued record is skipped (status is observability; the call is stored)."""
+    def _record_queued(self, call: contract.Call, seq: int | None) -> None:
+        """Write the `queued` (or `scheduled`) record without holding the 202 (a status write waits for its own
+        PubAck, seconds during a failover). Create-only: if the worker has begun already, its record stays.
+        Bounded: past MAX_STATUS_WRITES in flight a record is skipped (status is observability; the call is stored)."""
         if len(self._status_writes) >= MAX_STATUS_WRITES:
             return
         task = asyncio.create_task(self._create_queued(call, seq))
         self._status_writes[call.call_id] = task
         task.add_done_callback(lambda _: self._status_writes.pop(call.call_id, None))
 
-    async def _create_queued(self, call: contract.Call, seq: int) -> None:
-        status, record = self.backend.status, callstatus.base_record(call, seq=seq)
+    async def _create_queued(self, call: contract.Call, seq: int | None) -> None:
+        """`seq` None: a scheduled call, whose stored message changes streams; its record goes by its id."""
+        status = self.backend.status
+        if call.not_before:
+            record = callstatus.base_record(call, CallState.SCHEDULED)
+            record["not_before"] = round(call.not_before, 3)
+        else:
+            record = callstatus.base_record(call, seq=seq)
         with contextlib.suppress(Exception):
             try:
                 await status.update(call.call_id, record, None)
             except KeyWrongLastSequenceError:  # a record exists: the worker's for this call, or an earlier call's
                 entry = await status.get(call.call_id)
-                if entry is not None and entry.record.get("seq") != seq and CallState(entry.record["state"]).final:
+                same = seq is not None and entry is not None and entry.record.get("seq") == seq
+                if entry is not None and not same and CallState(entry.record["state"]).final:
                     await status.update(call.call_id, record, entry.revision)  # a new call under an old id
 
     async def recorded(self, call_id: str) -> None:
@@ -189,10 +209,10 @@ class Accept:
             **{"X-Call-Id": call.call_id},
         )
 
-    async def _publish(self, call: contract.Call, headers: dict[str, str]) -> PubAck:
+    async def _publish(self, call: contract.Call, subject: str, headers: dict[str, str]) -> PubAck:
         """Publish and wait for the PubAck. A stream deleted underneath (`jetqueue reset`, a dev NATS restarted
         empty) answers no-responders: set it up again and publish once more."""
-        b, subject = self.backend, contract.subject(call.queue, call.function)
+        b = self.backend
         assert b.js is not None
         try:
             return await b.js.publish(subject, call.body, headers=headers, timeout=self.s.publish_timeout)

@@ -65,8 +65,9 @@ class Backend:
         if self.js is None:
             return False
         try:
-            await asyncio.wait_for(self.js.stream_info(contract.stream_name(queue)), STREAM_CHECK_TIMEOUT)
-            return False  # it exists: a leader election or a passing fault
+            for stream in (contract.stream_name(queue), contract.schedule_stream_name(queue)):
+                await asyncio.wait_for(self.js.stream_info(stream), STREAM_CHECK_TIMEOUT)
+            return False  # they exist: a leader election or a passing fault
         except NotFoundError:
             self.ready_streams.discard(queue)
             return await self.ensure_queue(queue)
@@ -74,7 +75,8 @@ class Backend:
             return False
 
     async def ensure_queue(self, queue: str) -> bool:
-        """Create the queue's stream if missing, so calls are stored even before its worker starts."""
+        """Create the queue's streams if missing (its work stream, and the stream that holds scheduled calls), so
+        calls are stored even before its worker starts."""
         if queue in self.ready_streams:
             return True
         if self.js is None:
@@ -86,6 +88,7 @@ class Backend:
             want = jetstream.work_stream(queue, info.replicas, info.storage, info.max_length, info.max_bytes)
         try:
             await provision.ensure_stream(self.js, want)
+            await provision.ensure_stream(self.js, jetstream.schedule_stream(queue, want.replicas, want.storage))
         except Exception as e:
             log.warning("cannot set up stream for queue %s: %s", queue, e)
             return False

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from jetqueue import contract, logs
+from jetqueue.durations import parse_duration
 from jetqueue.ops import deadletters, queues
 from jetqueue.settings import GatewaySettings, SettingsError, WorkerSettings, _Base
 
@@ -50,6 +51,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--callback", default="", help="callback URL")
     p.add_argument("--header", action="append", default=[], metavar="K=V", help="a header for the function")
     p.add_argument("--call-id", default="", help="call id (default: a new UUID)")
+    p.add_argument(
+        "--delay", default="", metavar="DURATION", help="run it no sooner than this from now (90s, 1h30m, or seconds)"
+    )
     p.add_argument("--gateway", help="gateway URL, e.g. http://127.0.0.1:8080 (token: JETQUEUE_AUTH_TOKEN)")
     p.add_argument("--queue", default=contract.DEFAULT_QUEUE, help="queue, when publishing to NATS directly")
     nats_args(p)
@@ -144,6 +148,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         body = _body(args.data)
         headers = dict(h.split("=", 1) for h in args.header)
+        delay = parse_duration(args.delay) if args.delay else 0.0
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -158,12 +163,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 headers,
                 args.call_id,
                 token=os.environ.get("JETQUEUE_AUTH_TOKEN", ""),
+                delay=delay,
             )
         from jetqueue.connection import connect
 
         nc = await connect(_settings_for_cli(args.nats_url), "jetqueue-submit", connect_attempts=3)
         try:
-            return await submit_nats(nc, args.function, body, args.queue, args.callback, headers, args.call_id)
+            return await submit_nats(
+                nc, args.function, body, args.queue, args.callback, headers, args.call_id, delay=delay
+            )
         finally:
             await nc.close()
 

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
@@ -35,22 +34,6 @@ HOLD_AT_LEAST = 2.0
 FULL_WAIT = 2.0  # a due call the full work stream refused is offered again after this
 
 
-def held_message(call: Call, headers: dict[str, str], at: float, key: str) -> tuple[str, dict[str, str]]:
-    """The subject and headers that hold a call (its `headers` as stored) until unix time `at`. `key` makes
-    the publish idempotent (Nats-Msg-Id); the subject is unique per schedule, so none replaces another."""
-    kept = {k: v for k, v in headers.items() if not k.lower().startswith("nats-")}
-    kept.update(
-        {
-            # A call published without an id or start time keeps the ones it was given on its first attempt.
-            contract.H_CALL_ID: call.call_id,
-            contract.H_START: str(call.start_time_ns),
-            contract.H_MSG_ID: key,
-            **contract.schedule_headers(at, contract.due_subject(call.queue, call.function)),
-        }
-    )
-    return contract.schedule_subject(call.queue, call.function, uuid.uuid4().hex), kept
-
-
 class Holder:
     """Holds a call's next attempt until its time (used by handle.py for long retry waits)."""
 
@@ -63,7 +46,7 @@ class Holder:
         with the schedule's headers: the caller falls back to a NAK with delay). Raises when NATS fails."""
         meta = msg.metadata
         key = "retry-" + contract.stored_message_key(meta.stream, meta.sequence.stream, meta.timestamp)
-        subject, headers = held_message(call, dict(msg.headers or {}), time.time() + delay, key)
+        subject, headers = contract.held_message(call, dict(msg.headers or {}), time.time() + delay, key)
         headers[contract.H_ATTEMPTS] = str(attempts)
         if len(msg.data) + contract.header_size(headers) > self.max_payload():
             return False
