@@ -62,5 +62,5 @@ chaos: $(STAMP) ## the chaos suite three times in a row, printing each ledger (m
 kind-test: $(STAMP) ## the kind suite (needs Docker, kind, helm and kubectl; skips otherwise)
 	$(BIN)/python -m pytest tests/kind -m kind -rs $(PYTEST_ARGS)
 
-bench: $(STAMP) ## measure jetqueue against bare baselines; writes bench/results.md
-	$(BIN)/python bench/bench.py
+bench: $(STAMP) ## every figure beside its baseline, one run; bench/results.md (BENCH_ARGS="--quick": smoke run)
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
