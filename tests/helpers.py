@@ -132,3 +132,17 @@ async def post(http: aiohttp.ClientSession, url: str, body: bytes = b"", **heade
     async with http.post(url, data=body, headers=headers) as r:
         await r.read()
         return r
+
+
+async def consumer_back(js: Any, stream: str, name: str, timeout: float = 15.0) -> Any:
+    """The info of a consumer once it exists (again), e.g. after a worker set it up anew."""
+    import asyncio
+
+    from nats.js.errors import NotFoundError
+
+    for _ in range(int(timeout / 0.1)):
+        try:
+            return await js.consumer_info(stream, name)
+        except NotFoundError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"consumer {name} not back after {timeout}s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import re
 import subprocess
@@ -391,3 +392,21 @@ def test_autoscaling_renders_keda_per_consumer_and_hpa():
     hpa = next(d for d in manifests("queue-worker", hpa_values) if d["kind"] == "HorizontalPodAutoscaler")
     assert hpa["spec"]["metrics"][0]["external"]["metric"]["name"] == "queue_worker_pending_messages"
     kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+
+
+def test_the_dashboard_charts_only_what_the_worker_exports():
+    from jetqueue.queueworker.metrics import WorkerMetrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    exported = {f.name + s for f in WorkerMetrics().registry.collect() for s in suffixes[f.type]}
+    (configmap,) = [d for d in manifests("queue-worker", None) if d["metadata"]["name"].endswith("-dashboard")]
+    (dashboard,) = [json.loads(text) for text in configmap["data"].values()]
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bqueue_worker_\w+", target["expr"])
+    }
+    assert queried <= exported, queried - exported
+    assert {"queue_worker_paused", "queue_worker_scheduled_messages"} <= queried
+    assert any('reason="expired"' in t["expr"] for p in dashboard["panels"] for t in p["targets"])

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, RetentionPolicy, StreamConfig
 
+from jetqueue import provision
+from jetqueue.contract import jetstream
 from jetqueue.provision import StreamSetupError
 from jetqueue.queueworker.process import Worker
 from tests.helpers import connect, enqueue, running_worker, worker_settings
@@ -138,4 +142,19 @@ async def test_queue_limits_follow_the_settings_and_a_full_queue_refuses(nats_se
         await enqueue(nc, "echo")
     with pytest.raises(Exception, match="maximum messages exceeded"):
         await enqueue(nc, "echo")
+    await nc.close()
+
+
+async def test_a_new_consumer_starts_paused_and_an_update_never_lifts_a_pause(nats_server):
+    """A worker restart re-applies consumer settings (create-or-update): the server keeps the pause."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    await provision.ensure_stream(js, jetstream.work_stream("q"))
+    spec = jetstream.static_consumer("q", 30.0, 10, 16)
+    await provision.ensure_consumer(js, spec, pause_until="2099-01-01T00:00:00Z")
+    assert (await js.consumer_info("OF_q", "q-workers")).paused
+    await provision.ensure_consumer(js, replace(spec, max_ack_pending=99, ack_wait=20.0))
+    info = await js.consumer_info("OF_q", "q-workers")
+    assert (info.config.max_ack_pending, info.config.ack_wait) == (99, 20.0)  # updated in place...
+    assert info.paused and info.config.pause_until == "2099-01-01T00:00:00Z"  # ...and still paused
     await nc.close()

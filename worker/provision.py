@@ -94,8 +94,11 @@ async def ensure_dlq_stream(js: JetStreamContext, want: StreamSpec) -> None:
     log.info("created dead-letter stream %s", want.name)
 
 
-async def ensure_consumer(js: JetStreamContext, want: ConsumerSpec) -> float:
+async def ensure_consumer(js: JetStreamContext, want: ConsumerSpec, pause_until: str | None = None) -> float:
     """A durable pull consumer, created if missing; an existing one is adopted unless it cannot work.
+
+    `pause_until` (RFC 3339): a consumer created now starts paused until then (jetqueue/pauses.py). An existing
+    consumer keeps its pause as it is: the server never changes a pause on a config update.
 
     Returns the consumer's ack wait in seconds (an adopted consumer keeps its own)."""
     name, stream = want.durable, want.stream
@@ -103,7 +106,7 @@ async def ensure_consumer(js: JetStreamContext, want: ConsumerSpec) -> float:
         info = await js.consumer_info(stream, name)
     except NotFoundError:
         try:
-            info = await js.add_consumer(stream, want.to_nats())
+            info = await js.add_consumer(stream, want.to_nats(), pause_until=pause_until)
         except BadRequestError as e:
             if e.err_code in (10100, 10099):  # overlapping / non-unique consumers on a work queue
                 raise StreamSetupError(

@@ -9,7 +9,10 @@ import sys
 import aiohttp
 from aiohttp import web
 
-from tests.helpers import gateway_settings, post, running_gateway, running_worker, worker_settings
+from jetqueue import contract, provision
+from jetqueue.contract import jetstream
+from jetqueue.ops import deadletters
+from tests.helpers import connect, gateway_settings, post, running_gateway, running_worker, worker_settings
 from tests.servers import eventually
 
 
@@ -50,5 +53,29 @@ async def test_dlq_list_and_replay(nats_server, functions, tmp_path):
         replayed = await asyncio.to_thread(run, "dlq", "replay", "faas-request", "--call-id", "job-1", "--yes")
         assert replayed.returncode == 0 and "replayed 1" in replayed.stdout
         await eventually(lambda: functions.completed["batch"] == ["job-1"])
+        state: dict[str, object] = {}
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):  # a replay starts afresh: its attempts, and its status record
+                async with http.get(f"http://127.0.0.1:{gw.s.http_port}/async-calls/job-1") as r:
+                    state = await r.json()
+                if state.get("state") == "succeeded":
+                    break
+                await asyncio.sleep(0.05)
+        assert state["state"] == "succeeded" and state["attempt"] == 1, state
         after = await asyncio.to_thread(run, "dlq", "list", "faas-request")
         assert "2 dead letter(s)" in after.stdout and "job-1" not in after.stdout
+
+
+async def test_reasons_are_counted_among_the_latest_dead_letters(nats_server):
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    assert await deadletters.count_reason(js, "q", "expired") == deadletters.Tally()  # no dead-letter stream
+    await provision.ensure_dlq_stream(js, jetstream.dead_letter_stream("q"))
+    for function, reason in (("a", "expired"), ("a", "exhausted"), ("b", "expired"), ("a", "expired")):
+        await js.publish(contract.dlq_subject("q", function), b"x" * 1000, headers={contract.H_DLQ_REASON: reason})
+    tally = await deadletters.count_reason(js, "q", "expired")
+    assert (tally.per_function, tally.scanned, tally.total, tally.complete) == ({"a": 2, "b": 1}, 4, 4, True)
+    latest = await deadletters.count_reason(js, "q", "expired", limit=2)
+    assert (latest.per_function, latest.complete) == ({"a": 1, "b": 1}, False)
+    assert [c.name for c in await js.consumers_info("OF_q_DLQ")] == []  # the reading consumer is removed
+    await nc.close()

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from jetqueue import contract, logs
 from jetqueue.durations import parse_duration
-from jetqueue.ops import deadletters, queues
+from jetqueue.ops import deadletters, pauses, queues, status
 from jetqueue.settings import GatewaySettings, SettingsError, WorkerSettings, _Base
 
 ENV_HELP = "Every setting is an environment variable; see README.md, 'Runtime settings'."
@@ -59,10 +59,50 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     nats_args(p)
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("status", help="pending, in-flight, redelivered and dead letters per queue and function")
+    p = sub.add_parser(
+        "status",
+        help="pending, scheduled, in-flight, dead and expired calls, and pauses, per queue and function",
+        description="Per queue (FUNCTION *) and per function: PENDING calls waiting to run, SCHEDULED calls held "
+        "for later, IN FLIGHT, REDELIVERED, DEAD LETTERS, EXPIRED (dead letters older than maxEventAge, among the "
+        "latest 10000), CONSUMERS, REPLICAS, LEADER, and PAUSED (until when).",
+    )
     p.add_argument("queue", nargs="?", help="one queue (default: every OF_* stream)")
     nats_args(p)
-    p.set_defaults(func=lambda a: _ops(a, lambda nc: queues.status(nc.jetstream(), a.queue)))
+    p.set_defaults(func=lambda a: _ops(a, lambda nc: status.status(nc.jetstream(), a.queue)))
+
+    p = sub.add_parser(
+        "pause",
+        help="start no more calls of a queue (or of one function) until resumed or until a time",
+        description=pauses.PAUSE_HELP,
+        epilog=pauses.PAUSE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("queue", type=pauses.queue_argument, help="the queue, as named in queues.yaml")
+    p.add_argument(
+        "--function",
+        type=pauses.function_argument,
+        help="only this function (function mode; a static-mode queue is paused whole)",
+    )
+    p.add_argument(
+        "--until",
+        type=pauses.until_argument,
+        metavar="TIME",
+        help=f"end the pause by itself then: {pauses.TIME_HELP} (default: until resumed)",
+    )
+    nats_args(p)
+    p.set_defaults(func=lambda a: _ops(a, lambda nc: pauses.pause(nc.jetstream(), a.queue, a.function or "", a.until)))
+
+    p = sub.add_parser(
+        "resume",
+        help="start a paused queue's (or function's) calls again",
+        description="Without --function: the queue's pause ends, and every pause of one of its functions. With "
+        "--function: that function's own pause ends (a pause of the whole queue still holds it, and the command "
+        "says so). The calls kept meanwhile then run.",
+    )
+    p.add_argument("queue", type=pauses.queue_argument, help="the queue, as named in queues.yaml")
+    p.add_argument("--function", type=pauses.function_argument, help="only this function's own pause")
+    nats_args(p)
+    p.set_defaults(func=lambda a: _ops(a, lambda nc: pauses.resume(nc.jetstream(), a.queue, a.function or "")))
 
     for name, text in (
         ("purge", "drop the queued calls of a queue (stream and consumers kept)"),

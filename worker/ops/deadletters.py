@@ -1,17 +1,30 @@
-"""Dead-letter operations: list, show, replay and purge what `OF_<queue>_DLQ` holds, with why each failed."""
+"""Dead-letter operations: list, show, replay and purge what `OF_<queue>_DLQ` holds, with why each failed; count
+them by reason for `jetqueue status`."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TextIO
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from jetqueue import contract
 from jetqueue.ops.queues import Confirm, OpsError, table
+
+REASON_SCAN = 10_000  # `jetqueue status` reads the reasons of at most this many dead letters: the latest ones
+REASON_BATCH = 1_000
+
+
+def function_of(subject: str) -> str:
+    """The function of a dead letter's subject, `_DLQ.<queue>.<function>`."""
+    return subject.split(".", 2)[2] if subject.count(".") >= 2 else ""
 
 
 @dataclass
@@ -27,7 +40,7 @@ class DeadLetter:
 
     @property
     def function(self) -> str:
-        return self.subject.split(".", 2)[2] if self.subject.count(".") >= 2 else ""
+        return function_of(self.subject)
 
 
 async def dead_letters(
@@ -54,6 +67,62 @@ async def dead_letters(
             out.append(d)
         seq = d.seq + 1
     return out
+
+
+@dataclass
+class Tally:
+    """Dead letters of one reason per function, among the `scanned` latest of the `total` the stream holds."""
+
+    per_function: dict[str, int] = field(default_factory=dict)
+    scanned: int = 0
+    total: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.scanned >= self.total
+
+
+async def count_reason(js: JetStreamContext, queue: str, reason: str, limit: int = REASON_SCAN) -> Tally:
+    """How many of the queue's latest `limit` dead letters have `reason`, per function: one pass over their headers
+    (an ephemeral headers-only consumer, a batch of REASON_BATCH per request), removed afterwards."""
+    stream = contract.dlq_stream_name(queue)
+    try:
+        state = (await js.stream_info(stream)).state
+    except NotFoundError:
+        return Tally()
+    tally = Tally(total=state.messages)
+    if not state.messages:
+        return tally
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(state.first_seq, state.last_seq - limit + 1),
+        ack_policy=AckPolicy.NONE,
+        headers_only=True,
+        mem_storage=True,
+        inactive_threshold=30.0,  # removed by the server even if this command dies
+    )
+    name = (await js.add_consumer(stream, config)).name
+    counts = Counter[str]()
+    try:
+        psub = await js.pull_subscribe_bind(consumer=name, stream=stream)
+        while tally.scanned < limit:
+            try:
+                msgs = await psub.fetch(min(REASON_BATCH, limit - tally.scanned), timeout=2.0)
+            except TimeoutError:
+                break
+            for m in msgs:
+                tally.scanned += 1
+                if (m.headers or {}).get(contract.H_DLQ_REASON) == reason:
+                    counts[function_of(m.subject)] += 1
+            if not msgs or msgs[-1].metadata.num_pending == 0:
+                break
+        await psub.unsubscribe()
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, name)
+    tally.per_function = dict(counts)
+    tally.total = max(tally.total, tally.scanned)
+    return tally
 
 
 async def dlq_list(
@@ -108,6 +177,10 @@ async def dlq_replay(
         # A replayed callback starts its attempts afresh, like a replayed call.
         headers = {k: v for k, v in d.headers.items() if not k.startswith(contract.H_DLQ)}
         headers.pop(contract.H_CALLBACK_ATTEMPT, None)
+        # A replay is a new start: its attempts, its age (maxEventAge) and its status record begin again.
+        for stale in (contract.H_ATTEMPTS, contract.H_NOT_BEFORE):
+            headers.pop(stale, None)
+        headers[contract.H_START] = str(time.time_ns())
         # A new Nats-Msg-Id: the original is still inside the dedup window if it failed fast.
         headers[contract.H_MSG_ID] = f"{d.call_id or 'call'}-replay-{d.seq}"
         subject = d.headers.get(contract.H_DLQ_SUBJECT) or contract.subject(queue, d.function)

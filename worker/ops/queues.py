@@ -1,4 +1,4 @@
-"""Queue operations: status, purge and reset, one command each, safe by default (they say what they lose)."""
+"""Queue operations: purge and reset, safe by default (they say what they lose); what every operation shares."""
 
 from __future__ import annotations
 
@@ -24,56 +24,6 @@ def table(rows: list[list[str]], out: TextIO) -> None:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
 
 
-async def queue_names(js: JetStreamContext) -> list[str]:
-    names = []
-    for info in await js.streams_info():
-        queue = contract.queue_of_stream(info.config.name or "")
-        if queue is not None:
-            names.append(queue)
-    return sorted(names)
-
-
-async def status(js: JetStreamContext, queue: str | None, out: TextIO = sys.stdout) -> int:
-    queues = [queue] if queue else await queue_names(js)
-    if not queues:
-        out.write("no queues (no OF_* streams) on this NATS\n")
-        return 0
-    rows = [
-        ["QUEUE", "FUNCTION", "PENDING", "IN FLIGHT", "REDELIVERED", "DEAD LETTERS", "CONSUMERS", "REPLICAS", "LEADER"]
-    ]
-    for q in queues:
-        try:
-            info = await js.stream_info(contract.stream_name(q), subjects_filter=contract.queue_subjects(q))
-        except NotFoundError:
-            raise OpsError(f"queue {q!r} has no stream {contract.stream_name(q)}") from None
-        consumers = await js.consumers_info(contract.stream_name(q))
-        dlq = 0
-        try:
-            dlq = (await js.stream_info(contract.dlq_stream_name(q))).state.messages
-        except NotFoundError:
-            pass
-        leader = info.cluster.leader if info.cluster and info.cluster.leader else "-"
-        inflight = sum(c.num_ack_pending or 0 for c in consumers)
-        redelivered = sum(c.num_redelivered or 0 for c in consumers)
-        rows.append(
-            [
-                q,
-                "*",
-                str(info.state.messages),
-                str(inflight),
-                str(redelivered),
-                str(dlq),
-                str(len(consumers)),
-                str(info.config.num_replicas),
-                leader,
-            ]
-        )
-        for subject, n in sorted((info.state.subjects or {}).items()):
-            rows.append(["", subject.partition(".")[2], str(n), "", "", "", "", "", ""])
-    table(rows, out)
-    return 0
-
-
 async def _queued(js: JetStreamContext, queue: str) -> tuple[str, int]:
     """The queue's stream and how many calls it holds (what a purge or reset would lose)."""
     stream = contract.stream_name(queue)
@@ -83,28 +33,44 @@ async def _queued(js: JetStreamContext, queue: str) -> tuple[str, int]:
         raise OpsError(f"queue {queue!r} has no stream {stream}") from None
 
 
+async def _held(js: JetStreamContext, queue: str) -> int:
+    """Calls held for later in the queue's schedule stream (scheduled calls and waiting retries)."""
+    try:
+        return (await js.stream_info(contract.schedule_stream_name(queue))).state.messages
+    except NotFoundError:
+        return 0
+
+
 async def purge(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO = sys.stdout) -> int:
     stream, n = await _queued(js, queue)
-    if not confirm(f"Purge {n} queued call(s) from {stream}? They will not run."):
+    held = await _held(js, queue)
+    later = contract.schedule_stream_name(queue)
+    if not confirm(f"Purge {n} queued call(s) from {stream} and {held} held for later in {later}? They will not run."):
         out.write("nothing done\n")
         return 1
     await js.purge_stream(stream)
-    out.write(f"purged {n} call(s) from {stream}; stream and consumers kept\n")
+    if held:
+        await js.purge_stream(later)
+    out.write(f"purged {n} call(s) from {stream} and {held} from {later}; streams and consumers kept\n")
     return 0
 
 
 async def reset(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO = sys.stdout) -> int:
     stream, n = await _queued(js, queue)
+    held = await _held(js, queue)
+    later = contract.schedule_stream_name(queue)
     if not confirm(
-        f"Delete stream {stream} and its consumers, losing {n} queued call(s)? Running gateways and workers set "
-        "them up again by themselves."
+        f"Delete streams {stream} and {later} and their consumers, losing {n} queued call(s) and {held} held for "
+        "later? Running gateways and workers set them up again by themselves."
     ):
         out.write("nothing done\n")
         return 1
     await js.delete_stream(stream)
+    if held:
+        await js.delete_stream(later)
     out.write(
-        f"deleted {stream} ({n} call(s) lost); running gateways and workers set it up again within seconds. "
-        f"Dead letters in {contract.dlq_stream_name(queue)} are kept.\n"
+        f"deleted {stream} and {later} ({n + held} call(s) lost); running gateways and workers set them up again "
+        f"within seconds. Dead letters in {contract.dlq_stream_name(queue)} are kept.\n"
     )
     return 0
 

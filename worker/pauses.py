@@ -1,0 +1,221 @@
+"""Pauses: a queue, or one function of it, is not invoked until a time or until resumed; calls are still
+accepted and kept.
+
+Where a pause lives: a record in the JetStream key-value bucket `jetqueue-pauses` (`contract.PAUSE_BUCKET`), key
+`<queue>` for the whole queue or `<queue>.<function>` for one function (function mode), value the time it ends
+(none: until resumed). The record is the fact, not the consumer: a function-mode consumer is removed by the server
+once idle (inactive_threshold) and made again by a worker later, and a pause set only on it would go with it.
+
+How it is applied: as JetStream consumer pause (nats-server 2.11+): the consumer delivers nothing while the stream
+keeps storing calls, and the server lifts the pause at its time by itself. A consumer is paused until the latest
+end among the records that cover it (`pause_until`): the static consumer by `<queue>`; a function consumer by
+`<queue>` and `<queue>.<function>`.
+
+- `jetqueue pause|resume` (ops/pauses.py) writes the record, then pauses or resumes the consumers that exist, so
+  it works with no worker running.
+- Workers (queueworker/pauses.py) follow the bucket and bring their queue's consumers to it on every change and
+  every `RESYNC` seconds, and create new consumers already paused (`provision.ensure_consumer(pause_until=...)`).
+- A worker restart cannot un-pause: the server keeps a consumer's pause across config updates (only the pause
+  API changes it), so ensure_consumer's create-or-update leaves it as it is; a deleted consumer comes back
+  paused from the record.
+
+A record past its end is inert (nothing reads it as a pause) until `resume` removes it. Calls running when a pause
+lands finish; the time a call waits paused counts toward maxEventAge.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from jetqueue import contract
+from jetqueue.contract import jetstream
+
+log = logging.getLogger("jetqueue.pauses")
+RESYNC = 30.0  # seconds between a worker's full comparisons of records and consumers
+# "Until resumed": the server takes a far end as well as any other (it reports the time left as the longest duration).
+FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+CONSUMER_PAGE = 256  # consumers the server lists per request
+
+
+def rfc3339(when: datetime) -> str:
+    """Whole seconds in UTC, as records and the pause API carry them."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """A time as nats-server writes it (RFC 3339, up to nanoseconds, `Z`); Python keeps microseconds."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("z", "Z")
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Pause:
+    queue: str
+    function: str  # "" for the whole queue
+    until: datetime  # FOREVER: until resumed
+    since: datetime
+
+    @property
+    def key(self) -> str:
+        return contract.pause_key(self.queue, self.function)
+
+    @property
+    def indefinite(self) -> bool:
+        return self.until >= FOREVER
+
+    def active(self, now: datetime) -> bool:
+        return self.until > now
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {"until": None if self.indefinite else rfc3339(self.until), "since": rfc3339(self.since)}
+        ).encode()
+
+    @classmethod
+    def decode(cls, key: str, value: bytes) -> Pause:
+        queue, function = contract.pause_of_key(key)
+        doc = json.loads(value)
+        until = FOREVER if doc.get("until") is None else parse_rfc3339(doc["until"])
+        return cls(queue, function, until, parse_rfc3339(doc["since"]))
+
+
+def describe(until: datetime | None) -> str:
+    """How a pause reads in `jetqueue status` and the commands' output."""
+    if until is None:
+        return "-"
+    return "until resumed" if until >= FOREVER else f"until {rfc3339(until)}"
+
+
+def pause_until(pauses: Iterable[Pause], queue: str, function: str | None, now: datetime) -> datetime | None:
+    """When a consumer's pause ends: the latest end among the active records that cover it, or None (not paused).
+    `function` None is the static consumer, which only the whole-queue record covers."""
+    ends = [
+        p.until for p in pauses if p.queue == queue and (p.function == "" or p.function == function) and p.active(now)
+    ]
+    return max(ends, default=None)
+
+
+async def open_bucket(js: JetStreamContext, replicas: int, storage: str) -> KeyValue:
+    """The pause bucket, created if missing (with the replicas and storage of the queue that needs it first)."""
+    try:
+        return await js.key_value(contract.PAUSE_BUCKET)
+    except BucketNotFoundError:
+        pass
+    try:
+        kv = await js.create_key_value(jetstream.pause_bucket(replicas, storage))
+        log.info("created the pause bucket %s", contract.PAUSE_BUCKET)
+        return kv
+    except Exception:  # another process created it first
+        return await js.key_value(contract.PAUSE_BUCKET)
+
+
+async def records(kv: KeyValue, timeout: float = 5.0) -> list[Pause]:
+    """Every pause record in the bucket now (any queue, ended ones included)."""
+    watcher = await kv.watchall()
+    found: list[Pause] = []
+    try:
+        while (entry := await watcher.updates(timeout)) is not None:  # type: ignore[no-untyped-call]
+            pause = decoded(entry)
+            if pause is not None:
+                found.append(pause)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return found
+
+
+async def stored(js: JetStreamContext) -> list[Pause]:
+    """Every pause record, reading only: none when the bucket does not exist (nothing was ever paused)."""
+    try:
+        kv = await js.key_value(contract.PAUSE_BUCKET)
+    except BucketNotFoundError:
+        return []
+    return await records(kv)
+
+
+def decoded(entry: KeyValue.Entry) -> Pause | None:
+    """The record of a watched entry; None for a removed one or one that cannot be read (logged)."""
+    if entry.operation is not None or not entry.value:  # DEL or PURGE: resumed
+        return None
+    try:
+        return Pause.decode(entry.key, entry.value)
+    except (ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring pause record %r: %r", entry.key, e)
+        return None
+
+
+def consumer_function(queue: str, info: ConsumerInfo, static_durable: str) -> str | None:
+    """Which pause scope a consumer is: '' for the static consumer, the function for a function-mode consumer,
+    None for a consumer jetqueue did not make for this queue (never touched)."""
+    if info.name == static_durable:
+        return ""
+    function = (info.config.filter_subject or "").removeprefix(f"{queue}.")
+    if function and info.name == contract.function_consumer_name(queue, function):
+        return function
+    return None
+
+
+def consumer_pause(info: ConsumerInfo) -> datetime | None:
+    """When a consumer's pause ends, as the server has it; None when not paused."""
+    if not info.paused or not info.config.pause_until:
+        return None
+    return parse_rfc3339(info.config.pause_until)
+
+
+async def set_pause(js: JetStreamContext, stream: str, consumer: str, until: datetime | None) -> bool:
+    """Pause a consumer until `until`, or resume it (None). False when the consumer does not exist."""
+    try:
+        if until is None:
+            await js.resume_consumer(stream, consumer)
+        else:
+            await js.pause_consumer(stream, consumer, rfc3339(until))
+    except NotFoundError:
+        return False
+    return True
+
+
+def same_end(a: datetime | None, b: datetime | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs((a - b).total_seconds()) < 1
+
+
+async def all_consumers(js: JetStreamContext, stream: str) -> list[ConsumerInfo]:
+    """Every consumer of a stream (the server lists them a page at a time)."""
+    found: list[ConsumerInfo] = []
+    while True:
+        page = await js.consumers_info(stream, offset=len(found))
+        found.extend(page)
+        if not page or len(page) < CONSUMER_PAGE:
+            return found
+
+
+async def bring_consumers(
+    js: JetStreamContext, queue: str, stream: str, static_durable: str, pauses: list[Pause], now: datetime
+) -> list[tuple[str, datetime | None]]:
+    """Pause or resume each of the queue's consumers whose pause differs from what the records say; returns each
+    consumer changed with its new end (None: resumed). Compared to the second, as records carry whole seconds."""
+    changed: list[tuple[str, datetime | None]] = []
+    for info in await all_consumers(js, stream):
+        function = consumer_function(queue, info, static_durable)
+        if function is None:
+            continue
+        want = pause_until(pauses, queue, function or None, now)
+        have = consumer_pause(info)
+        if have is not None and have <= now:
+            have = None  # its end has passed: the server lifts it
+        if same_end(want, have):
+            continue
+        if await set_pause(js, stream, info.name, want):
+            changed.append((info.name, want))
+    return changed
