@@ -82,6 +82,8 @@ def _value(path: str, default: Any) -> str:
     if isinstance(default, int):
         # Helm reads numbers as float64, and toString alone writes 1000000 as "1e+06".
         return f"{{{{ {ref} | int64 | toString | quote }}}}"
+    if isinstance(default, float):  # a value with a fraction (a rate): int64 would cut it off
+        return f"{{{{ {ref} | toString | quote }}}}"
     if isinstance(default, list):
         return f'{{{{ join "," {ref} | quote }}}}'
     if isinstance(default, str):

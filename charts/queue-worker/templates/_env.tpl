@@ -18,7 +18,7 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 - {name: JETQUEUE_MAX_QUEUE_LENGTH, value: {{ .Values.queue.maxQueueLength | int64 | toString | quote }}}
 - {name: JETQUEUE_MAX_QUEUE_BYTES, value: {{ .Values.queue.maxQueueBytes | int64 | toString | quote }}}
 - {name: JETQUEUE_MAX_EVENT_AGE, value: {{ .Values.queue.maxEventAge | quote }}}
-- {name: JETQUEUE_DISPATCH_RATE, value: {{ .Values.queue.dispatchRate | int64 | toString | quote }}}
+- {name: JETQUEUE_DISPATCH_RATE, value: {{ .Values.queue.dispatchRate | toString | quote }}}
 - {name: JETQUEUE_CALLBACK_HOSTS, value: {{ join "," .Values.queue.callbackHosts | quote }}}
 - {name: JETQUEUE_CALLBACK_ATTEMPTS, value: {{ .Values.queue.callbackRetry.maxAttempts | int64 | toString | quote }}}
 - {name: JETQUEUE_CALLBACK_MAX_WAIT, value: {{ .Values.queue.callbackRetry.maxWait | quote }}}
