@@ -1,13 +1,19 @@
-"""functionmode.py: a consumer per function, fairness, adaptive concurrency end to end."""
+"""functionmode.py: a consumer per function, fairness, adaptive concurrency end to end; at scale: discovery only
+when the stream changed, a bounded pool of in-memory consumers that functions take in turn."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
+from typing import Any
 
 from aiohttp import web
 
 from jetqueue.provision import StreamSetupError
+from jetqueue.queueworker import functionmode
+from jetqueue.queueworker.fetch import Slots
+from jetqueue.queueworker.functionmode import Function, FunctionMode
 from jetqueue.queueworker.process import Worker
 from tests.helpers import connect, enqueue, running_worker, worker_settings
 from tests.servers import eventually
@@ -283,4 +289,169 @@ async def test_max_inflight_holds_across_functions_fetching_at_once(nats_server,
         await eventually(lambda: sum(len(functions.completed[n]) for n in ("f1", "f2", "f3")) == 33, timeout=30)
         watcher.cancel()
     assert peak <= 6 and functions.max_concurrent <= 6, (peak, functions.max_concurrent)
+    await nc.close()
+
+
+def offline_mode(max_inflight: int, stream_info: Any = None) -> FunctionMode:
+    """A FunctionMode without NATS: what it would send stays in its outbox."""
+    url = "http://127.0.0.1:1/{function}"
+    s = worker_settings("nats://127.0.0.1:1", url, mode="function", max_inflight=max_inflight)
+    nc = SimpleNamespace(new_inbox=lambda: "_INBOX.test")
+    js = SimpleNamespace(_nc=nc, _prefix="$JS.API", stream_info=stream_info)
+    ctx = SimpleNamespace(observer=None)
+
+    async def provision_streams() -> None:
+        return None
+
+    return FunctionMode(s, js, ctx, None, Slots(max_inflight), provision_streams)  # type: ignore[arg-type]
+
+
+def test_the_fair_share_comes_in_turns_of_two_when_functions_outnumber_slots():
+    """With more functions than slots, one call per turn would cost a pull per call: turns are of two calls, so
+    the first 2 × max_inflight / 2 functions run while the others wait for their turn in order."""
+    mode = offline_mode(10)
+    mode.active = {"a", "b"}
+    assert mode.fair() == 5
+    mode.active = {f"f{i}" for i in range(100)}
+    assert mode.fair() == 2
+    assert offline_mode(1).fair() == 1
+
+
+async def test_discovery_reads_the_subject_map_only_when_the_stream_changed(monkeypatch):
+    """The stream's state is asked every DISCOVER_EVERY; its subject map (one entry per function with calls) only
+    when its last sequence moved, or every RECHECK_EVERY for redeliveries."""
+    monkeypatch.setattr(functionmode, "RECHECK_EVERY", 3600.0)
+    asked: list[str | None] = []
+    state = SimpleNamespace(last_seq=10, messages=3, subjects=None)
+
+    async def stream_info(name: str, subjects_filter: str | None = None) -> Any:
+        asked.append(subjects_filter)
+        subjects = {"faas-request.a": 2, "faas-request.b": 1} if subjects_filter else None
+        return SimpleNamespace(state=SimpleNamespace(**{**vars(state), "subjects": subjects}))
+
+    mode = offline_mode(10, stream_info)
+    for _ in range(3):
+        await mode._discover()
+    assert asked == [None, "faas-request.>", None, None]  # nothing published since: the map is not read again
+    assert list(mode.opening) and sorted(mode.opening) == ["a", "b"]  # one create request each, sent at once
+    state.last_seq = 11
+    await mode._discover()
+    assert asked[-1] == "faas-request.>"
+
+
+async def test_a_known_function_has_calls_to_fetch_only_beyond_those_it_runs():
+    mode = offline_mode(10)
+    fn = mode.functions["a"] = Function("a", "faas-request-fn-a", opened=0.0, last_message=0.0, has_work=False)
+    fn.running = 2
+    mode._found([("faas-request.a", 2)], now=0.0)
+    assert not fn.has_work  # the two calls in the stream are the two it runs
+    mode._found([("faas-request.a", 3), ("faas-request.new", 1)], now=0.0)
+    assert fn.has_work and "a" in mode.working
+    assert "new" in mode.opening  # a consumer is being made for the function never seen
+
+
+async def consumers_of(nc) -> int:
+    return int((await nc.jetstream().stream_info("OF_faas-request")).state.consumer_count)
+
+
+async def test_function_consumers_keep_their_state_in_memory(nats_server, functions):
+    nc = await connect(nats_server.url)
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, mode="function")):
+        await enqueue(nc, "echo")
+        await eventually(lambda: len(functions.completed["echo"]) == 1)
+        info = await nc.jetstream().consumer_info("OF_faas-request", "faas-request-fn-echo")
+    assert info.config.mem_storage is True
+    assert info.config.num_replicas in (0, None, 1)  # the stream's replicas
+    await nc.close()
+
+
+async def test_more_functions_than_the_server_allows_consumers_all_run(nats_server, functions):
+    """nats-server 2.15 allows 1,000 consumers per stream: 1,200 functions with a call each all run, through at
+    most 2 × max_inflight consumers at once, each given up as soon as its function has drained."""
+    nc = await connect(nats_server.url)
+    names = [f"fn{i}" for i in range(1200)]
+    settings = worker_settings(nats_server.url, functions.url_template, mode="function", max_inflight=20)
+    async with running_worker(settings) as w:
+        mode = w.function_mode
+        assert mode is not None and mode.max_consumers == 40
+        held, on_server = 0, 0
+
+        async def watch() -> None:
+            nonlocal held, on_server
+            while True:
+                held = max(held, len(mode.functions) + len(mode.opening))
+                on_server = max(on_server, await consumers_of(nc))
+                await asyncio.sleep(0.02)
+
+        watcher = asyncio.create_task(watch())
+        for start in range(0, len(names), 200):
+            await asyncio.gather(*(enqueue(nc, n, call_id=f"{n}-1") for n in names[start : start + 200]))
+        await eventually(lambda: sum(len(functions.completed[n]) for n in names) == len(names), timeout=120)
+        watcher.cancel()
+    print(f"1,200 functions: at most {held} consumers held by the worker, {on_server} on the server")
+    assert all(functions.completed[n] == [f"{n}-1"] for n in names)
+    assert held <= 40 and on_server < 200, (held, on_server)
+    await nc.close()
+
+
+async def test_functions_take_turns_when_more_have_calls_than_consumers(nats_server, functions, monkeypatch):
+    """Five functions with a backlog each and consumers for two: each holds one for ROTATE_AFTER, then gives it
+    up after its running call, so every function runs before any has run its whole backlog."""
+    monkeypatch.setattr(functionmode, "MIN_CONSUMERS", 2)
+    monkeypatch.setattr(functionmode, "ROTATE_AFTER", 0.3)
+    names = [f"t{i}" for i in range(5)]
+    for name in names:
+        functions.handlers[name] = sleeper(0.05)
+    nc = await connect(nats_server.url)
+    settings = worker_settings(
+        nats_server.url, functions.url_template, mode="function", max_inflight=1, adaptive_concurrency=False
+    )
+    async with running_worker(settings) as w:
+        mode = w.function_mode
+        assert mode is not None and mode.max_consumers == 2
+        await asyncio.gather(*(enqueue(nc, n, call_id=f"{n}-{i}") for i in range(30) for n in names))
+        held = 0
+
+        def all_ran() -> bool:
+            nonlocal held
+            held = max(held, len(mode.functions) + len(mode.opening))
+            return all(functions.completed[n] for n in names)
+
+        await eventually(all_ran, timeout=30, interval=0.01)
+        done = {n: len(functions.completed[n]) for n in names}
+    print(f"calls done when every function had run: {done}")
+    assert max(done.values()) < 30 and held <= 2, (done, held)
+    await nc.close()
+
+
+async def test_a_consumer_with_a_call_waiting_to_retry_is_not_removed(nats_server, functions, monkeypatch):
+    """Under pressure a drained function gives its consumer up, but one holding a NAKed call (a short retry wait)
+    is left to the server: removing it would start that call's attempts again. Three attempts mean three."""
+    monkeypatch.setattr(functionmode, "MIN_CONSUMERS", 1)
+    monkeypatch.setattr(functionmode, "MAX_CONSUMERS", 1)
+
+    async def busy(request, server):
+        return web.Response(status=503)
+
+    functions.handlers["busy"] = busy
+    nc = await connect(nats_server.url)
+    settings = worker_settings(
+        nats_server.url,
+        functions.url_template,
+        mode="function",
+        max_inflight=1,
+        max_retry_attempts=3,
+        initial_retry_wait=0.5,  # under schedule.HOLD_AT_LEAST: a NAK with delay, pending on the consumer
+        max_retry_wait=0.5,
+    )
+    async with running_worker(settings) as w:
+        await enqueue(nc, "busy")
+        for i in range(40):  # others keep waiting for the one consumer
+            await enqueue(nc, f"other{i % 8}")
+            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: w.metrics.dead_letters.labels("faas-request", "busy", "exhausted")._value.get() == 1, timeout=30
+        )
+        await eventually(lambda: sum(len(functions.completed[f"other{i}"]) for i in range(8)) == 40, timeout=30)
+    assert len(functions.calls["busy"]) == 3
     await nc.close()

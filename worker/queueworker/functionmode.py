@@ -1,33 +1,111 @@
-"""Function mode: one durable pull consumer per function, so one function's backlog cannot starve another.
+"""Function mode: a durable pull consumer per function, so one function's backlog cannot starve another,
+at thousands of functions.
 
-Functions are discovered from the subjects that hold messages (stream info with a subject filter,
-four times a second: one request whatever the backlog), and consumers are named `<queue>-fn-<function>`
-with the server's inactive_threshold: a consumer left idle is removed by the server, and found again
-when its function has work. The worker's max_inflight is shared fairly between the functions that
-have work, and each function's share is capped by its adaptive concurrency limit.
+Why a consumer per function rather than fair scheduling over one: a work queue hands a consumer its calls in
+stream order, so behind 5,000 calls of one function only the server's subject filter reaches another's call
+without holding the 5,000. The per-function consumer (`contract.function_consumer_name`) is also what a pause
+(jetqueue/pauses.py) and KEDA's lag per function act on.
+
+What keeps it cheap as functions grow:
+
+- Discovery asks the stream for its state (one small answer) every DISCOVER_EVERY seconds, and for its subject
+  map (one entry per function holding calls, whatever the backlog) only when its last sequence moved, or every
+  RECHECK_EVERY seconds for calls that became deliverable again without a publish (redeliveries).
+- At most MAX_CONSUMERS consumers at once (nats-server 2.15 allows 1,000 per stream unless told otherwise).
+  While functions wait for one, a function that has drained gives its consumer up at once, and one that has
+  held it ROTATE_AFTER seconds gives it up after its running calls: more functions with calls than consumers
+  still take turns. A consumer given up is removed unless a call is pending on it (an ack sent just before,
+  a NAK's delay, another worker's call: removing it would run that call again) or it is paused; otherwise the
+  server's inactive_threshold removes it, which it never does to a consumer with a call pending.
+- Consumers are created OPEN_AT_ONCE at a time, one request each, with memory storage and the stream's
+  replicas. Losing a consumer's state (every replica restarted) loses no call: the stream keeps each call until
+  it is acked, and a consumer made again delivers what is still there. What it costs: calls in flight then run
+  again (as after an ack_wait), and the attempt count of a call waiting on a short retry (a NAK with delay,
+  under schedule.HOLD_AT_LEAST; longer waits carry their count in the held message) starts again. File storage
+  keeps that count but costs the server 2.5-5× more per consumer made and removed. R1 would be cheaper still
+  but not safe: an R1 consumer does not move when its server is lost, so that function's calls would wait for
+  the server to come back.
+- One dispatcher instead of a task polling each consumer: functions with calls wait in a ready queue and are
+  served in turn; each turn is one no-wait pull (answered at once: no slot is held while nothing comes). Every
+  request (pulls, consumers made and removed) goes out from the dispatcher and is answered on one subscription
+  (`Requests`), handed to a callback: nothing waits on a request. The share of max_inflight is counted from sets
+  kept as functions gain and lose calls, not by walking them.
+- When no function has calls, idle functions wait at the server for their next call (a pull with expiry, one
+  slot each), so a call to a known function starts at once rather than at the next discovery.
+
+max_inflight holds as in fetch.py: slots are taken before a pull asks for calls, a pull asks for no more than
+it took, and a call delivered after its pull gave up (a lost answer) waits for a free slot with its ack
+extended. Every fetched call is handled, or handed back with a NAK when the worker stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
+import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+import re
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
 
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from jetqueue import contract, provision
 from jetqueue.contract import jetstream
 from jetqueue.queueworker.adaptive import Adaptive
-from jetqueue.queueworker.fetch import ConsumerLoop, Slots
+from jetqueue.queueworker.fetch import FETCH_MAX, Slots
 from jetqueue.queueworker.handle import Context, Processor
+from jetqueue.queueworker.pullrequests import PULL_TIMEOUT, Message, Pull, Requests
 from jetqueue.settings import WorkerSettings
 
 log = logging.getLogger("jetqueue.functionmode")
-DISCOVER_EVERY = 0.25  # one stream-info request, whatever the backlog
+DISCOVER_EVERY = 0.25  # the stream's state: one small request
+RECHECK_EVERY = 2.0  # the subject map even when nothing was published: redeliveries need no publish
+MIN_TURN = 2  # calls a function may take at once however many functions have calls (at most max_inflight)
+MIN_CONSUMERS = 32  # consumers this worker pulls from at once: 2 × max_inflight, within these bounds
+MAX_CONSUMERS = 256
+OPEN_AT_ONCE = 32  # consumers being created at once
+ROTATE_AFTER = 5.0  # while functions wait for a consumer, one held this long is given up after its running calls
+OPEN_RETRY = 5.0  # a function whose consumer could not be made is tried again after this
+QUIET_RETRY = 5.0  # a function that gave nothing (paused, served elsewhere) is not opened again before this
+REMOVE_TRIES = 3  # a consumer's info is asked again after REMOVE_RETRY while a call shows pending on it
+REMOVE_RETRY = 0.2  # (mostly an ack sent just before its info was asked: not counted by the server yet)
+WATCH_WAIT = 1.0  # an idle function's pull waits this long at the server; also bounds stop's wait for it
+PULL_RETRY = 1.0  # after a transient refusal (leadership change, too many waiting pulls), pull again after this
+WAKE_EVERY = 0.5  # the dispatcher looks again at least this often
+LIMIT_WARN_EVERY = 30.0  # "as many consumers as the stream allows" is logged at most this often
+CONSUMER_LIMIT = 10026  # nats-server: "maximum consumers limit reached"
+NO_MESSAGES = ("404", "408")  # nothing deliverable now; a waiting pull expired
+
+# A consumer's info, read without parsing it all: anything else than these leaves the consumer alone.
+_NO_ACK_PENDING = re.compile(rb'"num_ack_pending":0[,}]')
+_NO_WAITING = re.compile(rb'"num_waiting":0[,}]')
+_PAUSED = re.compile(rb'"paused":true')
+
+
+@dataclass(eq=False, slots=True)
+class Function:
+    """A function this worker holds a consumer for."""
+
+    name: str
+    consumer: str
+    opened: float
+    last_message: float
+    has_work: bool = True  # calls may be deliverable: pull when its turn comes
+    queued: bool = False  # in the ready queue
+    pulling: bool = False  # one pull at a time
+    running: int = 0
+    delivered: int = 0  # calls fetched since its consumer was opened
+    idle: bool = False  # in the idle rotation (waiting pulls)
+    retiring: bool = False  # gives its consumer up once its running calls are done (others wait for one)
+    closed: bool = False
 
 
 class FunctionMode:
@@ -39,6 +117,7 @@ class FunctionMode:
         processor: Processor,
         slots: Slots,
         provision_streams: Callable[[], Awaitable[object]],
+        pause_until: Callable[[str], str | None] = lambda function: None,
     ) -> None:
         self.s = s
         self.js = js
@@ -46,21 +125,46 @@ class FunctionMode:
         self.processor = processor
         self.slots = slots
         self.provision_streams = provision_streams  # the streams again, when deleted underneath
+        self.pause_until = pause_until  # a consumer is created paused while its function is (queueworker/pauses.py)
         self.adaptive = Adaptive(s.max_inflight, s.adaptive_concurrency)
-        self.loops: dict[str, ConsumerLoop] = {}
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.retired: list[ConsumerLoop] = []
+        # Enough consumers for every slot to run a different function, and as many again ready to go: more would
+        # make every ack dearer (the server checks each consumer of a work queue on each) and gain nothing.
+        self.max_consumers = max(MIN_CONSUMERS, min(MAX_CONSUMERS, 2 * s.max_inflight))
+        self.functions: dict[str, Function] = {}  # holding a consumer (at most max_consumers, with those opening)
+        self.waiting: OrderedDict[str, None] = OrderedDict()  # have calls, wait for a consumer: in turn
+        self.opening: set[str] = set()
+        self.closing: set[str] = set()  # consumer being removed: opened again once that is done
+        self.not_before: dict[str, float] = {}  # not opened again before (loop time)
+        self.ready: deque[Function] = deque()  # have calls to fetch: served in turn
+        self.idle: deque[Function] = deque()  # no calls: wait at the server in turn when nobody has calls
+        self.active: set[str] = set()  # have calls or run some: max_inflight is shared among them
+        self.working: set[str] = set()  # have calls to fetch
+        self.tasks: set[asyncio.Task[None]] = set()  # one per call
+        self.surplus: deque[Msg] = deque()  # delivered after their pull gave up: started first
         self.stopping = False
-        self._discover: asyncio.Task[None] | None = None
-        # A loop that saw no message for this long stops pulling, so the server can expire its consumer.
+        self.requests = Requests(js, s.stream, self._orphan)
+        self._outbox: deque[Message] = deque()  # sent by the dispatcher, in order
+        self._helpers: set[asyncio.Task[Any]] = set()  # consumers made the careful way
+        self._wake = asyncio.Event()
+        self._discovery: asyncio.Task[None] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self.seen_seq: int | None = None
+        self.mapped_at = -math.inf
+        self.limit_warned = -math.inf
+        # A function without a call for this long gives its consumer up, so the server can expire it.
         self.idle_exit = max(1.0, min(s.inactive_threshold / 2, 30.0))
+        # Every function's consumer has the same settings but for its name and subject: encoded once, around them.
+        self._create_parts = self._create_template()
+        self._limits: dict[str, int] = {}  # the concurrency limit last exported, per function
         ctx.observer = self._observe
 
     def _observe(self, function: str, status: int | None, retry_after: bool, duration: float) -> None:
-        loop = self.loops.get(function)
-        inflight = len(loop.tasks) if loop else 1
-        self.adaptive.record(function, status, retry_after, inflight, duration)
-        self.ctx.metrics.concurrency_limit.labels(self.s.queue, function).set(self.adaptive.limit(function))
+        fn = self.functions.get(function)
+        self.adaptive.record(function, status, retry_after, fn.running if fn else 1, duration)
+        limit = self.adaptive.limit(function)
+        if self._limits.get(function) != limit:  # a gauge child per call costs more than the call's bookkeeping
+            self._limits[function] = limit
+            self.ctx.metrics.concurrency_limit.labels(self.s.queue, function).set(limit)
 
     async def start(self) -> None:
         static = None
@@ -72,36 +176,344 @@ class FunctionMode:
                 "both. Stop the static workers, then remove it (nats consumer rm "
                 f"{self.s.stream} {self.s.durable}) and start function mode again."
             )
-        self._discover = asyncio.create_task(self._discover_loop())
+        await self.requests.start()
+        self._discovery = asyncio.create_task(self._discover_loop(), name="functions-discovery")
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="functions-dispatch")
 
     @property
     def alive(self) -> bool:
-        """The discovery loop is running (it ends only on stop)."""
-        return self._discover is not None and not self._discover.done()
+        """Discovery and the dispatcher are running (they end only on stop)."""
+        return all(t is not None and not t.done() for t in (self._discovery, self._dispatcher))
 
-    def share(self, function: str) -> int:
-        """Free slots this function may still take: its fair share of max_inflight among the functions
-        with work, capped by its adaptive limit."""
-        loop = self.loops[function]
-        active = sum(1 for lp in self.loops.values() if lp.tasks or lp.has_work) or 1
-        fair = math.ceil(self.s.max_inflight / active)
-        return min(fair, self.adaptive.limit(function)) - len(loop.tasks)
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _send(self, message: Message) -> None:
+        self._outbox.append(message)
+        self._wake.set()
+
+    # -- shares ---------------------------------------------------------------------------------------------
+
+    def fair(self) -> int:
+        """max_inflight shared among the functions with calls, in turns of at least MIN_TURN calls each: with more
+        functions than slots, one call per turn would cost a pull per call."""
+        m = self.s.max_inflight
+        return math.ceil(m / max(1, min(len(self.active), m // MIN_TURN)))
+
+    def share(self, fn: Function) -> int:
+        """Free slots this function may still take: its fair share of max_inflight among the functions with
+        calls, capped by its adaptive limit."""
+        return min(self.fair(), self.adaptive.limit(fn.name)) - fn.running
+
+    def _count(self, fn: Function) -> None:
+        """Keep `active` and `working` as this function now is; when the fair share grows, the functions held
+        back by it get their turn again."""
+        before = self.fair()
+        wants = fn.has_work and not fn.retiring and not fn.closed
+        (self.working.add if wants else self.working.discard)(fn.name)
+        (self.active.add if wants or fn.running else self.active.discard)(fn.name)
+        if self.fair() > before:
+            for other in self.functions.values():
+                if other.has_work and not (other.queued or other.pulling or other.retiring):
+                    self._queue(other)
+
+    def _queue(self, fn: Function) -> None:
+        if not fn.queued and not fn.closed:
+            fn.queued = True
+            self.ready.append(fn)
+            self._wake.set()
+
+    def _settle(self, fn: Function) -> None:
+        """Decide what the function does next, after anything changed it."""
+        if fn.closed:
+            return
+        self._count(fn)
+        if fn.pulling:
+            return
+        if fn.has_work and not fn.retiring:
+            if self.share(fn) > 0:
+                self._queue(fn)  # otherwise when one of its calls finishes
+        elif fn.running == 0:
+            if fn.retiring or self.waiting:  # its consumer is wanted by a function waiting for one
+                self._close(fn, remove=True)
+            elif not fn.idle:
+                fn.idle = True
+                self.idle.append(fn)
+
+    # -- dispatch -------------------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        """Start what can start, send what is to be sent; on stop, until no pull is under way."""
+        while True:
+            self._wake.clear()
+            try:
+                self._dispatch_once()
+            except Exception:  # a bug must not stop every function
+                log.exception("function dispatch failed")
+            while self._outbox:
+                subject, payload, reply = self._outbox.popleft()
+                try:
+                    await self.requests.nc.publish(subject, payload, reply=reply)
+                except Exception as e:  # disconnected: the request is given up at its deadline
+                    log.debug("cannot send to %s: %r", subject, e)
+            if self.stopping:
+                self.requests.expire(self._now())
+                if not self.requests.pulls and not self._outbox:
+                    return
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 0.05 if self.stopping else WAKE_EVERY)
+
+    def _dispatch_once(self) -> None:
+        slots = self.slots
+        while self.surplus and (slots.free > 0 or self.stopping):
+            msg = self.surplus.popleft()
+            if self.stopping:  # never started: back to the queue at once, for another worker
+                self.processor.extender.untrack(msg)
+                self._send((msg.reply, b"-NAK", ""))
+                continue
+            slots.take()
+            self._start(self.functions.get(_function_of(msg.subject)), msg)
+        if self.stopping:
+            return
+        while self.ready and slots.free > 0:
+            fn = self.ready.popleft()
+            fn.queued = False
+            if fn.closed or fn.pulling or not fn.has_work or fn.retiring:
+                continue
+            room = self.share(fn)
+            if room > 0:  # else queued again when one of its calls finishes
+                self._pull(fn, min(slots.free, room, FETCH_MAX))
+        if not (self.working or self.waiting or self.opening or self.surplus):
+            self._watch()
+
+    def _watch(self) -> None:
+        """Nobody has calls to fetch: idle functions, in turn, wait at the server for their next call (one slot
+        each), so it starts at once. Those idle too long drop out and give their consumer up."""
+        now = self._now()
+        for _ in range(len(self.idle)):
+            if self.slots.free <= 0:
+                return
+            fn = self.idle.popleft()
+            fn.idle = False
+            if fn.closed or fn.has_work or fn.pulling or fn.retiring or now - fn.last_message > self.idle_exit:
+                continue
+            self._pull(fn, 1, WATCH_WAIT)
+
+    def _pull(self, fn: Function, n: int, wait: float | None = None) -> None:
+        message = self.requests.pull(fn.consumer, n, wait, functools.partial(self._pulled, fn, n))
+        self.slots.take(n)  # before the pull is sent: every call it brings has its slot
+        fn.pulling = True
+        self._send(message)
+
+    def _pulled(self, fn: Function, n: int, p: Pull) -> None:
+        fn.pulling = False
+        msgs = p.msgs
+        self.slots.release(n - len(msgs))
+        if self.stopping:  # never started: back to the queue at once, for another worker
+            for m in msgs:
+                self.slots.release()
+                self._send((m.reply, b"-NAK", ""))
+            return
+        if msgs:
+            fn.last_message = self._now()
+            fn.delivered += len(msgs)
+            for m in msgs:
+                self._start(fn, m)
+            fn.has_work = not p.status and _pending(msgs[-1]) > 0
+        elif p.gone:
+            self._lost(fn)
+            return
+        elif p.status in NO_MESSAGES:
+            fn.has_work = False
+        else:  # no answer in time, or a transient refusal: the same pull again shortly
+            log.debug("pull from %s: %s %s", fn.consumer, p.status, p.description)
+            self._count(fn)
+            asyncio.get_running_loop().call_later(PULL_RETRY, self._settle, fn)
+            return
+        self._settle(fn)
+
+    def _start(self, fn: Function | None, msg: Msg) -> None:
+        """Handle a call in a task of its own; its slot is already taken."""
+        if fn is not None:
+            fn.running += 1
+        task = asyncio.create_task(self.processor.handle(msg))
+        self.tasks.add(task)
+        task.add_done_callback(functools.partial(self._done, fn))
+
+    def _done(self, fn: Function | None, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.slots.release()
+        if fn is not None:
+            fn.running -= 1
+            self._settle(fn)
+        self._wake.set()
+
+    def _orphan(self, msg: Msg) -> None:
+        """A call delivered after its pull gave up: it waits for a free slot, its ack extended meanwhile."""
+        if not self.stopping:
+            self.processor.extender.track(msg)
+        self.surplus.append(msg)
+        self._wake.set()
+
+    # -- consumers ------------------------------------------------------------------------------------------
+    # Function mode makes consumers in two places only, both with the function's pause (pause_until): the
+    # one-request `_ask_create`, and `_create_carefully` when that request is refused.
+
+    def _spec(self, function: str) -> jetstream.ConsumerSpec:
+        s = self.s
+        spec = jetstream.function_consumer(
+            s.queue, function, s.ack_wait, s.max_ack_pending, s.max_waiting, s.inactive_threshold
+        )
+        return replace(spec, stream=s.stream)
+
+    def _create_template(self) -> tuple[str, str, str]:
+        """The create request of any function's consumer, split where its name and subject go."""
+        name, subject = "\x00name\x00", "\x00subject\x00"
+        config = self._spec("_").to_nats().as_dict()
+        config.update(durable_name=name, filter_subject=subject)
+        text = json.dumps({"stream_name": self.s.stream, "config": config})
+        head, _, rest = text.partition(json.dumps(name))
+        middle, _, tail = rest.partition(json.dumps(subject))
+        assert tail and middle, text
+        return head, middle, tail
+
+    def _ask_create(self, function: str) -> None:
+        """Create the function's consumer, or find it as wanted (an existing one keeps its pause): one request."""
+        s = self.s
+        durable = contract.function_consumer_name(s.queue, function)
+        until = self.pause_until(function)
+        if until:
+            config = self._spec(function).to_nats().as_dict()
+            config["pause_until"] = until
+            payload = json.dumps({"stream_name": s.stream, "config": config}).encode()
+        else:
+            head, middle, tail = self._create_parts
+            subject = contract.subject(s.queue, function)
+            payload = (head + json.dumps(durable) + middle + json.dumps(subject) + tail).encode()
+        done = functools.partial(self._created, function, durable)
+        self._send(self.requests.ask(f"CONSUMER.DURABLE.CREATE.{s.stream}.{durable}", done, payload))
+
+    async def _create_carefully(self, function: str) -> None:
+        """provision.ensure_consumer: adopts an existing consumer that differs but can work (settings brought up to
+        date in place), says what cannot."""
+        try:
+            await provision.ensure_consumer(self.js, self._spec(function), self.pause_until(function))
+        except Exception as e:  # this function's problem only: the others are still served
+            self._not_opened(function, OPEN_RETRY, f"cannot consume function {function[:80]!r}: {e!r}")
+            return
+        self._opened(function, contract.function_consumer_name(self.s.queue, function))
+
+    def _created(self, function: str, consumer: str, answer: bytes | None) -> None:
+        if function not in self.opening:
+            return
+        if answer and b'"error":' not in answer:  # names never hold a quote: only an error answer matches
+            self._opened(function, consumer)
+            return
+        error = json.loads(answer)["error"] if answer else {}
+        if error.get("err_code") == CONSUMER_LIMIT:
+            why = ""
+            if self._now() - self.limit_warned >= LIMIT_WARN_EVERY:
+                self.limit_warned = self._now()
+                why = f"stream {self.s.stream} has as many consumers as it allows; functions wait for one"
+            self._not_opened(function, PULL_RETRY, why)
+        elif answer is None or not error:  # no answer, or no JetStream: tried again later
+            self._not_opened(function, OPEN_RETRY, f"cannot consume function {function[:80]!r}: no answer")
+        else:
+            task = asyncio.create_task(self._create_carefully(function))
+            self._helpers.add(task)
+            task.add_done_callback(self._helpers.discard)
+
+    def _opened(self, function: str, consumer: str) -> None:
+        self.opening.discard(function)
+        if self.stopping:
+            return
+        now = self._now()
+        self.not_before.pop(function, None)
+        fn = self.functions[function] = Function(function, consumer, opened=now, last_message=now)
+        log.debug("consuming function %s (consumer %s)", function, consumer)
+        self._settle(fn)
+        self._open_waiting()
+
+    def _not_opened(self, function: str, retry_after: float, why: str) -> None:
+        self.opening.discard(function)
+        self.not_before[function] = self._now() + retry_after
+        if why:
+            log.warning("%s", why)
+        self._open_waiting()
+
+    def _open_waiting(self) -> None:
+        """Consumers for functions waiting for one, while there is room (OPEN_AT_ONCE created at once)."""
+        room = min(OPEN_AT_ONCE - len(self.opening), self.max_consumers - len(self.functions) - len(self.opening))
+        if room <= 0 or not self.waiting or self.stopping:
+            return
+        for function in list(itertools.islice(self.waiting, room + len(self.closing))):
+            if room <= 0:
+                break
+            if function in self.closing:  # opened once its removal is done
+                continue
+            del self.waiting[function]
+            self.opening.add(function)
+            room -= 1
+            self._ask_create(function)
+
+    def _close(self, fn: Function, remove: bool) -> None:
+        """Stop pulling from the function's consumer. `remove`: others wait for one, so remove it now rather than
+        at the server's inactive_threshold, if its info says nothing is pending on it (an ack sent just before
+        shows as pending until the server has counted it)."""
+        fn.closed = True
+        self.functions.pop(fn.name, None)
+        self.active.discard(fn.name)
+        self.working.discard(fn.name)
+        if fn.delivered == 0:  # gave nothing (paused, or served by another worker): not again at once
+            self.not_before[fn.name] = self._now() + QUIET_RETRY
+        if remove:
+            self.closing.add(fn.name)
+            self._ask_info(fn.name, fn.consumer, REMOVE_TRIES)
+        log.debug("function %s gives consumer %s up", fn.name, fn.consumer)
+        self._open_waiting()
+
+    def _ask_info(self, function: str, consumer: str, tries: int) -> None:
+        if self.stopping:
+            self._removed(function, None)
+            return
+        done = functools.partial(self._removable, function, consumer, tries - 1)
+        self._send(self.requests.ask(f"CONSUMER.INFO.{self.s.stream}.{consumer}", done))
+
+    def _removable(self, function: str, consumer: str, tries: int, answer: bytes | None) -> None:
+        """Removed if no call is pending on it, no pull waits on it and it is not paused; else the server's
+        inactive_threshold removes it once that is so."""
+        if not answer or not _NO_WAITING.search(answer) or _PAUSED.search(answer):
+            self._removed(function, None)
+            return
+        if not _NO_ACK_PENDING.search(answer):
+            if tries > 0 and b'"error":' not in answer:
+                asyncio.get_running_loop().call_later(REMOVE_RETRY, self._ask_info, function, consumer, tries)
+            else:
+                self._removed(function, None)
+            return
+        done = functools.partial(self._removed, function)
+        self._send(self.requests.ask(f"CONSUMER.DELETE.{self.s.stream}.{consumer}", done))
+
+    def _removed(self, function: str, answer: bytes | None) -> None:
+        self.closing.discard(function)
+        self._open_waiting()
+
+    def _lost(self, fn: Function) -> None:
+        """Its consumer is gone (deleted underneath, or expired): made again at once, keeping its turn."""
+        log.info("consumer %s is missing; setting it up again", fn.consumer)
+        self._close(fn, remove=False)
+        self.not_before.pop(fn.name, None)
+        self.waiting[fn.name] = None
+        self.waiting.move_to_end(fn.name, last=False)
+        self._open_waiting()
+
+    # -- discovery ------------------------------------------------------------------------------------------
 
     async def _discover_loop(self) -> None:
         while not self.stopping:
             try:
-                info = await self.js.stream_info(self.s.stream, subjects_filter=contract.queue_subjects(self.s.queue))
-                for subject in sorted(info.state.subjects or {}):
-                    function = subject.partition(".")[2]
-                    loop = self.loops.get(function)
-                    if loop is not None and not self.tasks[function].done():
-                        # Its own fetches say whether it has work: a subject that holds only calls waiting
-                        # for a retry has none to start, and must not take a share of max_inflight.
-                        continue
-                    try:
-                        await self._start_function(function)
-                    except Exception as e:  # this function's problem only: the others are still served
-                        log.warning("cannot consume function %r: %r", function[:80], e)
+                await self._discover()
             except NotFoundError:
                 log.warning("stream %s is missing; setting it up again", self.s.stream)
                 with contextlib.suppress(Exception):
@@ -110,36 +522,100 @@ class FunctionMode:
                 log.error("%s", e)
             except Exception as e:
                 log.debug("discovery failed: %r", e)
+            self._tend()
             await asyncio.sleep(DISCOVER_EVERY)
 
-    async def _start_function(self, function: str) -> None:
-        s = self.s
-        want = jetstream.function_consumer(
-            s.queue, function, s.ack_wait, s.max_ack_pending, s.max_waiting, s.inactive_threshold
-        )
-        name = want.durable
-        await provision.ensure_consumer(self.js, replace(want, stream=s.stream))
-        psub = await self.js.pull_subscribe_bind(durable=name, stream=self.s.stream)
-        old = self.loops.get(function)
-        if old is not None:
-            self.retired.append(old)
-        loop = ConsumerLoop(
-            name, psub, self.slots, self.processor, share=lambda: self.share(function), idle_exit=self.idle_exit
-        )
-        loop.has_work = True
-        self.loops[function] = loop
-        self.tasks[function] = asyncio.create_task(loop.run(), name=f"consumer-{name}")
-        log.info("consuming function %s (consumer %s)", function, name)
+    async def _discover(self) -> None:
+        """Functions with calls: from the subject map, fetched only when the stream changed (or to recheck)."""
+        state = (await self.js.stream_info(self.s.stream)).state
+        now = self._now()
+        if state.last_seq == self.seen_seq and now - self.mapped_at < RECHECK_EVERY:
+            return
+        self.seen_seq, self.mapped_at = state.last_seq, now  # a publish from here on moves it again
+        if not state.messages:
+            return
+        info = await self.js.stream_info(self.s.stream, subjects_filter=contract.queue_subjects(self.s.queue))
+        self._found((info.state.subjects or {}).items(), now)
 
-    def all_loops(self) -> list[ConsumerLoop]:
-        return [*self.loops.values(), *self.retired]
+    def _found(self, subjects: Iterable[tuple[str, int]], now: float) -> None:
+        """The stream holds `count` calls on each subject: a function with more than it runs has calls to fetch;
+        one without a consumer waits for one."""
+        for subject, count in subjects:
+            function = _function_of(subject)
+            fn = self.functions.get(function)
+            if fn is not None:
+                if not fn.has_work and not fn.pulling and count > fn.running:
+                    fn.has_work = True
+                    self._settle(fn)
+            elif (
+                function not in self.waiting
+                and function not in self.opening
+                and self.not_before.get(function, -math.inf) <= now
+            ):
+                self.waiting[function] = None
+        self._open_waiting()
+        self._wake.set()
+
+    def _tend(self) -> None:
+        """Answers that did not come are given up; functions idle past idle_exit give their consumer up (the
+        server expires it); while others wait for a consumer, those holding one ROTATE_AFTER give it up after their
+        running calls."""
+        now = self._now()
+        self.requests.expire(now)
+        if len(self.not_before) > 4 * self.max_consumers:  # functions that never came back
+            self.not_before = {f: t for f, t in self.not_before.items() if t > now}
+        if len(self.idle) > 2 * len(self.functions):  # closed since (the rotation only looks when nobody works)
+            self.idle = deque(fn for fn in self.idle if not fn.closed)
+        waiting = len(self.waiting)
+        full = len(self.functions) + len(self.opening) >= self.max_consumers
+        for fn in list(self.functions.values()):
+            rotate = waiting > 0 and full and not fn.retiring and now - fn.opened >= ROTATE_AFTER
+            if fn.pulling or fn.running:
+                if rotate:
+                    fn.retiring, waiting = True, waiting - 1
+                    self._count(fn)
+            elif rotate:
+                fn.retiring, waiting = True, waiting - 1
+                self._close(fn, remove=True)
+            elif not fn.has_work and now - fn.last_message > self.idle_exit:
+                self._close(fn, remove=False)
+        self._wake.set()
 
     async def stop(self) -> None:
+        """Stop pulling. Calls running go on (Worker.stop waits for `tasks`); calls fetched but not started are
+        handed back with a NAK. Pulls under way end within WATCH_WAIT."""
         self.stopping = True
-        if self._discover:
-            self._discover.cancel()
+        if self._discovery:
+            self._discovery.cancel()
             with contextlib.suppress(BaseException):
-                await self._discover
-        for loop in self.loops.values():
-            loop.stopping = True
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+                await self._discovery
+        self._wake.set()
+        if self._dispatcher:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._dispatcher), WATCH_WAIT + PULL_TIMEOUT)
+            except (TimeoutError, Exception):
+                self.requests.finish_all("stopping")
+                self._dispatcher.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._dispatcher
+        for task in set(self._helpers):
+            task.cancel()
+        await self.requests.stop()
+        while self.surplus:  # delivered after the last look (none, unless the dispatcher was cut short)
+            msg = self.surplus.popleft()
+            self.processor.extender.untrack(msg)
+            with contextlib.suppress(Exception):
+                await msg.nak()
+
+
+def _function_of(subject: str) -> str:
+    """`<queue>.<function>` → the function."""
+    return subject.partition(".")[2]
+
+
+def _pending(msg: Msg) -> int:
+    """The consumer's calls not yet delivered after this one (from its ack subject); 1 when it cannot tell."""
+    try:
+        return int(msg.metadata.num_pending or 0)
+    except Exception:
+        return 1

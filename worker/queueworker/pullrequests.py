@@ -1,0 +1,135 @@
+"""Pulls from many consumers of one stream, and JetStream API requests, sent without waiting and answered on
+one subscription (function mode's dispatcher, functionmode.py): no task and no wait per request or per call,
+which nats-py's `fetch` costs for every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+API_TIMEOUT = 5.0  # an API request not answered by then is given up
+PULL_TIMEOUT = 5.0  # a pull is answered at once (or at its expiry); beyond this the answer is taken as lost
+
+Message = tuple[str, bytes, str]  # subject, payload, reply subject
+
+
+class Pull:
+    """One pull request: the calls it brought and how it ended (status "" when it got all it asked for)."""
+
+    __slots__ = ("batch", "consumer", "deadline", "description", "done", "msgs", "status", "token")
+
+    def __init__(self, consumer: str, batch: int, token: str, deadline: float, done: Callable[[Pull], None]) -> None:
+        self.consumer = consumer
+        self.batch = batch
+        self.token = token
+        self.deadline = deadline
+        self.done = done
+        self.msgs: list[Msg] = []
+        self.status = ""
+        self.description = ""
+
+    @property
+    def gone(self) -> bool:
+        """No such consumer: no responder (503), or deleted while the pull waited (409 Consumer Deleted)."""
+        return self.status == "503" or (self.status == "409" and "deleted" in self.description.lower())
+
+
+class Requests:
+    """Pulls from many consumers of one stream and JetStream API requests, answered on one subscription.
+
+    Each request gets a reply subject of its own under one wildcard inbox: a pull's status from the server (no
+    messages, expired, no such consumer) and an API answer come on it. A call keeps its own subject when it is
+    delivered, so it is matched to its pull by the consumer its ack subject names (one pull per consumer at a
+    time). The caller sends the messages `pull` and `ask` return; each answer goes to its callback; `expire` gives
+    up on answers that did not come."""
+
+    def __init__(self, js: JetStreamContext, stream: str, orphan: Callable[[Msg], None]) -> None:
+        self.nc = js._nc
+        self.api = js._prefix
+        self.next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}."
+        self.orphan = orphan  # a call delivered to a pull that had given up waiting
+        self.inbox = self.nc.new_inbox()
+        self.pulls: dict[str, Pull] = {}  # by token
+        self.by_consumer: dict[str, Pull] = {}
+        self.asks: dict[str, tuple[float, Callable[[bytes | None], None]]] = {}
+        self.sub: Any = None
+        self._ids = itertools.count()
+
+    async def start(self) -> None:
+        self.sub = await self.nc.subscribe(f"{self.inbox}.*", cb=self._receive)
+
+    async def stop(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+
+    def _token(self) -> str:
+        return format(next(self._ids), "x")
+
+    def pull(self, consumer: str, batch: int, wait: float | None, done: Callable[[Pull], None]) -> Message:
+        """Up to `batch` calls of `consumer`: those deliverable now (`wait` None: the server answers at once), or
+        the first to come within `wait` seconds. `done` gets the Pull."""
+        assert consumer not in self.by_consumer, consumer  # its calls could not be told apart
+        token = self._token()
+        deadline = asyncio.get_running_loop().time() + (wait or 0.0) + PULL_TIMEOUT
+        self.pulls[token] = self.by_consumer[consumer] = Pull(consumer, batch, token, deadline, done)
+        if wait is None:
+            payload = b'{"batch":%d,"no_wait":true}' % batch
+        else:
+            payload = b'{"batch":%d,"expires":%d}' % (batch, int(wait * 1e9))
+        return self.next_subject + consumer, payload, f"{self.inbox}.{token}"
+
+    def ask(self, subject: str, done: Callable[[bytes | None], None], payload: bytes = b"") -> Message:
+        """`$JS.API.<subject>`; `done` gets the answer's body (b"": no JetStream answered; None: no answer)."""
+        token = self._token()
+        self.asks[token] = (asyncio.get_running_loop().time() + API_TIMEOUT, done)
+        return f"{self.api}.{subject}", payload, f"{self.inbox}.{token}"
+
+    def _finish(self, p: Pull, status: str = "", description: str = "") -> None:
+        if self.pulls.pop(p.token, None) is None:
+            return
+        self.by_consumer.pop(p.consumer, None)
+        p.status, p.description = status, description
+        p.done(p)
+
+    async def _receive(self, msg: Msg) -> None:
+        if msg.reply.startswith("$JS.ACK."):  # a call, on its own subject
+            try:
+                p = self.by_consumer.get(msg.metadata.consumer)
+            except Exception:  # an ack subject nats-py cannot read: no consumer to match
+                p = None
+            if p is None:
+                self.orphan(msg)
+                return
+            p.msgs.append(msg)
+            if len(p.msgs) >= p.batch:
+                self._finish(p)
+            return
+        token = msg.subject.rpartition(".")[2]
+        headers = msg.headers
+        status = headers.get("Status") if headers else None
+        pull = self.pulls.get(token)
+        if pull is not None:
+            if status and status != "100":  # 100: a heartbeat (never asked for)
+                self._finish(pull, status, (headers or {}).get("Description", ""))
+            return
+        ask = self.asks.pop(token, None)
+        if ask is not None:
+            ask[1](b"" if status else msg.data)
+
+    def expire(self, now: float) -> None:
+        for p in [p for p in self.pulls.values() if p.deadline <= now]:
+            self._finish(p, "timeout")
+        for token in [t for t, (deadline, _) in self.asks.items() if deadline <= now]:
+            self.asks.pop(token)[1](None)
+
+    def finish_all(self, status: str) -> None:
+        for p in list(self.pulls.values()):
+            self._finish(p, status)
