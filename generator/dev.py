@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from jetqueue.generator import envmap
 from jetqueue.generator.render import gateway_values, worker_values
 from jetqueue.generator.samples import Samples
+from jetqueue.generator.tour import TourError, tour
 from jetqueue.generator.validate import validate_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +226,7 @@ class Dev:
                 for family in text_string_to_metric_families(text):
                     for s in family.samples:
                         fn, q = s.labels.get("function_name"), s.labels.get("queue_name")
-                        if not fn or not q or fn.startswith("_"):
+                        if not fn or not q or fn.startswith("_") or fn == "*":  # "*": a queue-wide gauge
                             continue
                         row = rows.setdefault((q, fn), {})
                         key = {
@@ -352,6 +353,10 @@ async def run(file: Path, calls: int, no_load: bool, exit_after: bool, port: int
                 dev.say("\ninterrupted")
                 return 130
             work.result()
+            try:
+                await tour(dev.gateway, f"{dev.fn_base}/callback", dev.nats_url, dev.samples.callbacks, dev.queues)
+            except TourError as e:
+                raise DevError(str(e)) from None
         if exit_after:
             return 0
         dev.print_try_it()

@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from jetqueue import contract
-from jetqueue.durations import parse_duration
+from jetqueue.contract import jetstream
+from jetqueue.durations import format_duration, parse_duration
 from jetqueue.generator import model
 from jetqueue.generator.problems import Path, Problem
 from jetqueue.generator.source import Source
@@ -166,6 +167,9 @@ def check_durations(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
             continue
         if seconds < 0 or (seconds == 0 and path[-1] not in _ZERO_IS_NONE):
             yield _at(src, path, f"{value!r} must be greater than zero")
+        elif path == ("gateway", "maxDelay") and seconds > jetstream.MAX_SCHEDULE_AHEAD:
+            most = format_duration(jetstream.MAX_SCHEDULE_AHEAD)
+            yield _at(src, path, f"{value!r} is above {most}: cancel requests are kept a day longer than that")
 
 
 def check_queue_limits(src: Source, data: dict[str, Any]) -> Iterator[Problem]:

@@ -1,18 +1,21 @@
 """Call status in a JetStream key-value bucket (`jetqueue-calls`), one key per call id, with a TTL.
 
-The states are `contract.CallState`. Writes are compare-and-set where a cancel may race with them.
-Status is observability: a failing write is logged, never allowed to stop a call.
+The states are `contract.CallState`. Every write is compare-and-set: the gateway's (a call's first record,
+a cancel) here, the worker's in queueworker/statuswriter.py. Status is observability: a failing write is
+logged, never allowed to stop a call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
@@ -23,6 +26,8 @@ from jetqueue.contract import CallState
 
 log = logging.getLogger("jetqueue.status")
 Record = dict[str, Any]
+KV_SUBJECT_PREFIX = "$KV."  # a key-value bucket's keys are subjects `$KV.<bucket>.<key>` of its stream
+CREATE_ONLY = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
 
 def now() -> float:
@@ -119,70 +124,48 @@ class StatusStore:
             self._failed(kv)
             raise
 
-    async def begin(
-        self, call: contract.Call, attempt: int, max_attempts: int, seq: int | None
-    ) -> tuple[Record | None, int | None]:
-        """Mark the call stored at stream sequence `seq` running. Returns (record, revision); record['state'] ==
-        'cancelled' means skip it. A record of another stored message with the same call id (a call sent again
-        after the duplicate window) is a finished story: this call starts a new record. `seq` None: a call that
-        waited for its time (moved between streams) continues whatever record its id has."""
-        if not self.enabled:
-            return None, None
-        for _ in range(3):
-            try:
-                entry = await self.get(call.call_id)
-                same = entry is not None and (seq is None or entry.record.get("seq") in (None, seq))
-                if entry and same and entry.record.get("state") == CallState.CANCELLED:
-                    return entry.record, entry.revision
-                rec: Record = dict(entry.record) if entry and same else base_record(call, seq=seq)
-                rec.update(state=CallState.RUNNING, attempt=attempt, max_attempts=max_attempts, updated_at=now())
-                rec.setdefault("started_at", rec["updated_at"])
-                rec.pop("next_try", None)
-                rev = await self.update(call.call_id, rec, entry.revision if entry else None)
-                return rec, rev
-            except KeyWrongLastSequenceError:
-                continue
-            except Exception as e:
-                log.warning("status read failed: %r", e, extra={"call_id": call.call_id})
-                return None, None
-        return None, None
-
-    async def finish(self, call: contract.Call, rec: Record | None, **fields: Any) -> None:
-        """Record a transition. Retried a few times: a NATS failover must not leave a call `running`."""
+    async def create_unconfirmed(self, nc: Client, call_id: str, record: Record) -> None:
+        """Create a record without waiting for the server's answer (create-only: an existing record stays). A
+        plain publish on the bucket's subject: no reply inbox, no round trip; lost if the connection is."""
         if not self.enabled:
             return
-        rec = {**(rec or base_record(call)), **fields, "updated_at": now()}
-        if CallState(rec["state"]).final:
-            rec["finished_at"] = rec["updated_at"]
-        value = json.dumps(rec).encode()
-        for pause in (0.2, 0.5, 1.0, 2.0, None):
-            kv = await self.bucket()
-            try:
-                if kv is None:
-                    raise ConnectionError("the call-status bucket is unavailable")
-                await kv.put(call.call_id, value)
-                return
-            except Exception as e:
-                if kv is not None:
-                    self._failed(kv)
-                if pause is None:
-                    log.warning("status write failed: %r", e, extra={"call_id": call.call_id})
-                    return
-                await asyncio.sleep(pause)
+        subject = f"{KV_SUBJECT_PREFIX}{contract.STATUS_BUCKET}.{call_id}"
+        with contextlib.suppress(Exception):
+            await nc.publish(subject, json.dumps(record).encode(), headers=CREATE_ONLY)
+
+    async def write(self, call_id: str, value: bytes, last: int | None) -> int:
+        """Compare-and-set of an encoded record: create when `last` is None. Raises KeyWrongLastSequenceError
+        when someone wrote in between (the worker's statuswriter.py decides then)."""
+        kv = await self.bucket()
+        if kv is None:
+            raise ConnectionError("the call-status bucket is unavailable")
+        try:
+            if last is None:
+                return int(await kv.create(call_id, value))
+            return int(await kv.update(call_id, value, last=last))
+        except KeyWrongLastSequenceError:
+            raise
+        except Exception:
+            self._failed(kv)
+            raise
 
 
-def base_record(call: contract.Call, state: CallState = CallState.QUEUED, seq: int | None = None) -> Record:
-    """A new record; `seq`, the stream sequence of the stored message it describes, tells a cancel of this call
-    from a later call sent under the same id."""
+def base_record(call: contract.Call, state: CallState = CallState.QUEUED, **fields: Any) -> Record:
+    """A record of `call`, whole: every writer builds it from the call, so nothing is read before a write.
+    `start` (the call's X-Start-Time, ns) tells this call from a later one sent under the same id."""
     rec: Record = {
         "call_id": call.call_id,
         "state": state,
         "function": call.function,
         "queue": call.queue,
+        "start": call.start_time_ns,
         "submitted_at": round(call.start_time_ns / 1e9, 3),
         "updated_at": now(),
         "attempt": 0,
     }
-    if seq is not None:
-        rec["seq"] = seq
+    if call.not_before:
+        rec["not_before"] = round(call.not_before, 3)
+    rec.update(fields)
+    if state.final:
+        rec["finished_at"] = rec["updated_at"]
     return rec

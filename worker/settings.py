@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from jetqueue import contract
-from jetqueue.durations import parse_duration
+from jetqueue.contract import jetstream
+from jetqueue.durations import format_duration, parse_duration
 from jetqueue.egress import DEFAULT_BLOCKED_NETWORKS, Egress
 from jetqueue.signing import signing_keys
 
@@ -355,6 +356,14 @@ class WorkerSettings(_Base):
 
 @dataclass(repr=False)
 class GatewaySettings(_Base):
+    def check(self) -> None:
+        super().check()
+        if self.max_delay > jetstream.MAX_SCHEDULE_AHEAD:
+            raise SettingsError(
+                f"{PREFIX}MAX_DELAY: at most {format_duration(jetstream.MAX_SCHEDULE_AHEAD)} (cancel requests are kept "
+                "a day longer, so a cancelled scheduled call never runs)"
+            )
+
     http_port: int = _f(8080, "Port of the gateway API, /metrics, /healthz and /readyz.", values="gateway.port")
     http_host: str = _f("0.0.0.0", "Address the gateway binds.", not_in_chart="pods listen on every interface")
     routes_file: str = _f(

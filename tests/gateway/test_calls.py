@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.helpers import connect, gateway_settings, post, running_gateway, running_worker, worker_settings
-from tests.servers import eventually
+from tests.servers import cluster, eventually
 
 
 async def test_cancel_while_queued_and_while_running(nats_server, functions, callbacks, http):
@@ -103,3 +104,47 @@ async def test_a_cancel_applies_to_the_stored_call_it_named_not_to_a_later_one_w
         async with http.get(f"{base}/async-calls/again") as r:
             assert (await r.json())["state"] == "succeeded"
         await nc.close()
+
+
+@pytest.mark.slow
+async def test_cancel_reaches_a_worker_that_was_reconnecting(tmp_path, functions, callbacks, http):
+    """The worker's only server is down when the cancel is sent (through another server): the cancel is stored,
+    and the worker learns of it when it is back. As a plain publish it was lost, and the call ran to its end."""
+    started = asyncio.Event()
+
+    async def slow(request, server):
+        started.set()
+        await asyncio.sleep(60)
+        return web.Response(text="should not finish")
+
+    functions.handlers["slow"] = slow
+    servers = cluster(tmp_path / "cluster")
+    n1, n2 = servers[0], servers[1]
+    try:
+        gw_settings = gateway_settings(n2.url, stream_replicas=3)
+        w_settings = worker_settings(n1.url, functions.url_template, stream_replicas=3)
+        async with running_gateway(gw_settings) as gw, running_worker(w_settings):
+            base = f"http://127.0.0.1:{gw.s.http_port}"
+            h = {"X-Call-Id": "far-1", "X-Callback-Url": callbacks.url}
+            assert (await post(http, f"{base}/async-function/slow", b"", **h)).status == 202
+            await asyncio.wait_for(started.wait(), 60)
+            await eventually(lambda: functions.calls["slow"] == ["far-1"])
+            for _ in range(100):  # the running record is written a moment after the call starts
+                async with http.get(f"{base}/async-calls/far-1") as s:
+                    if (await s.json()).get("state") == "running":
+                        break
+                await asyncio.sleep(0.05)
+            n1.kill()  # the worker is cut off
+            for _ in range(100):
+                async with http.delete(f"{base}/async-calls/far-1") as r:
+                    if r.status == 202:
+                        break
+                await asyncio.sleep(0.2)
+            assert r.status == 202
+            n1.start()
+            await eventually(lambda: "far-1" in callbacks.by_call(), timeout=60)
+            assert callbacks.by_call()["far-1"][0]["X-Call-Status"] == "cancelled"
+        assert functions.completed["slow"] == []
+    finally:
+        for s in servers:
+            s.stop()

@@ -121,3 +121,9 @@ def test_every_route_is_documented():
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource}
     spec = {(m.upper(), p) for p, ops in SPEC["paths"].items() for m in ops}
     assert routes == spec
+
+
+def test_the_documented_states_are_the_contract_states():
+    from jetqueue.contract import CallState
+
+    assert SPEC["components"]["schemas"]["CallStatus"]["properties"]["state"]["enum"] == [s.value for s in CallState]

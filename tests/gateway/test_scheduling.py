@@ -23,11 +23,11 @@ MONTH = 30 * 86400.0
         ({"X-Delay": "90s"}, NOW + 90),
         ({"X-Delay": "1h30m"}, NOW + 5400),
         ({"X-Delay": "90"}, NOW + 90),
-        ({"X-Delay": "0"}, 0.0),  # at once
+        ({"X-Delay": "0"}, NOW),  # at once, through the schedule stream
         ({"X-Not-Before": "2027-01-15T08:01:00Z"}, NOW + 60),  # NOW is 2027-01-15T08:00:00Z
         ({"X-Not-Before": "2027-01-15T09:01:00+01:00"}, NOW + 60),
         ({"X-Not-Before": str(NOW + 60)}, NOW + 60),
-        ({"X-Not-Before": "1000"}, 0.0),  # in the past: at once
+        ({"X-Not-Before": "1000"}, 1000.0),  # in the past: at once, through the schedule stream
     ],
 )
 def test_when(headers, expected):
@@ -105,3 +105,20 @@ async def test_bad_schedule_is_400_and_nothing_is_stored(nats_server, http):
         for stream in (contract.stream_name(q), contract.schedule_stream_name(q)):
             assert (await js.stream_info(stream)).state.messages == 0
         await nc.close()
+
+
+async def test_a_retried_scheduled_submission_runs_once_even_after_its_time(nats_server, functions, http):
+    """A client retrying under the same id once the time has passed: both copies go through the schedule
+    stream, where the second is a duplicate (it used to go straight to the queue and run twice)."""
+    async with running_gateway(gateway_settings(nats_server.url)) as gw:
+        url = f"http://127.0.0.1:{gw.s.http_port}/async-function/once"
+        at = f"{time.time() + 1:.3f}"
+        h = {"X-Call-Id": "order-42", "X-Not-Before": at}
+        assert (await post(http, url, b"", **h)).status == 202
+        await asyncio.sleep(2.5)
+        again = await post(http, url, b"", **h)
+        assert again.status == 202 and again.headers.get("X-Duplicate") == "true"
+        async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+            await eventually(lambda: functions.completed["once"] == ["order-42"])
+            await asyncio.sleep(1)
+    assert functions.calls["once"] == ["order-42"]

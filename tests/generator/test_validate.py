@@ -158,6 +158,13 @@ def test_durations_parse_and_are_positive(value, message):
     assert out.startswith("q.yaml:3:22: $.queues.faas-request.upstreamTimeout:") and message in out
 
 
+def test_zero_switches_off_max_event_age_and_max_delay_has_a_ceiling():
+    result = validate_text("queues:\n  faas-request: {maxEventAge: 0s, retry: {maxRetryAfter: 0s}}\n")
+    assert not result.errors, result.problems
+    out = only_error("gateway: {maxDelay: 745h}\nqueues:\n  faas-request: {}\n")
+    assert out.startswith("q.yaml:1:21: $.gateway.maxDelay:") and "above 744h" in out
+
+
 def test_max_ack_pending_at_least_inflight_times_replicas():
     out = only_error("queues:\n  faas-request: {maxInflight: 10, replicas: 3, maxAckPending: 29}\n")
     assert "$.queues.faas-request.maxAckPending: maxAckPending 29 is below maxInflight × replicas = 30" in out

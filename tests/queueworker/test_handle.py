@@ -198,7 +198,7 @@ async def test_a_call_older_than_max_event_age_is_not_invoked(nats_server, funct
         await eventually(lambda: len(callbacks.received) == 1)
         await eventually(lambda: functions.completed["echo"] == [fresh])
         kv = await nc.jetstream().key_value(contract.STATUS_BUCKET)
-        assert json.loads((await kv.get(call_id)).value)["state"] == "expired"
+        assert json.loads((await kv.get(call_id)).value or b"")["state"] == "expired"
     headers, _ = callbacks.received[0]
     assert headers["X-Call-Status"] == "expired" and headers["X-Call-Id"] == call_id
     [letter] = await dead_letters(nc)
@@ -224,4 +224,28 @@ async def test_no_retry_starts_past_max_event_age(nats_server, functions):
     assert len(functions.calls["failing"]) == 2
     [letter] = await dead_letters(nc)
     assert letter.headers[contract.H_DLQ_REASON] == "expired"
+    await nc.close()
+
+
+async def test_a_call_without_a_start_time_ages_from_when_it_was_stored(nats_server, functions):
+    """A bare `nats pub` carries no X-Start-Time: its age counts from its storage, not from each delivery (it
+    used to look new on every attempt, so it never expired)."""
+
+    async def failing(request, server):
+        return web.Response(status=500)
+
+    functions.handlers["failing"] = failing
+    nc = await connect(nats_server.url)
+    s = worker_settings(nats_server.url, functions.url_template, initial_retry_wait=0.3, max_retry_wait=0.3)
+    s.max_event_age = 1.5
+    s.max_retry_attempts = 100
+    async with running_worker(s):
+        await nc.jetstream().publish(contract.subject(contract.DEFAULT_QUEUE, "failing"), b"bare")
+        for _ in range(300):
+            if (await nc.jetstream().stream_info(contract.dlq_stream_name(contract.DEFAULT_QUEUE))).state.messages:
+                break
+            await asyncio.sleep(0.05)
+    [letter] = await dead_letters(nc)
+    assert letter.headers[contract.H_DLQ_REASON] == "expired"
+    assert len(functions.calls["failing"]) < 10
     await nc.close()

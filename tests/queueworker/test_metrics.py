@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 
+from jetqueue.client import submit_nats
 from tests.helpers import connect, enqueue, running_worker, worker_settings
 from tests.servers import eventually
 
@@ -39,4 +40,18 @@ async def test_metrics_and_probes(nats_server, functions):
         'queue_worker_messages_processed_total{function_name="echo",queue_name="faas-request",status="2xx"} 1.0' in text
     )
     assert "call_id" not in text
+    await nc.close()
+
+
+async def test_scheduled_and_paused_gauges(nats_server, functions):
+    nc = await connect(nats_server.url)
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)) as w:
+
+        def sample(name: str, function: str) -> float | None:
+            labels = {"queue_name": "faas-request", "function_name": function}
+            return w.metrics.registry.get_sample_value(name, labels)
+
+        await submit_nats(nc, "later", b"", delay=3600)
+        await eventually(lambda: sample("queue_worker_scheduled_messages", "later") == 1.0, timeout=20)
+        assert sample("queue_worker_paused", "*") == 0.0 and sample("queue_worker_paused", "later") == 0.0
     await nc.close()

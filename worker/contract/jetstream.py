@@ -32,6 +32,8 @@ QUEUE_FULL = 10077  # JetStream's error code for a publish refused by a full dis
 SERVER_ACK_WAIT = 30.0  # nats-server's default, for a consumer that reports none
 CALLBACK_ACK_MARGIN = 30.0  # a callback being sent is acked within its timeout plus this
 CALLBACK_MAX_ACK_PENDING = 100_000
+MAX_SCHEDULE_AHEAD = 31 * 86400.0  # the furthest ahead a call may be scheduled (the gateway's maxDelay at most)
+CANCEL_KEEP = MAX_SCHEDULE_AHEAD + 86400.0  # cancel requests outlive every schedule
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,8 @@ class ConsumerSpec:
     max_waiting: int
     filter_subject: str = ""
     inactive_threshold: float = 0.0  # 0: kept for ever; function mode lets idle ones expire
+    # Consumer state in memory (with the stream's replicas): losing it redelivers, never loses (functionmode.py).
+    mem_storage: bool = False
 
     def to_nats(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -165,6 +169,7 @@ class ConsumerSpec:
             max_ack_pending=self.max_ack_pending,
             max_waiting=self.max_waiting,
             inactive_threshold=self.inactive_threshold or None,
+            mem_storage=self.mem_storage or None,
         )
 
     def to_nack(self) -> dict[str, Any]:
@@ -183,6 +188,8 @@ class ConsumerSpec:
             spec["filterSubject"] = self.filter_subject
         if self.inactive_threshold:
             spec["inactiveThreshold"] = format_duration(self.inactive_threshold)
+        if self.mem_storage:
+            spec["memStorage"] = True
         return spec
 
 
@@ -194,7 +201,8 @@ def static_consumer(queue: str, ack_wait: float, max_ack_pending: int, max_waiti
 def function_consumer(
     queue: str, function: str, ack_wait: float, max_ack_pending: int, max_waiting: int, inactive_threshold: float
 ) -> ConsumerSpec:
-    """Function mode: one consumer per function, removed by the server when idle."""
+    """Function mode: one consumer per function, removed by the server when idle (or by the worker when others
+    wait for one). Its state is in memory: made and removed often, and losing it costs a redelivery, not a call."""
     return ConsumerSpec(
         names.stream_name(queue),
         names.function_consumer_name(queue, function),
@@ -203,6 +211,7 @@ def function_consumer(
         max_waiting,
         filter_subject=names.subject(queue, function),
         inactive_threshold=inactive_threshold,
+        mem_storage=True,
     )
 
 
@@ -241,4 +250,41 @@ def status_bucket(ttl: float, replicas: int = 1, storage: str = "file") -> KeyVa
         replicas=replicas,
         storage=StorageType(storage),
         description="jetqueue call status",
+    )
+
+
+def cancel_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
+    """Cancel requests, one key per cancelled call id (cancels.py), kept longer than any call can be scheduled
+    ahead, so a cancelled scheduled call never runs, whatever the status TTL."""
+    return KeyValueConfig(
+        bucket=names.CANCEL_BUCKET,
+        history=1,
+        ttl=CANCEL_KEEP,
+        replicas=replicas,
+        storage=StorageType(storage),
+        description="jetqueue cancel requests",
+    )
+
+
+def pause_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
+    """Pause records, key `<queue>` or `<queue>.<function>`, kept until resumed: no TTL (jetqueue/pauses.py)."""
+    return KeyValueConfig(
+        bucket=names.PAUSE_BUCKET,
+        history=1,
+        replicas=replicas,
+        storage=StorageType(storage),
+        description="jetqueue pauses",
+    )
+
+
+def rate_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
+    """Dispatch-rate state, key `<queue>` or `<queue>.<function>`, value the time its next slot starts
+    (queueworker/ratelimit.py). No TTL: a key is a few bytes, and one expired while it points ahead would let a
+    burst through."""
+    return KeyValueConfig(
+        bucket=names.RATE_BUCKET,
+        history=1,
+        replicas=replicas,
+        storage=StorageType(storage),
+        description="jetqueue dispatch rates",
     )

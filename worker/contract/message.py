@@ -198,10 +198,12 @@ def stored_message_key(stream: str, seq: int, stored_at: datetime) -> str:
     return f"{stream}-{seq}-{int(stored_at.timestamp() * 1_000_000)}"
 
 
-def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_id: str) -> Call:
+def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_id: str, stored_ns: int = 0) -> Call:
     """Turn a JetStream message into a Call. Raises BadMessage when it cannot be delivered.
 
-    `fallback_id` is the call id of a message that carries none (`derived_call_id`)."""
+    `fallback_id` is the call id of a message that carries none (`derived_call_id`); `stored_ns` (when the
+    message was stored) the start time of one that carries none: the same on every delivery, so such a call
+    ages (maxEventAge) and is told from a later one (cancel) like any other."""
     queue, function = parse_subject(subj)
     h = dict(headers or {})
     call_id = h.get(H_CALL_ID) or h.get(H_MSG_ID) or fallback_id
@@ -214,7 +216,7 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_i
     if (problem := path_problem(path) or query_problem(query)) is not None:
         raise BadMessage(f"{problem}: {(path + '?' + query)[:120]!r}")
     try:
-        start = int(h.get(H_START) or time.time_ns())
+        start = int(h.get(H_START) or stored_ns or time.time_ns())
         not_before = float(h.get(H_NOT_BEFORE) or 0.0)
         prior = int(h.get(H_ATTEMPTS) or 0)
     except ValueError as e:

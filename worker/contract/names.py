@@ -19,8 +19,10 @@ CALLBACK_SUBJECT_PREFIX = "_CB"
 SCHEDULE_STREAM_SUFFIX = "_SCHED"
 SCHEDULE_SUBJECT_PREFIX = "_SCHED"
 CALLBACK_DLQ_FUNCTION = "_callback"  # undeliverable callbacks' dead-letter subject part (no function starts with _)
-CANCEL_SUBJECT = "_JQ.cancel"
 STATUS_BUCKET = "jetqueue-calls"
+CANCEL_BUCKET = "jetqueue-cancels"
+PAUSE_BUCKET = "jetqueue-pauses"  # pause records, keyed by `pause_key` (jetqueue/pauses.py)
+RATE_BUCKET = "jetqueue-rates"  # dispatch-rate state, keyed by `rate_key` (queueworker/ratelimit.py)
 MAX_QUEUE_NAME = 40  # it names the stream, the consumers and the Helm release
 # nats-server refuses consumer names over 255 characters (a file name); longer ones end in a hash instead.
 MAX_CONSUMER_NAME = 200
@@ -143,3 +145,19 @@ def function_of_held(queue: str, subject: str) -> str:
 
 def due_durable_name(queue: str) -> str:
     return f"{queue}-due"
+
+
+def pause_key(queue: str, function: str = "") -> str:
+    """The pause record of a whole queue (`<queue>`) or of one of its functions (`<queue>.<function>`)."""
+    return f"{queue}.{function}" if function else queue
+
+
+def rate_key(queue: str, function: str = "") -> str:
+    """The dispatch-rate state of a whole queue (`<queue>`) or of one function's own rate (`<queue>.<function>`)."""
+    return f"{queue}.{function}" if function else queue
+
+
+def pause_of_key(key: str) -> tuple[str, str]:
+    """(queue, function) of a pause record's key; function '' for the whole queue. A queue name has no dot."""
+    queue, _, function = key.partition(".")
+    return queue, function

@@ -4,12 +4,13 @@ with the reason, or 503 with Retry-After when the call could not be stored."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 from nats.js.api import PubAck
@@ -31,8 +32,8 @@ MAX_FUNCTION_NAME = 253  # a DNS-1123 subdomain
 PREFIX = "/async-function/"
 # Room kept in every stored call for the metadata a dead letter adds (deadletter.py fits it in this).
 DEAD_LETTER_ROOM = 1024
-MAX_STATUS_WRITES = 1000
-RECORD_WAIT = 5.0
+MAX_RECENT = 10_000  # records of calls just accepted, kept in memory (`recent`)
+RECENT_FOR = 10.0
 
 
 class Accept:
@@ -53,10 +54,17 @@ class Accept:
             registry=registry,
         )
         self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
-        self._status_writes: dict[str, asyncio.Task[None]] = {}  # call id -> its queued record being written
+        self._recent: OrderedDict[str, tuple[float, callstatus.Record]] = OrderedDict()
+        self._counters: dict[tuple[str, str, int], Any] = {}
 
     def _count(self, function: str, queue: str, code: int) -> None:
-        self.requests.labels(function, queue, str(code)).inc()
+        key = (function, queue, code)
+        child = self._counters.get(key)
+        if child is None:  # labels() takes a lock and builds a key: remembered, bounded
+            if len(self._counters) >= MAX_RECENT:
+                self._counters.clear()
+            child = self._counters[key] = self.requests.labels(function, queue, str(code))
+        child.inc()
 
     async def submit(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -109,10 +117,15 @@ class Accept:
         )
         return await self._store(call)
 
-    def _too_large(self, body: int, headers: int) -> web.Response | None:
+    def _too_large(self, body: int, header_map: dict[str, str]) -> web.Response | None:
         """413 when body + headers (+ room for a dead letter's metadata) exceed the server's max_payload:
         nats-server would close the connection instead of refusing the one message."""
         limit = self.backend.max_payload
+        # A bound first (4 bytes per character, 8 per header line): the exact count only when it might matter.
+        bound = sum(len(k) + len(v) for k, v in header_map.items()) * 4 + 8 * len(header_map) + 16
+        if body + bound + DEAD_LETTER_ROOM <= limit:
+            return None
+        headers = contract.header_size(header_map)
         if body + headers + DEAD_LETTER_ROOM <= limit:
             return None
         largest = max(0, limit - headers - DEAD_LETTER_ROOM)
@@ -129,7 +142,7 @@ class Accept:
         subject, headers = contract.subject(call.queue, call.function), call.to_headers()
         if call.not_before:  # held by the server until its time (OF_<queue>_SCHED), then moved into the queue
             subject, headers = contract.held_message(call, headers, call.not_before, call.call_id)
-        if (too_large := self._too_large(len(call.body), contract.header_size(headers))) is not None:
+        if (too_large := self._too_large(len(call.body), headers)) is not None:
             self._count(name, queue, 413)
             return too_large
         if b.js is None or not b.connected or not await b.ensure_queue(queue):
@@ -143,7 +156,7 @@ class Accept:
             return self._not_accepted(call, e)
         self.publish_seconds.observe(time.perf_counter() - t0)
         if not ack.duplicate and b.status.enabled:
-            self._record_queued(call, None if call.not_before else ack.seq)
+            await self._record_queued(call)
         self._count(name, queue, 202)
         answer = {"X-Call-Id": call.call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
         if call.not_before:
@@ -152,43 +165,36 @@ class Accept:
             answer["X-Duplicate"] = "true"
         return web.Response(status=202, headers=answer)
 
-    def _record_queued(self, call: contract.Call, seq: int | None) -> None:
-        """Write the `queued` (or `scheduled`) record without holding the 202 (a status write waits for its own
-        PubAck, seconds during a failover). Create-only: if the worker has begun already, its record stays.
-        Bounded: past MAX_STATUS_WRITES in flight a record is skipped (status is observability; the call is stored)."""
-        if len(self._status_writes) >= MAX_STATUS_WRITES:
-            return
-        task = asyncio.create_task(self._create_queued(call, seq))
-        self._status_writes[call.call_id] = task
-        task.add_done_callback(lambda _: self._status_writes.pop(call.call_id, None))
+    async def _record_queued(self, call: contract.Call) -> None:
+        """Write the `queued` (or `scheduled`) record without waiting for it: sent create-only behind the call on the
+        same connection, costing no round trip (the worker's own writes correct it if it is lost). Until it
+        can be read back, `recent()` answers for it, so a status or cancel request right after the 202 finds it."""
+        record = callstatus.base_record(call, CallState.SCHEDULED if call.not_before else CallState.QUEUED)
+        self._recent[call.call_id] = (time.monotonic(), record)
+        if len(self._recent) > MAX_RECENT:
+            self._recent.popitem(last=False)
+        if call.not_before:  # rare, and not corrected by a worker for a while: written and confirmed
+            await self._create_confirmed(call, record)
+        elif self.backend.nc is not None:
+            await self.backend.status.create_unconfirmed(self.backend.nc, call.call_id, record)
 
-    async def _create_queued(self, call: contract.Call, seq: int | None) -> None:
-        """`seq` None: a scheduled call, whose stored message changes streams; its record goes by its id."""
+    async def _create_confirmed(self, call: contract.Call, record: callstatus.Record) -> None:
         status = self.backend.status
-        if call.not_before:
-            record = callstatus.base_record(call, CallState.SCHEDULED)
-            record["not_before"] = round(call.not_before, 3)
-        else:
-            record = callstatus.base_record(call, seq=seq)
         with contextlib.suppress(Exception):
             try:
                 await status.update(call.call_id, record, None)
-            except KeyWrongLastSequenceError:  # a record exists: the worker's for this call, or an earlier call's
+            except KeyWrongLastSequenceError:  # an earlier call's record under this id: replaced once it is over
                 entry = await status.get(call.call_id)
-                same = seq is not None and entry is not None and entry.record.get("seq") == seq
-                if entry is not None and not same and CallState(entry.record["state"]).final:
-                    await status.update(call.call_id, record, entry.revision)  # a new call under an old id
+                if entry is not None and entry.record.get("start") != call.start_time_ns:
+                    if CallState(entry.record["state"]).final:
+                        await status.update(call.call_id, record, entry.revision)
 
-    async def recorded(self, call_id: str) -> None:
-        """Until the queued record of a call accepted here is written: a status or cancel request sent right
-        after the 202 must find it (a few ms; bounded by the status store's own timeouts)."""
-        task = self._status_writes.get(call_id)
-        if task is not None:
-            await asyncio.wait({task}, timeout=RECORD_WAIT)
-
-    async def close(self) -> None:
-        """Let the queued-record writes in flight finish."""
-        await asyncio.gather(*self._status_writes.values(), return_exceptions=True)
+    def recent(self, call_id: str) -> callstatus.Record | None:
+        """The record of a call accepted here RECENT_FOR seconds ago at most (its own may not be readable yet)."""
+        found = self._recent.get(call_id)
+        if found is None or time.monotonic() - found[0] > RECENT_FOR:
+            return None
+        return found[1]
 
     def _not_accepted(self, call: contract.Call, e: Exception) -> web.Response:
         """The 503 for a publish that got no PubAck, saying only what is known about the call."""

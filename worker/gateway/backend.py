@@ -10,8 +10,9 @@ import logging
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
 
-from jetqueue import contract, provision
+from jetqueue import cancels, contract, provision
 from jetqueue.callstatus import StatusStore
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
@@ -30,6 +31,7 @@ class Backend:
         self.js: JetStreamContext | None = None
         self.status = StatusStore.off()
         self.ready_streams: set[str] = set()
+        self._cancels: KeyValue | None = None
 
     @property
     def connected(self) -> bool:
@@ -58,6 +60,15 @@ class Backend:
             await self.status.bucket()  # opened now if it can be; otherwise on first use
         for queue in sorted(self.routing.queues):
             await self.ensure_queue(queue)
+
+    async def cancel_requests(self) -> KeyValue:
+        """The cancel-request bucket (cancels.py), opened (or created) on first use."""
+        if self._cancels is None:
+            if self.js is None:
+                raise ConnectionError("not connected to NATS")
+            s = self.s
+            self._cancels = await cancels.open_bucket(self.js, s.stream_replicas, s.stream_storage)
+        return self._cancels
 
     async def stream_deleted(self, queue: str) -> bool:
         """A publish got no answer from any stream: deleted underneath, or only electing a new leader? Only a

@@ -1,15 +1,16 @@
 """A stored call's status (`GET /async-calls/{id}`) and its cancel (`DELETE /async-calls/{id}`, and
-OpenFaaS's `DELETE /async-function/{id}`). A queued call is cancelled with a compare-and-set on its
-status record; a running one is told to its worker, which aborts the HTTP call and records `cancelled`."""
+OpenFaaS's `DELETE /async-function/{id}`). A cancel is stored as a request every worker watches
+(cancels.py): a worker skips the call when it comes, or aborts it if it runs it already. A call not running
+is also marked `cancelled` at once, by compare-and-set on its status record."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 from nats.js.errors import KeyWrongLastSequenceError
 
-from jetqueue import callstatus, contract
+from jetqueue import callstatus, cancels, contract
 from jetqueue.contract import CallState
 from jetqueue.gateway.accept import RETRY_AFTER
 from jetqueue.gateway.auth import problem
@@ -20,10 +21,10 @@ CANCEL_TRIES = 5
 
 
 class Calls:
-    def __init__(self, s: GatewaySettings, backend: Backend, recorded: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(self, s: GatewaySettings, backend: Backend, recent: Callable[[str], callstatus.Record | None]) -> None:
         self.s = s
         self.backend = backend
-        self.recorded = recorded  # accept.py writes a call's queued record after its 202: wait for it first
+        self.recent = recent  # accept.py: the record of a call accepted here a moment ago, not readable yet
 
     def _check_id(self, call_id: str) -> web.Response | None:
         if not contract.CALL_ID.match(call_id):
@@ -34,11 +35,12 @@ class Calls:
 
     async def _lookup(self, call_id: str) -> callstatus.Entry | web.Response:
         """The call's status entry, or the answer to give when there is none (404) or NATS fails (503)."""
-        await self.recorded(call_id)
         try:
             entry = await self.backend.status.get(call_id)
         except Exception:
             return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
+        if entry is None and (record := self.recent(call_id)) is not None:
+            entry = callstatus.Entry(record, 0)  # revision 0: a cancel creates the record (compare-and-set)
         if entry is None:
             return problem(404, f"no call {call_id!r} (unknown, or its status expired)")
         return entry
@@ -54,7 +56,6 @@ class Calls:
         call_id = request.match_info.get("call_id") or request.match_info["name"]
         if (bad := self._check_id(call_id)) is not None:
             return bad
-        nc = self.backend.nc
         for _ in range(CANCEL_TRIES):
             entry = await self._lookup(call_id)
             if isinstance(entry, web.Response):
@@ -62,16 +63,16 @@ class Calls:
             state = CallState(entry.record["state"])
             if state.final:
                 return problem(409, f"call {call_id!r} already {state}")
-            if state == CallState.RUNNING:
-                if nc is None or not nc.is_connected:
-                    return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
-                # The worker running it aborts the HTTP call, then records `cancelled` itself.
-                await nc.publish(contract.CANCEL_SUBJECT, call_id.encode())
+            try:  # stored before answering: a worker reconnecting right now still learns of it
+                await cancels.request(await self.backend.cancel_requests(), call_id, entry.record.get("start"))
+            except Exception:
+                return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
+            if state == CallState.RUNNING:  # its worker aborts the HTTP call, then records `cancelled` itself
                 return web.json_response({"call_id": call_id, "state": "cancelling"}, status=202)
             rec = {**entry.record, "state": CallState.CANCELLED, "updated_at": callstatus.now()}
             rec["finished_at"] = rec["updated_at"]
             try:
-                await self.backend.status.update(call_id, rec, entry.revision)
+                await self.backend.status.update(call_id, rec, entry.revision or None)
             except KeyWrongLastSequenceError:
                 continue  # the worker moved it on meanwhile: look again
             except Exception:

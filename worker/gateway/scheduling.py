@@ -1,8 +1,10 @@
 """When a submission may run: `X-Delay` (a Go duration such as `90s` or `1h30m`, or plain seconds) or
 `X-Not-Before` (RFC 3339, or unix seconds) become a time, or the reason for a 400.
 
-A time already past (or a delay of 0) runs the call at once; more than `max_delay` ahead is refused. The
-server holds a scheduled call to the second, rounded up: it never runs early, and up to a second late.
+A time already past (or a delay of 0) runs the call at once, still through the schedule stream: a client
+retrying the same submission after its time is then deduplicated with the first (same stream, same id).
+More than `max_delay` ahead is refused. The server holds a scheduled call to the second, rounded up: it
+never runs early, and up to a second late.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class BadSchedule(ValueError):
 
 
 def not_before(headers: Mapping[str, str], now: float, max_delay: float) -> float:
-    """Unix seconds before which the call must not run; 0.0 when it may run at once. Raises BadSchedule."""
+    """Unix seconds before which the call must not run; 0.0 when no schedule was asked for. Raises BadSchedule."""
     delay, at = headers.get(DELAY, "").strip(), headers.get(NOT_BEFORE, "").strip()
     if delay and at:
         raise BadSchedule(f"send {DELAY} or {NOT_BEFORE}, not both")
@@ -44,7 +46,7 @@ def not_before(headers: Mapping[str, str], now: float, max_delay: float) -> floa
         raise BadSchedule(
             f"the call would run more than {format_duration(max_delay)} from now (the gateway's maxDelay)"
         )
-    return when if when > now else 0.0
+    return max(when, 1.0)  # a time past is kept (not 0.0): the call is still held, and deduplicated there
 
 
 def _time(text: str) -> float:

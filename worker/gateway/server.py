@@ -30,13 +30,15 @@ class Gateway:
         routing = Routing.from_settings(settings)
         self.backend = Backend(settings, routing)
         self.accept = Accept(settings, routing, self.backend, self.registry)
-        self.calls = Calls(settings, self.backend, self.accept.recorded)
+        self.calls = Calls(settings, self.backend, self.accept.recent)
         self.runner: web.AppRunner | None = None
         self._connector: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
     def app(self) -> web.Application:
-        middlewares = [auth_middleware(self.s), errors_middleware(self.s.max_body_size)]
+        middlewares = [errors_middleware(self.s.max_body_size)]
+        if self.s.auth_token or self.s.auth_user:
+            middlewares.insert(0, auth_middleware(self.s))
         app = web.Application(client_max_size=self.s.max_body_size, middlewares=middlewares)
         r = app.router
         for method in INVOKE_METHODS:
@@ -71,7 +73,6 @@ class Gateway:
         if self.runner:
             await self.runner.shutdown()
             await self.runner.cleanup()
-        await self.accept.close()
         await self.backend.close()
 
 

@@ -20,7 +20,6 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from jetqueue import callstatus, contract
-from jetqueue.callstatus import StatusStore
 from jetqueue.contract import BadMessage, Call, CallState
 from jetqueue.queueworker.callbacks import CallbackStore
 from jetqueue.queueworker.deadletter import dead_letter
@@ -30,6 +29,7 @@ from jetqueue.queueworker.invoke import CANCELLED, Invoker, Outcome
 from jetqueue.queueworker.metrics import WorkerMetrics, status_class
 from jetqueue.queueworker.policy import Policies
 from jetqueue.queueworker.schedule import HOLD_AT_LEAST, Holder
+from jetqueue.queueworker.statuswriter import StatusWriter
 
 log = logging.getLogger("jetqueue.worker")
 CANCELLED_STATUS = 499  # nginx's "client closed request": the X-Function-Status of a cancelled call
@@ -44,7 +44,7 @@ class Context:
     policies: Policies
     invoker: Invoker
     callbacks: CallbackStore
-    status: StatusStore
+    status: StatusWriter
     metrics: WorkerMetrics
     ack_wait: float
     max_payload: Callable[[], int]  # the server's limit on one message, from its INFO (dead letters fit it)
@@ -54,6 +54,12 @@ class Context:
     holder: Holder | None = None  # long retry waits are held as message schedules (schedule.py); None: NAK
     # The dispatch rate: awaited before each invocation with the function's name (ratelimit.py).
     admit: Callable[[str], Awaitable[None]] | None = None
+    # Was this call cancelled before it came (cancels.CancelWatch.requested)? None: cancel is off.
+    cancelled: Callable[[Call], bool] | None = None
+
+
+def _attempt(attempt: int, max_attempts: int, started: float) -> dict[str, object]:
+    return {"attempt": attempt, "max_attempts": max_attempts, "started_at": started}
 
 
 def state_of(decision: Decision) -> CallState:
@@ -79,16 +85,19 @@ class Processor:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.extender = AckExtender(ctx.ack_wait)
-        self.running: dict[str, asyncio.Task[None]] = {}  # call id -> the task handling it, for cancel
+        # call id -> the task invoking it and the call's start time, for cancel
+        self.running: dict[str, tuple[asyncio.Task[None], int]] = {}
         self.cancel_requested: set[str] = set()
         self.stopping = False
 
-    def cancel(self, call_id: str) -> bool:
-        task = self.running.get(call_id)
-        if task is None:
+    def cancel(self, call_id: str, start_ns: int | None = None) -> bool:
+        """Abort the call if this worker is invoking it (`start_ns`: only that call, not a later one of the id)."""
+        task, start = self.running.get(call_id, (None, None))
+        if task is None or (start_ns is not None and start != start_ns):
             return False
         self.cancel_requested.add(call_id)
         task.cancel()
+        log.info("cancelling running call", extra={"call_id": call_id})
         return True
 
     async def handle(self, msg: Msg) -> None:
@@ -111,37 +120,50 @@ class Processor:
         meta = msg.metadata
         try:
             fallback = contract.derived_call_id(c.queue, meta.sequence.stream, meta.timestamp)
-            call = contract.decode(msg.subject, msg.data, msg.headers, fallback)
+            stored_ns = int(meta.timestamp.timestamp() * 1_000_000) * 1000
+            call = contract.decode(msg.subject, msg.data, msg.headers, fallback, stored_ns)
         except BadMessage as e:
             await self._undecodable(msg, meta.num_delivered or 1, e)
             return
         attempt = call.prior_attempts + (meta.num_delivered or 1)  # a held retry counts the attempts before it
         policy = c.policies(call.function)
-        # A call that waited for its time (held) is the same call as its record, whatever its sequence now.
-        seq = None if call.prior_attempts or call.not_before else meta.sequence.stream
-        rec, _ = await c.status.begin(call, attempt, policy.retry.max_attempts, seq)
-        max_age = policy.retry.max_event_age
-        if rec is not None and rec.get("state") == CallState.CANCELLED:  # cancelled while queued
+        max_attempts, max_age = policy.retry.max_attempts, policy.retry.max_event_age
+        started = callstatus.now()
+        if c.cancelled is not None and c.cancelled(call):  # cancelled while queued
             outcome = Outcome(status=None, error=CANCELLED)
         elif max_age and call.age(time.time()) >= max_age:
             outcome = Outcome(status=None, error=EXPIRED)
         else:
+            if c.status.enabled:
+                c.status.report(
+                    callstatus.base_record(call, CallState.RUNNING, **_attempt(attempt, max_attempts, started))
+                )
             outcome = await self._invoke(call, policy.upstream_timeout)
             if c.observer is not None:
                 c.observer(call.function, outcome.status, outcome.retry_after is not None, outcome.duration)
-            c.metrics.duration.labels(c.queue, call.function, status_class(outcome.status)).observe(outcome.duration)
+            m = c.metrics
+            m.child(m.duration, c.queue, call.function, status_class(outcome.status)).observe(outcome.duration)
         decision = decide(outcome, attempt, policy.retry, age=call.age(time.time()))
         state = state_of(decision)
         if state.final and call.callback_url:  # stored before the ack: a worker dying after it loses nothing
             await self._store_callback(msg, call, state, outcome, attempt, policy.retry.max_attempts)
         await self._settle(msg, call, decision, outcome, attempt)
-        fields: dict[str, object] = {"state": state, "status_code": outcome.status}
+        if c.status.enabled:
+            await self._record(call, state, decision, outcome, _attempt(attempt, max_attempts, started))
+        self._report(call, decision, outcome, attempt)
+
+    async def _record(
+        self, call: Call, state: CallState, decision: Decision, outcome: Outcome, fields: dict[str, object]
+    ) -> None:
+        """The status record of the attempt's end (statuswriter.py writes it off the call's slot)."""
+        fields["status_code"] = outcome.status
         if not outcome.ok and not outcome.cancelled:
             fields["error"] = outcome.excerpt()
         if isinstance(decision, Retry):
             fields["next_try"] = round(callstatus.now() + decision.delay, 3)
-        await c.status.finish(call, rec, **fields)
-        self._report(call, decision, outcome, attempt)
+            self.ctx.status.report(callstatus.base_record(call, state, **fields))
+        else:
+            await self.ctx.status.final(callstatus.base_record(call, state, **fields))
 
     async def _settle(self, msg: Msg, call: Call, decision: Decision, outcome: Outcome, attempt: int) -> None:
         """Keep the 202's promise in JetStream: removed, redelivered later, or stored as a dead letter first."""
@@ -164,8 +186,11 @@ class Processor:
                 await msg.term()
 
     def _report(self, call: Call, decision: Decision, outcome: Outcome, attempt: int) -> None:
-        c = self.ctx
+        c, m = self.ctx, self.ctx.metrics
         labels = (c.queue, call.function)
+        if isinstance(decision, Ack):  # the common case: one counter, no log line
+            m.child(m.processed, *labels, status_class(outcome.status)).inc()
+            return
         extra = {
             "call_id": call.call_id,
             "queue": c.queue,
@@ -175,19 +200,17 @@ class Processor:
             "duration": round(outcome.duration, 4),
         }
         match decision:
-            case Ack():
-                c.metrics.processed.labels(*labels, status_class(outcome.status)).inc()
             case Retry(delay=delay):
-                c.metrics.retries.labels(*labels).inc()
+                m.child(m.retries, *labels).inc()
                 why = outcome.excerpt()[:200] or outcome.status
                 log.info("attempt failed (%s); retrying", why, extra={**extra, "delay": round(delay, 3)})
             case DeadLetter(reason=reason):
-                c.metrics.dead_letters.labels(*labels, reason).inc()
-                c.metrics.processed.labels(*labels, status_class(outcome.status)).inc()
+                m.child(m.dead_letters, *labels, reason).inc()
+                m.child(m.processed, *labels, status_class(outcome.status)).inc()
                 why = outcome.excerpt()[:200]
                 log.warning("dead-lettered (%s): %s", reason, why, extra={**extra, "reason": reason})
             case Cancelled():
-                c.metrics.processed.labels(*labels, CallState.CANCELLED.value).inc()
+                m.child(m.processed, *labels, CallState.CANCELLED.value).inc()
                 log.info("cancelled", extra=extra)
 
     async def _undecodable(self, msg: Msg, attempt: int, error: BadMessage) -> None:
@@ -206,8 +229,8 @@ class Processor:
         c = self.ctx
         task = asyncio.current_task()
         assert task is not None
-        self.running[call.call_id] = task
-        inflight = c.metrics.inflight.labels(c.queue, call.function)
+        self.running[call.call_id] = (task, call.start_time_ns)
+        inflight = c.metrics.child(c.metrics.inflight, c.queue, call.function)
         try:
             if c.admit is not None:  # waiting for the dispatch rate can be cancelled like the call
                 await c.admit(call.function)

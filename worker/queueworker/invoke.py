@@ -14,6 +14,7 @@ from jetqueue.contract import Call
 
 BODY_EXCERPT = 512
 CANCELLED = "cancelled"  # Outcome.error of a call its caller cancelled
+MAX_REMEMBERED = 10_000
 
 
 @dataclass
@@ -39,10 +40,14 @@ class Outcome:
         return " ".join(text.split())[:BODY_EXCERPT]
 
 
-def function_url(template: str, call: Call) -> URL:
-    """The function's URL with the call's path and query appended as they were sent (already percent-encoded
-    and checked by the contract): built encoded, so nothing normalises a dot segment or re-decodes it."""
-    base = str(URL(template.replace("{function}", call.function).rstrip("/")))
+def function_base(template: str, function: str) -> str:
+    return str(URL(template.replace("{function}", function).rstrip("/")))
+
+
+def function_url(base: str, call: Call) -> URL:
+    """The function's URL (`base`: `function_base`) with the call's path and query appended as they were sent
+    (already percent-encoded and checked by the contract): built encoded, so nothing normalises or re-decodes
+    a dot segment."""
     return URL(base + call.path + (f"?{call.query}" if call.query else ""), encoded=True)
 
 
@@ -57,19 +62,30 @@ class Invoker:
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
         )
+        # Per function and per timeout, made once: parsing a URL and building a timeout cost on every call.
+        self._bases: dict[str, str] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def invoke(self, call: Call, timeout: float) -> Outcome:
         headers = CIMultiDict(call.headers)
         headers["X-Call-Id"] = call.call_id
         headers["X-Start-Time"] = str(call.start_time_ns)
+        base = self._bases.get(call.function)
+        if base is None:
+            if len(self._bases) >= MAX_REMEMBERED:  # function names come from subjects: bound what is kept
+                self._bases.clear()
+            base = self._bases[call.function] = function_base(self.template, call.function)
+        limit = self._timeouts.get(timeout)
+        if limit is None:
+            limit = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         t0 = time.monotonic()
         try:
             async with self.session.request(
                 call.method,
-                function_url(self.template, call),
+                function_url(base, call),
                 data=call.body if call.body or call.method not in ("GET", "HEAD") else None,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=limit,
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()

@@ -5,6 +5,8 @@ Each process (or test) gets its own registry, so several workers can live in one
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Seconds, from a few ms to the longest jobs: async functions range from no-ops to hours.
@@ -18,8 +20,21 @@ def status_class(status: int | None) -> str:
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         fn = ["queue_name", "function_name"]
         self.pending = Gauge("queue_worker_pending_messages", "Calls waiting in the stream.", fn, registry=r)
+        self.scheduled = Gauge(
+            "queue_worker_scheduled_messages",
+            "Calls held for later: scheduled submissions and retries waiting for their time.",
+            fn,
+            registry=r,
+        )
+        self.paused = Gauge(
+            "queue_worker_paused",
+            'Whether calls are held back by a pause (1) or not (0); function_name "*" is the whole queue.',
+            fn,
+            registry=r,
+        )
         self.processed = Counter(
             "queue_worker_messages_processed_total",
             "Calls finished (success, dead letter or cancel), by the status class of the last attempt.",
@@ -53,3 +68,18 @@ class WorkerMetrics:
             fn,
             registry=r,
         )
+        self.rate_wait = Counter(
+            "queue_worker_dispatch_rate_wait_seconds_total",
+            "Seconds calls waited for the dispatch rate (the queue's and the function's own) before their invocation.",
+            fn,
+            registry=r,
+        )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: prometheus_client takes a lock and builds a key on every call, a
+        cost paid several times per call otherwise (labels are queue, function and a class: few, never ids)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

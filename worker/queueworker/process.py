@@ -16,11 +16,12 @@ from dataclasses import replace
 
 from aiohttp import web
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import Gauge
 
-from jetqueue import contract, provision
+from jetqueue import backlog, contract, provision
 from jetqueue.callstatus import StatusStore
+from jetqueue.cancels import CancelWatch
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
 from jetqueue.egress import Egress
@@ -31,13 +32,17 @@ from jetqueue.queueworker.functionmode import FunctionMode
 from jetqueue.queueworker.handle import Context, Processor
 from jetqueue.queueworker.invoke import Invoker
 from jetqueue.queueworker.metrics import WorkerMetrics
+from jetqueue.queueworker.pauses import PauseFollower
 from jetqueue.queueworker.policy import Policies
+from jetqueue.queueworker.ratelimit import DispatchRate
 from jetqueue.queueworker.schedule import Holder, Mover
+from jetqueue.queueworker.statuswriter import StatusWriter
 from jetqueue.settings import WorkerSettings
 from jetqueue.signing import signing_keys
 
 log = logging.getLogger("jetqueue.worker")
 PENDING_REFRESH = 5.0
+CANCELS_READY_WAIT = 10.0
 MOVE_AT_ONCE = 64  # due calls moved into the work stream at once
 
 
@@ -56,11 +61,15 @@ class Worker:
         self._beat: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._mover_beat: asyncio.Task[None] | None = None
+        self._cancel_watch: asyncio.Task[None] | None = None
+        self.cancels: CancelWatch | None = None
+        self.status: StatusWriter | None = None
         self._stop = asyncio.Event()
         self.processor: Processor | None = None
         self.callbacks: CallbackSender | None = None
         self.invoker: Invoker | None = None
         self.function_mode: FunctionMode | None = None
+        self.pauses: PauseFollower | None = None
 
     async def start(self) -> None:
         s = self.s
@@ -69,13 +78,19 @@ class Worker:
 
         async def reconnected() -> None:
             self.metrics.reconnects.inc()
+            if self.cancels is not None:  # cancels stored while disconnected: watch again from the bucket
+                self.cancels.restart()
 
         self.nc = await connect(s, f"jetqueue-worker-{s.queue}", on_reconnect=reconnected)
         js = self.js = self.nc.jetstream()
+        self.pauses = PauseFollower(js, s, self.metrics)
+        await self.pauses.start()  # before any consumer is created: a paused one is created paused
         ack_wait = await self._provision()
         bucket = jetstream.status_bucket(s.status_ttl, s.stream_replicas, s.stream_storage)
-        status = StatusStore(js, bucket) if s.call_status else StatusStore.off()
-        await status.bucket()
+        store = StatusStore(js, bucket) if s.call_status else StatusStore.off()
+        await store.bucket()
+        self.status = status = StatusWriter(store)
+        status.start()
         self.invoker = Invoker(s.function_url, s.max_inflight)
         self.callbacks = CallbackSender(
             js,
@@ -92,6 +107,7 @@ class Worker:
         )
         self.callbacks.bind(await self._bind_callbacks(), self._bind_callbacks)
         nc = self.nc
+        rates = DispatchRate.of(js, s, self.policies, self.metrics)  # None: no rate set, no bucket touched
         ctx = Context(
             s.queue,
             js,
@@ -103,15 +119,25 @@ class Worker:
             ack_wait,
             max_payload=lambda: nc.max_payload,
             keep_credentials=s.dead_letter_credentials,
-            holder=Holder(js, lambda: nc.max_payload),
+            # With a queue limit a held retry would have to win its place back from new calls when due (it could
+            # starve): there, waiting retries keep their place as NAK delays.
+            holder=None if s.max_queue_length or s.max_queue_bytes else Holder(js, lambda: nc.max_payload),
+            cancelled=lambda call: self.cancels is not None and self.cancels.requested(call),
+            admit=rates.admit if rates else None,
         )
         self.processor = Processor(ctx)
-        await self.nc.subscribe(contract.CANCEL_SUBJECT, cb=self._on_cancel)
+        if s.call_status:
+            self.cancels = CancelWatch(js, s.stream_replicas, s.stream_storage, self.processor.cancel)
+            self._cancel_watch = asyncio.create_task(self.cancels.run(), name="cancels")
+            with contextlib.suppress(TimeoutError):  # know the calls cancelled while queued before taking any
+                await asyncio.wait_for(self.cancels.ready.wait(), CANCELS_READY_WAIT)
         if s.mode == "static":
             psub = await js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
             self._add_loop(ConsumerLoop(s.durable, psub, self.slots, self.processor, rebind=self._rebind))
         else:
-            self.function_mode = FunctionMode(s, js, ctx, self.processor, self.slots, self._provision)
+            self.function_mode = FunctionMode(
+                s, js, ctx, self.processor, self.slots, self._provision, pause_until=self.pauses.until
+            )
             await self.function_mode.start()
         mover = Mover(js, s.queue, self._restore_work_stream)
         self._add_loop(
@@ -133,7 +159,7 @@ class Worker:
         """The queue's streams and (static mode) its consumer, created if missing: at start, and again when
         they were deleted underneath. Returns the consumer's ack wait."""
         s, js = self.s, self.js
-        assert js is not None
+        assert js is not None and self.pauses is not None
         # The names may be overridden (an adopted OpenFaaS stream); everything else is the contract's.
         work = jetstream.work_stream(
             s.queue, s.stream_replicas, s.stream_storage, s.max_queue_length, s.max_queue_bytes
@@ -144,7 +170,8 @@ class Worker:
         if s.mode != "static":
             return s.ack_wait
         consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting)
-        return await provision.ensure_consumer(js, replace(consumer, stream=s.stream, durable=s.durable))
+        durable = replace(consumer, stream=s.stream, durable=s.durable)
+        return await provision.ensure_consumer(js, durable, self.pauses.until())
 
     async def _bind_due(self) -> JetStreamContext.PullSubscription:
         """The schedule stream and the consumer that moves due calls into the queue (at start, and when deleted)."""
@@ -181,11 +208,6 @@ class Worker:
         self.loops.append(loop)
         self._loop_tasks.append(asyncio.create_task(loop.run(), name=f"consumer-{loop.name}"))
 
-    async def _on_cancel(self, msg: Msg) -> None:
-        call_id = msg.data.decode(errors="replace")
-        if self.processor and self.processor.cancel(call_id):
-            log.info("cancelling running call", extra={"call_id": call_id})
-
     async def _serve_http(self) -> web.AppRunner:
         app = web.Application()
         add_probes(app, self.metrics.registry, self._alive, self._ready)
@@ -207,17 +229,26 @@ class Worker:
         return None
 
     async def _refresh_pending(self, js: JetStreamContext) -> None:
-        """queue_worker_pending_messages per function, from the subjects holding messages."""
-        known: set[str] = set()
+        """queue_worker_pending_messages and queue_worker_scheduled_messages per function, from the subjects
+        holding messages; queue_worker_paused for the queue and those functions (a pause ends by itself)."""
+        pending: set[str] = set()
+        scheduled: set[str] = set()
+
+        def publish(gauge: Gauge, known: set[str], counts: dict[str, int]) -> None:
+            for fn in known - set(counts):  # had calls, has none now
+                gauge.labels(self.s.queue, fn).set(0)
+            for fn, n in counts.items():
+                gauge.labels(self.s.queue, fn).set(n)
+            known |= set(counts)
+
         while True:
             try:
                 info = await js.stream_info(self.s.stream, subjects_filter=contract.queue_subjects(self.s.queue))
                 counts = {subj.partition(".")[2]: n for subj, n in (info.state.subjects or {}).items()}
-                for fn in known - set(counts):
-                    self.metrics.pending.labels(self.s.queue, fn).set(0)
-                for fn, n in counts.items():
-                    self.metrics.pending.labels(self.s.queue, fn).set(n)
-                known |= set(counts)
+                publish(self.metrics.pending, pending, counts)
+                publish(self.metrics.scheduled, scheduled, (await backlog.held(js, self.s.queue)).per_function)
+                if self.pauses is not None:
+                    self.pauses.export(pending | scheduled)
             except Exception as e:
                 log.debug("pending refresh failed: %r", e)
             await asyncio.sleep(PENDING_REFRESH)
@@ -235,9 +266,10 @@ class Worker:
             loop.stopping = True
         if self.function_mode is not None:
             await self.function_mode.stop()
-            self.loops.extend(self.function_mode.all_loops())
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
         tasks = {t for loop in self.loops for t in loop.tasks}
+        if self.function_mode is not None:  # its calls, one task each
+            tasks |= self.function_mode.tasks
         if tasks:
             log.info("shutting down: waiting up to %.0fs for %d in-flight call(s)", self.s.shutdown_timeout, len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=self.s.shutdown_timeout)
@@ -248,9 +280,13 @@ class Worker:
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        for timer in (self._timer, self._beat, self._mover_beat):
+        if self.status is not None:  # the last records, before the connection goes
+            await self.status.close(timeout=5.0)
+        for timer in (self._timer, self._beat, self._mover_beat, self._cancel_watch):
             if timer:
                 timer.cancel()
+        if self.pauses:
+            await self.pauses.stop()
         if self.callbacks:
             await self.callbacks.close(timeout=5.0)
         if self._sender:

@@ -1,0 +1,105 @@
+"""The demo's tour of time, after the burst: a scheduled call, and a queue paused and resumed, each shown as it
+happens (`jetqueue dev` / `make demo`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+DELAY = 3  # seconds the scheduled call waits
+PAUSED_CALLS = 3
+PAUSED_FOR = 2.0  # seconds the tour shows the paused queue holding its calls
+WAIT = 60.0
+
+
+class TourError(RuntimeError):
+    pass
+
+
+async def tour(gateway: str, callback: str, nats_url: str, callbacks: dict[str, Any], queues: dict[str, Any]) -> None:
+    """`callbacks`: call id -> what the sample receiver got (filled as callbacks arrive)."""
+    async with aiohttp.ClientSession() as http:
+        await _scheduled(http, gateway, callback, callbacks)
+        queue, function = _slow_queue(queues)
+        await _paused(http, gateway, callback, callbacks, nats_url, queue, function)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def _submit(http: aiohttp.ClientSession, gateway: str, function: str, body: bytes, **headers: str) -> str:
+    async with http.post(f"{gateway}/async-function/{function}", data=body, headers=headers) as r:
+        if r.status != 202:
+            raise TourError(f"gateway answered {r.status}: {await r.text()}")
+        return r.headers["X-Call-Id"]
+
+
+async def _state(http: aiohttp.ClientSession, gateway: str, call_id: str) -> dict[str, Any]:
+    async with http.get(f"{gateway}/async-calls/{call_id}") as r:
+        return dict(await r.json())
+
+
+async def _called_back(callbacks: dict[str, Any], call_ids: list[str]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not all(c in callbacks for c in call_ids):
+        if time.monotonic() > deadline:
+            raise TourError(f"no callback after {WAIT:.0f}s for {[c for c in call_ids if c not in callbacks]}")
+        await asyncio.sleep(0.05)
+
+
+async def _scheduled(http: aiohttp.ClientSession, gateway: str, callback: str, callbacks: dict[str, Any]) -> None:
+    t0 = time.monotonic()
+    call_id = await _submit(http, gateway, "echo", b"later", **{"X-Delay": f"{DELAY}s", "X-Callback-Url": callback})
+    state = await _state(http, gateway, call_id)
+    when = time.strftime("%H:%M:%S", time.localtime(state.get("not_before", 0)))
+    _say(f"\nscheduled call: X-Delay: {DELAY}s → 202 at once, status {state['state']!r}, runs not before {when}")
+    await _called_back(callbacks, [call_id])
+    _say(f"  it ran and called back {time.monotonic() - t0:.1f}s after it was sent (never before its time)")
+
+
+def _slow_queue(queues: dict[str, Any]) -> tuple[str, str]:
+    for name, q in sorted(queues.items()):
+        if q.get("mode") == "static" and q.get("functions"):
+            return name, q["functions"][0]
+    raise TourError("the demo's queues.yaml has no static queue with a listed function to pause")
+
+
+def _jetqueue(nats_url: str, *args: str) -> None:
+    env = {**os.environ, "JETQUEUE_NATS_URL": nats_url}
+    res = subprocess.run([sys.executable, "-m", "jetqueue", *args], env=env, capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        raise TourError(f"jetqueue {' '.join(args)} failed: {res.stderr.strip() or res.stdout.strip()}")
+    for line in res.stdout.strip().splitlines():
+        _say(f"    {line}")
+
+
+async def _paused(
+    http: aiohttp.ClientSession,
+    gateway: str,
+    callback: str,
+    callbacks: dict[str, Any],
+    nats_url: str,
+    queue: str,
+    function: str,
+) -> None:
+    _say(f"\npause: jetqueue pause {queue}")
+    await asyncio.to_thread(_jetqueue, nats_url, "pause", queue)
+    ids = [await _submit(http, gateway, function, b"0.1", **{"X-Callback-Url": callback}) for _ in range(PAUSED_CALLS)]
+    await asyncio.sleep(PAUSED_FOR)
+    states = [(await _state(http, gateway, c))["state"] for c in ids]
+    ran = sum(c in callbacks for c in ids)
+    _say(f"  {PAUSED_CALLS} calls to {function} accepted while paused; {PAUSED_FOR:.0f}s later: {states}, {ran} run")
+    if ran:
+        raise TourError(f"calls ran while {queue} was paused")
+    t0 = time.monotonic()
+    _say(f"resume: jetqueue resume {queue}")
+    await asyncio.to_thread(_jetqueue, nats_url, "resume", queue)
+    await _called_back(callbacks, ids)
+    _say(f"  all {PAUSED_CALLS} ran and called back {time.monotonic() - t0:.1f}s after the resume")
