@@ -114,6 +114,7 @@ class Accept:
             callback_url=callback,
             headers=headers,
             not_before=when,
+            recorded=self.backend.status.enabled,
         )
         return await self._store(call)
 

@@ -129,15 +129,16 @@ class Processor:
         policy = c.policies(call.function)
         max_attempts, max_age = policy.retry.max_attempts, policy.retry.max_event_age
         started = callstatus.now()
+        # A record exists already when the gateway wrote one or an earlier attempt ran: read it before writing.
+        seen = call.recorded or attempt > 1 or bool(call.not_before)
         if c.cancelled is not None and c.cancelled(call):  # cancelled while queued
             outcome = Outcome(status=None, error=CANCELLED)
         elif max_age and call.age(time.time()) >= max_age:
             outcome = Outcome(status=None, error=EXPIRED)
         else:
             if c.status.enabled:
-                c.status.report(
-                    callstatus.base_record(call, CallState.RUNNING, **_attempt(attempt, max_attempts, started))
-                )
+                running = callstatus.base_record(call, CallState.RUNNING, **_attempt(attempt, max_attempts, started))
+                c.status.report(running, read_first=seen)
             outcome = await self._invoke(call, policy.upstream_timeout)
             if c.observer is not None:
                 c.observer(call.function, outcome.status, outcome.retry_after is not None, outcome.duration)
@@ -149,11 +150,17 @@ class Processor:
             await self._store_callback(msg, call, state, outcome, attempt, policy.retry.max_attempts)
         await self._settle(msg, call, decision, outcome, attempt)
         if c.status.enabled:
-            await self._record(call, state, decision, outcome, _attempt(attempt, max_attempts, started))
+            await self._record(call, state, decision, outcome, _attempt(attempt, max_attempts, started), seen)
         self._report(call, decision, outcome, attempt)
 
     async def _record(
-        self, call: Call, state: CallState, decision: Decision, outcome: Outcome, fields: dict[str, object]
+        self,
+        call: Call,
+        state: CallState,
+        decision: Decision,
+        outcome: Outcome,
+        fields: dict[str, object],
+        seen: bool,
     ) -> None:
         """The status record of the attempt's end (statuswriter.py writes it off the call's slot)."""
         fields["status_code"] = outcome.status
@@ -161,9 +168,9 @@ class Processor:
             fields["error"] = outcome.excerpt()
         if isinstance(decision, Retry):
             fields["next_try"] = round(callstatus.now() + decision.delay, 3)
-            self.ctx.status.report(callstatus.base_record(call, state, **fields))
+            self.ctx.status.report(callstatus.base_record(call, state, **fields), read_first=seen)
         else:
-            await self.ctx.status.final(callstatus.base_record(call, state, **fields))
+            await self.ctx.status.final(callstatus.base_record(call, state, **fields), read_first=seen)
 
     async def _settle(self, msg: Msg, call: Call, decision: Decision, outcome: Outcome, attempt: int) -> None:
         """Keep the 202's promise in JetStream: removed, redelivered later, or stored as a dead letter first."""

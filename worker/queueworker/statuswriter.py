@@ -3,8 +3,9 @@
 - Coalesced: one write per call at a time, and a newer record replaces one not written yet. A `running`
   record waits `RUNNING_GRACE` first, so a call that finishes sooner costs one write (its final record), not two.
 - Compare-and-set: a record is written against the revision this worker last wrote for the call (one round
-  trip); a call's first record from this worker reads the stored one first (the gateway's `queued`) and
-  replaces it only if ours is further along (a later call under the same id, a later attempt, or final over not
+  trip). A call's first record from this worker is created (one round trip) unless one is known to exist
+  (`read_first`: the gateway wrote `queued`, or an earlier attempt ran): then the stored one is read and
+  replaced only if ours is further along (a later call under the same id, a later attempt, or final over not
   final): two round trips. A conflict means someone wrote in between: read again and decide again.
 - Bounded: at most `limit` calls wait to be written. Past it a `running` or `retrying` record is dropped (they
   are reports; the next one replaces them) and a final record waits up to `FINAL_ROOM_WAIT` for room, then is
@@ -26,7 +27,7 @@ from jetqueue.contract import CallState
 
 log = logging.getLogger("jetqueue.status")
 RUNNING_GRACE = 0.25
-WRITERS = 8
+WRITERS = 64
 LIMIT = 10_000
 FINAL_RETRY_WAITS = (0.2, 0.5, 1.0, 2.0)
 CAS_TRIES = 3
@@ -43,6 +44,7 @@ class StatusWriter:
         self._ready: asyncio.Queue[str] = asyncio.Queue()  # call ids whose record may be written now
         self._writing: set[str] = set()  # one write per call at a time, so records land in order
         self._revisions: dict[str, int] = {}  # call id -> revision of this worker's last write
+        self._read_first: set[str] = set()  # calls known to have a record already (read it before the first write)
         self._room = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0  # final records dropped because the backlog stayed full (the bucket failing)
@@ -55,11 +57,13 @@ class StatusWriter:
         if self.enabled and not self._tasks:
             self._tasks = [asyncio.create_task(self._writer(), name=f"status-{i}") for i in range(WRITERS)]
 
-    def report(self, record: Record) -> None:
+    def report(self, record: Record, read_first: bool = False) -> None:
         """A `running` or `retrying` record: written later, or dropped when the backlog is full."""
         if not self.enabled:
             return
         call_id = record["call_id"]
+        if read_first:
+            self._read_first.add(call_id)
         if call_id not in self._pending and len(self._pending) >= self.limit:
             return
         self._pending[call_id] = record
@@ -68,11 +72,13 @@ class StatusWriter:
         else:
             self._ready_now(call_id)
 
-    async def final(self, record: Record) -> None:
-        """A final record: always written (waits for room when the backlog is full)."""
+    async def final(self, record: Record, read_first: bool = False) -> None:
+        """A final record: written unless the backlog stays full for FINAL_ROOM_WAIT (the bucket failing)."""
         if not self.enabled:
             return
         call_id = record["call_id"]
+        if read_first:
+            self._read_first.add(call_id)
         if call_id not in self._pending and len(self._pending) >= self.limit:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FINAL_ROOM_WAIT):
@@ -116,6 +122,7 @@ class StatusWriter:
                 revision = await self._cas(call_id, record)
                 if final or revision is None:
                     self._revisions.pop(call_id, None)
+                    self._read_first.discard(call_id)
                 else:
                     if len(self._revisions) >= MAX_REVISIONS:
                         self._revisions.clear()
@@ -131,7 +138,7 @@ class StatusWriter:
         """Write `record` by compare-and-set. Returns the new revision, or None when the stored one is ahead."""
         value = json.dumps(record).encode()
         last = self._revisions.get(call_id)
-        known = last is not None
+        known = last is not None or call_id not in self._read_first  # else: create, and read only on a conflict
         for _ in range(CAS_TRIES):
             if not known:  # read what is stored (the gateway's record, another worker's) and decide
                 entry = await self.store.get(call_id)
