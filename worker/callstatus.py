@@ -107,22 +107,10 @@ class StatusStore:
         return Entry(json.loads(e.value), e.revision or 0)
 
     async def update(self, call_id: str, record: Record, last: int | None) -> int | None:
-        """Compare-and-set; raises KeyWrongLastSequenceError when someone wrote in between."""
-        kv = await self.bucket()
-        if kv is None:
-            if self.enabled:
-                raise ConnectionError("the call-status bucket is unavailable")
+        """Compare-and-set; raises KeyWrongLastSequenceError when someone wrote in between. None when off."""
+        if not self.enabled:
             return None
-        value = json.dumps(record).encode()
-        try:
-            if last is None:
-                return int(await kv.create(call_id, value))
-            return int(await kv.update(call_id, value, last=last))
-        except KeyWrongLastSequenceError:
-            raise
-        except Exception:
-            self._failed(kv)
-            raise
+        return await self.write(call_id, json.dumps(record).encode(), last)
 
     async def create_unconfirmed(self, nc: Client, call_id: str, record: Record) -> None:
         """Create a record without waiting for the server's answer (create-only: an existing record stays). A

@@ -241,50 +241,31 @@ def due_consumer(queue: str, max_waiting: int) -> ConsumerSpec:
     )
 
 
+def _bucket(name: str, description: str, ttl: float | None, replicas: int, storage: str) -> KeyValueConfig:
+    """A key-value bucket of jetqueue's: the latest value of each key only."""
+    return KeyValueConfig(
+        bucket=name, history=1, ttl=ttl, replicas=replicas, storage=StorageType(storage), description=description
+    )
+
+
 def status_bucket(ttl: float, replicas: int = 1, storage: str = "file") -> KeyValueConfig:
     """The call-status bucket: one key per call id, the latest record only, expired after `ttl`."""
-    return KeyValueConfig(
-        bucket=names.STATUS_BUCKET,
-        history=1,
-        ttl=ttl,
-        replicas=replicas,
-        storage=StorageType(storage),
-        description="jetqueue call status",
-    )
+    return _bucket(names.STATUS_BUCKET, "jetqueue call status", ttl, replicas, storage)
 
 
 def cancel_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
     """Cancel requests, one key per cancelled call id (cancels.py), kept longer than any call can be scheduled
     ahead, so a cancelled scheduled call never runs, whatever the status TTL."""
-    return KeyValueConfig(
-        bucket=names.CANCEL_BUCKET,
-        history=1,
-        ttl=CANCEL_KEEP,
-        replicas=replicas,
-        storage=StorageType(storage),
-        description="jetqueue cancel requests",
-    )
+    return _bucket(names.CANCEL_BUCKET, "jetqueue cancel requests", CANCEL_KEEP, replicas, storage)
 
 
 def pause_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
     """Pause records, key `<queue>` or `<queue>.<function>`, kept until resumed: no TTL (jetqueue/pauses.py)."""
-    return KeyValueConfig(
-        bucket=names.PAUSE_BUCKET,
-        history=1,
-        replicas=replicas,
-        storage=StorageType(storage),
-        description="jetqueue pauses",
-    )
+    return _bucket(names.PAUSE_BUCKET, "jetqueue pauses", None, replicas, storage)
 
 
 def rate_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
     """Dispatch-rate state, key `<queue>` or `<queue>.<function>`, value the time its next slot starts
     (queueworker/ratelimit.py). No TTL: a key is a few bytes, and one expired while it points ahead would let a
     burst through."""
-    return KeyValueConfig(
-        bucket=names.RATE_BUCKET,
-        history=1,
-        replicas=replicas,
-        storage=StorageType(storage),
-        description="jetqueue dispatch rates",
-    )
+    return _bucket(names.RATE_BUCKET, "jetqueue dispatch rates", None, replicas, storage)
