@@ -90,6 +90,17 @@ async def test_body_limit_and_strict_routing_and_callback_allow_list(nats_server
     await nc.close()
 
 
+async def test_a_call_larger_than_its_queue_can_hold_is_413_not_a_503_for_ever(nats_server, http, tmp_path):
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"routes": {"train": "ml"}, "queues": {"ml": {"maxQueueBytes": 2000}}}))
+    async with running_gateway(gateway_settings(nats_server.url, routes_file=str(routes))) as gw:
+        url = f"http://127.0.0.1:{gw.s.http_port}/async-function/train"
+        for headers in ({}, {"X-Delay": "1s"}):  # scheduled or not: it could never enter the queue
+            r = await post(http, url, b"x" * 3000, **headers)
+            assert r.status == 413, r.status
+        assert (await post(http, url, b"x" * 100)).status == 202
+
+
 async def test_nats_down_gives_503_and_recovers_without_restart(nats_server, functions, http):
     async with running_gateway(gateway_settings(nats_server.url, publish_timeout=1.0)) as gw:
         url = f"http://127.0.0.1:{gw.s.http_port}/async-function/echo"

@@ -32,6 +32,7 @@ MAX_FUNCTION_NAME = 253  # a DNS-1123 subdomain
 PREFIX = "/async-function/"
 # Room kept in every stored call for the metadata a dead letter adds (deadletter.py fits it in this).
 DEAD_LETTER_ROOM = 1024
+STORED_OVERHEAD = 64  # what JetStream adds to a stored message's size beyond subject, headers and body (bound)
 MAX_RECENT = 10_000  # records of calls just accepted, kept in memory (`recent`)
 RECENT_FOR = 10.0
 
@@ -137,13 +138,28 @@ class Accept:
             f"the largest body with these headers is {largest} bytes",
         )
 
+    def _over_queue_bytes(self, call: contract.Call, headers: dict[str, str]) -> web.Response | None:
+        """413 for a call larger than its queue's maxQueueBytes: the stream would refuse it every time (a 503
+        "queue full" that no retry cures), and a scheduled one would wait for ever to be moved in."""
+        info = self.routing.queues.get(call.queue)
+        if info is None or not info.max_bytes:
+            return None
+        subject = contract.subject(call.queue, call.function)
+        size = len(call.body) + contract.header_size(headers) + len(subject) + STORED_OVERHEAD
+        if size <= info.max_bytes:
+            return None
+        return problem(
+            413,
+            f"request too large for queue {call.queue!r}: about {size} bytes stored; maxQueueBytes {info.max_bytes}",
+        )
+
     async def _store(self, call: contract.Call) -> web.Response:
         b, name, queue = self.backend, call.function, call.queue
         retry = {"Retry-After": RETRY_AFTER}
         subject, headers = contract.subject(call.queue, call.function), call.to_headers()
         if call.not_before:  # held by the server until its time (OF_<queue>_SCHED), then moved into the queue
             subject, headers = contract.held_message(call, headers, call.not_before, call.call_id)
-        if (too_large := self._too_large(len(call.body), headers)) is not None:
+        if (too_large := self._too_large(len(call.body), headers) or self._over_queue_bytes(call, headers)) is not None:
             self._count(name, queue, 413)
             return too_large
         if b.js is None or not b.connected or not await b.ensure_queue(queue):
