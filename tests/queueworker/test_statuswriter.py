@@ -85,3 +85,13 @@ async def test_a_failing_bucket_holds_no_call_for_long():
     assert time.monotonic() - t0 < 3 * 1.5 + 5  # each of the three waits about FINAL_ROOM_WAIT, not for the bucket
     assert writer.dropped >= 1
     await writer.close(0.1)
+
+
+async def test_a_dropped_record_leaves_nothing_remembered():
+    writer = StatusWriter(Hanging(), limit=1)  # not started: the backlog stays full
+    call = Call(call_id="a", queue="q", function="f")
+    writer.report(record(call, CallState.RUNNING), read_first=True)
+    for i in range(50):
+        other = Call(call_id=f"b{i}", queue="q", function="f")
+        writer.report(record(other, CallState.RETRYING), read_first=True)  # dropped: the backlog is full
+    assert writer._read_first == {"a"}

@@ -58,6 +58,10 @@ class Context:
     cancelled: Callable[[Call], bool] | None = None
 
 
+def _stored_ns(msg: Msg) -> int:
+    return int(msg.metadata.timestamp.timestamp() * 1_000_000) * 1000
+
+
 def _attempt(attempt: int, max_attempts: int, started: float) -> dict[str, object]:
     return {"attempt": attempt, "max_attempts": max_attempts, "started_at": started}
 
@@ -119,8 +123,11 @@ class Processor:
         c = self.ctx
         meta = msg.metadata
         try:
-            fallback = contract.derived_call_id(c.queue, meta.sequence.stream, meta.timestamp)
-            stored_ns = int(meta.timestamp.timestamp() * 1_000_000) * 1000
+            h = msg.headers or {}
+            named = bool(h.get(contract.H_CALL_ID) or h.get(contract.H_MSG_ID))  # else the id comes from the storage
+            fallback = "" if named else contract.derived_call_id(c.queue, meta.sequence.stream, meta.timestamp)
+            # Only a message without a start time needs its storage time (parsed from the ack subject).
+            stored_ns = 0 if contract.H_START in h else _stored_ns(msg)
             call = contract.decode(msg.subject, msg.data, msg.headers, fallback, stored_ns)
         except BadMessage as e:
             await self._undecodable(msg, meta.num_delivered or 1, e)

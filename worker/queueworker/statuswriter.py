@@ -62,11 +62,9 @@ class StatusWriter:
         if not self.enabled:
             return
         call_id = record["call_id"]
-        if read_first:
-            self._read_first.add(call_id)
         if call_id not in self._pending and len(self._pending) >= self.limit:
             return
-        self._pending[call_id] = record
+        self._take(record, read_first)
         if record["state"] == CallState.RUNNING:
             asyncio.get_running_loop().call_later(self.grace, self._ready_now, call_id)
         else:
@@ -77,8 +75,6 @@ class StatusWriter:
         if not self.enabled:
             return
         call_id = record["call_id"]
-        if read_first:
-            self._read_first.add(call_id)
         if call_id not in self._pending and len(self._pending) >= self.limit:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FINAL_ROOM_WAIT):
@@ -89,8 +85,14 @@ class StatusWriter:
                 self.dropped += 1
                 log.warning("status backlog full: final record dropped", extra={"call_id": call_id})
                 return
-        self._pending[call_id] = record  # replaces a running record still waiting for its grace
+        self._take(record, read_first)  # replaces a running record still waiting for its grace
         self._ready_now(call_id)
+
+    def _take(self, record: Record, read_first: bool) -> None:
+        """Accept a record for writing; only then is the call remembered (a dropped one leaves nothing behind)."""
+        self._pending[record["call_id"]] = record
+        if read_first:
+            self._read_first.add(record["call_id"])
 
     def _ready_now(self, call_id: str) -> None:
         """Queue the call's record for writing. An id queued twice is harmless: the writer skips what is gone."""
