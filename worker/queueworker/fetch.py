@@ -16,7 +16,6 @@ from typing import Protocol
 
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
-from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from jetqueue.queueworker.heartbeat import AckExtender
@@ -55,6 +54,14 @@ class Slots:
             await asyncio.wait_for(self._changed.wait(), timeout)
 
 
+class Source(Protocol):
+    """Where a loop fetches from: a nats-py pull subscription, or pullrequests.ConsumerPull (static mode)."""
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]: ...
+
+    async def unsubscribe(self) -> None: ...
+
+
 class Handler(Protocol):
     """What a loop hands each message to: handle.Processor (calls), schedule.Mover (due calls)."""
 
@@ -69,12 +76,12 @@ class ConsumerLoop:
     def __init__(
         self,
         name: str,
-        psub: JetStreamContext.PullSubscription,
+        psub: Source,
         slots: Slots,
         processor: Handler,
         share: Callable[[], int] | None = None,
         idle_exit: float | None = None,
-        rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]] | None = None,
+        rebind: Callable[[], Awaitable[Source]] | None = None,
     ) -> None:
         self.name = name
         self.psub = psub
@@ -88,6 +95,12 @@ class ConsumerLoop:
         self.surplus: deque[Msg] = deque()  # delivered beyond what was asked for; started first
         self.stopping = False
         self.has_work = False
+
+    def adopt(self, msg: Msg) -> None:
+        """A message delivered after its fetch gave up: it waits for a free slot, its ack extended meanwhile."""
+        if not self.stopping:
+            self.processor.extender.track(msg)
+        self.surplus.append(msg)
 
     async def run(self) -> None:
         last_message = asyncio.get_running_loop().time()
@@ -156,7 +169,7 @@ class ConsumerLoop:
         self.tasks.add(task)
         task.add_done_callback(self._done)
 
-    async def _recover(self, rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]]) -> None:
+    async def _recover(self, rebind: Callable[[], Awaitable[Source]]) -> None:
         """Set the consumer (and its stream) up again, retrying until it works or the worker stops."""
         self.lost = True
         log.warning("consumer %s is missing; setting it up again", self.name)
@@ -169,8 +182,9 @@ class ConsumerLoop:
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, RECOVER_MAX_WAIT)
                 continue
-            with contextlib.suppress(Exception):
-                await old.unsubscribe()
+            if old is not self.psub:
+                with contextlib.suppress(Exception):
+                    await old.unsubscribe()
             log.info("consumer %s set up again", self.name)
             break
         self.lost = False

@@ -34,6 +34,7 @@ from jetqueue.queueworker.invoke import Invoker
 from jetqueue.queueworker.metrics import WorkerMetrics
 from jetqueue.queueworker.pauses import PauseFollower
 from jetqueue.queueworker.policy import Policies
+from jetqueue.queueworker.pullrequests import ConsumerPull
 from jetqueue.queueworker.ratelimit import DispatchRate
 from jetqueue.queueworker.schedule import Holder, Mover
 from jetqueue.queueworker.statuswriter import StatusWriter
@@ -70,6 +71,7 @@ class Worker:
         self.invoker: Invoker | None = None
         self.function_mode: FunctionMode | None = None
         self.pauses: PauseFollower | None = None
+        self.pull: ConsumerPull | None = None  # static mode's source
 
     async def start(self) -> None:
         s = self.s
@@ -80,6 +82,8 @@ class Worker:
             self.metrics.reconnects.inc()
             if self.cancels is not None:  # cancels stored while disconnected: watch again from the bucket
                 self.cancels.restart()
+            if self.pull is not None:
+                self.pull.reconnected()
 
         self.nc = await connect(s, f"jetqueue-worker-{s.queue}", on_reconnect=reconnected)
         js = self.js = self.nc.jetstream()
@@ -90,7 +94,7 @@ class Worker:
         store = StatusStore(js, bucket) if s.call_status else StatusStore.off()
         await store.bucket()
         self.status = status = StatusWriter(store)
-        status.start()
+        await status.start()
         self.invoker = Invoker(s.function_url, s.max_inflight)
         self.callbacks = CallbackSender(
             js,
@@ -132,8 +136,9 @@ class Worker:
             with contextlib.suppress(TimeoutError):  # know the calls cancelled while queued before taking any
                 await asyncio.wait_for(self.cancels.ready.wait(), CANCELS_READY_WAIT)
         if s.mode == "static":
-            psub = await js.pull_subscribe_bind(durable=s.durable, stream=s.stream)
-            self._add_loop(ConsumerLoop(s.durable, psub, self.slots, self.processor, rebind=self._rebind))
+            self.pull = await ConsumerPull(js, s.stream, s.durable, orphan=lambda m: loop.adopt(m)).start()
+            loop = ConsumerLoop(s.durable, self.pull, self.slots, self.processor, rebind=self._rebind)
+            self._add_loop(loop)
         else:
             self.function_mode = FunctionMode(
                 s, js, ctx, self.processor, self.slots, self._provision, pause_until=self.pauses.until
@@ -198,11 +203,12 @@ class Worker:
             durable=contract.callback_durable_name(s.queue), stream=contract.callback_stream_name(s.queue)
         )
 
-    async def _rebind(self) -> JetStreamContext.PullSubscription:
-        """The static consumer vanished (deleted, or lost with the server's state): set it up again."""
+    async def _rebind(self) -> ConsumerPull:
+        """The static consumer vanished (deleted, or lost with the server's state): set it up again (pulls go on
+        under the same name)."""
         await self._provision()
-        assert self.js is not None
-        return await self.js.pull_subscribe_bind(durable=self.s.durable, stream=self.s.stream)
+        assert self.pull is not None
+        return self.pull
 
     def _add_loop(self, loop: ConsumerLoop) -> None:
         self.loops.append(loop)

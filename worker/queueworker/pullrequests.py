@@ -1,6 +1,6 @@
 """Pulls from many consumers of one stream, and JetStream API requests, sent without waiting and answered on
-one subscription (function mode's dispatcher, functionmode.py): no task and no wait per request or per call,
-which nats-py's `fetch` costs for every message.
+one subscription (function mode's dispatcher, functionmode.py; `ConsumerPull` for the static consumer): no task
+and no wait per call, which nats-py's `fetch` costs for every message (a task, a timer and a uuid each).
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.errors import ServiceUnavailableError
 
 API_TIMEOUT = 5.0  # an API request not answered by then is given up
 PULL_TIMEOUT = 5.0  # a pull is answered at once (or at its expiry); beyond this the answer is taken as lost
@@ -73,12 +76,15 @@ class Requests:
     def _token(self) -> str:
         return format(next(self._ids), "x")
 
-    def pull(self, consumer: str, batch: int, wait: float | None, done: Callable[[Pull], None]) -> Message:
+    def pull(
+        self, consumer: str, batch: int, wait: float | None, done: Callable[[Pull], None], timeout: float = PULL_TIMEOUT
+    ) -> Message:
         """Up to `batch` calls of `consumer`: those deliverable now (`wait` None: the server answers at once), or
-        the first to come within `wait` seconds. `done` gets the Pull."""
+        the first to come within `wait` seconds. `done` gets the Pull; an answer not there `timeout` seconds after
+        the wait is given up (`expire`)."""
         assert consumer not in self.by_consumer, consumer  # its calls could not be told apart
         token = self._token()
-        deadline = asyncio.get_running_loop().time() + (wait or 0.0) + PULL_TIMEOUT
+        deadline = asyncio.get_running_loop().time() + (wait or 0.0) + timeout
         self.pulls[token] = self.by_consumer[consumer] = Pull(consumer, batch, token, deadline, done)
         if wait is None:
             payload = b'{"batch":%d,"no_wait":true}' % batch
@@ -91,6 +97,10 @@ class Requests:
         token = self._token()
         self.asks[token] = (asyncio.get_running_loop().time() + API_TIMEOUT, done)
         return f"{self.api}.{subject}", payload, f"{self.inbox}.{token}"
+
+    def forget(self, p: Pull) -> None:
+        """Stop waiting for `p` (its waiter was cancelled): calls it still brings are orphans."""
+        self._finish(p, "forgotten")
 
     def _finish(self, p: Pull, status: str = "", description: str = "") -> None:
         if self.pulls.pop(p.token, None) is None:
@@ -133,3 +143,68 @@ class Requests:
     def finish_all(self, status: str) -> None:
         for p in list(self.pulls.values()):
             self._finish(p, status)
+
+
+NO_MESSAGES = ("404", "408")  # nothing deliverable now; the wait expired
+GAVE_UP = ("timeout", "reconnected")
+STATIC_PULL_TIMEOUT = 1.0  # the static consumer's pulls are answered at once or at their expiry
+
+
+class PullRefused(Exception):
+    """The server answered a pull with a status other than "no messages" (e.g. 409 leadership change)."""
+
+
+class ConsumerPull:
+    """`fetch` for one durable consumer on `Requests` (fetch.ConsumerLoop's source in static mode): the calls
+    deliverable now, else the first to come within the timeout, with one awaited future per pull, not per call.
+    Calls delivered after their pull was given up go to `orphan` (the loop starts them when slots free up)."""
+
+    def __init__(self, js: JetStreamContext, stream: str, consumer: str, orphan: Callable[[Msg], None]) -> None:
+        self.consumer = consumer
+        self.requests = Requests(js, stream, orphan)
+
+    async def start(self) -> ConsumerPull:
+        await self.requests.start()
+        return self
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        """Raises TimeoutError when nothing came, ServiceUnavailableError when the consumer is gone."""
+        p = await self._pull(batch, None)
+        if not p.msgs and (p.status in NO_MESSAGES or p.status in GAVE_UP):
+            p = await self._pull(1, timeout)
+        if p.msgs:
+            return p.msgs
+        if p.gone:
+            raise ServiceUnavailableError
+        if p.status in NO_MESSAGES or p.status in GAVE_UP:
+            raise NatsTimeoutError
+        raise PullRefused(f"{p.status} {p.description}".strip())
+
+    async def _pull(self, batch: int, wait: float | None) -> Pull:
+        r = self.requests
+        answered: asyncio.Future[Pull] = asyncio.get_running_loop().create_future()
+
+        def done(p: Pull) -> None:
+            if not answered.done():
+                answered.set_result(p)
+
+        subject, payload, reply = r.pull(self.consumer, batch, wait, done, STATIC_PULL_TIMEOUT)
+        pull = r.by_consumer[self.consumer]
+        try:
+            if r.nc.is_closed:
+                raise ConnectionClosedError
+            await r.nc.publish(subject, payload, reply=reply)
+            async with asyncio.timeout((wait or 0.0) + STATIC_PULL_TIMEOUT):
+                return await answered
+        except BaseException:
+            r.forget(pull)
+            for m in pull.msgs:  # delivered before the failure: started later, never dropped
+                r.orphan(m)
+            raise
+
+    async def unsubscribe(self) -> None:
+        await self.requests.stop()
+
+    def reconnected(self) -> None:
+        """Pulls sent before a reconnect are never answered: give them up now, not at their deadline."""
+        self.requests.finish_all("reconnected")
