@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 
 from jetqueue import callstatus, contract
 from jetqueue.callstatus import StatusStore
 from jetqueue.contract import Call, CallState, jetstream
-from jetqueue.queueworker.statuswriter import WRITERS, StatusWriter, ahead
+from jetqueue.queueworker.statuswriter import IN_FLIGHT, StatusWriter, ahead
 from tests.helpers import connect
 
 
@@ -27,9 +29,9 @@ async def test_a_call_that_ends_within_the_grace_costs_one_write(nats_server):
     store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
     await store.bucket()
     writer = StatusWriter(store)
-    writer.start()
+    await writer.start()
     call = Call(call_id="fast", queue="q", function="f")
-    writer.report(record(call, CallState.RUNNING))
+    writer.started("fast", lambda: record(call, CallState.RUNNING))
     await writer.final(record(call, CallState.SUCCEEDED))
     await writer.close(5)
     assert await writes(nc) == 1
@@ -43,7 +45,7 @@ async def test_a_record_further_along_is_not_overwritten(nats_server):
     call = Call(call_id="twice", queue="q", function="f")
     await store.update("twice", record(call, CallState.SUCCEEDED, attempt=3), None)  # another worker, later
     writer = StatusWriter(store, grace=0)
-    writer.start()
+    await writer.start()
     writer.report(record(call, CallState.RUNNING, attempt=2))
     await writer.close(5)
     entry = await store.get("twice")
@@ -61,34 +63,92 @@ def test_ahead():
     assert not ahead(record(call, CallState.SUCCEEDED, 5), record(later, CallState.RUNNING))
 
 
-class Hanging(StatusStore):
-    """A bucket that never answers."""
+async def test_a_call_running_past_the_grace_gets_its_running_record(nats_server):
+    nc = await connect(nats_server.url)
+    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    await store.bucket()
+    writer = StatusWriter(store, grace=0.1)
+    await writer.start()
+    call = Call(call_id="slow", queue="q", function="f")
+    writer.started("slow", lambda: record(call, CallState.RUNNING))
 
-    def __init__(self) -> None:
-        super().__init__(None, jetstream.status_bucket(60))
+    async def running() -> bool:
+        entry = await store.get("slow")
+        return entry is not None and entry.record["state"] == "running"
 
-    async def write(self, call_id: str, value: bytes, last: int | None) -> int:
-        await asyncio.sleep(3600)
-        return 0
+    for _ in range(100):
+        if await running():
+            break
+        await asyncio.sleep(0.05)
+    assert await running()
+    await writer.final(record(call, CallState.SUCCEEDED))
+    await writer.close(5)
+    entry = await store.get("slow")
+    assert entry is not None and entry.record["state"] == "succeeded" and await writes(nc) == 2
+    await nc.close()
 
-    async def get(self, call_id: str) -> callstatus.Entry | None:
-        return None
+
+async def test_a_recorded_call_is_read_first_and_replaced(nats_server):
+    """The gateway's `queued` record (or a deleted key, or none at all) is read, then replaced by compare-and-set."""
+    nc = await connect(nats_server.url)
+    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    kv = await store.bucket()
+    assert kv is not None
+    queued, deleted, missing = (Call(call_id=i, queue="q", function="f") for i in ("queued", "deleted", "missing"))
+    await store.update("queued", record(queued, CallState.QUEUED, attempt=0), None)
+    await store.update("deleted", record(deleted, CallState.QUEUED, attempt=0), None)
+    await kv.delete("deleted")
+    writer = StatusWriter(store)
+    await writer.start()
+    for call in (queued, deleted, missing):
+        await writer.final(record(call, CallState.SUCCEEDED), read_first=True)
+    await writer.close(5)
+    for call in (queued, deleted, missing):
+        entry = await store.get(call.call_id)
+        assert entry is not None and entry.record["state"] == "succeeded", call.call_id
+    await nc.close()
 
 
-async def test_a_failing_bucket_holds_no_call_for_long():
-    writer = StatusWriter(Hanging(), limit=4)
-    writer.start()
-    t0 = time.monotonic()
-    for i in range(WRITERS + 4 + 3):  # every writer stuck, the backlog (4) full, then three more
-        await writer.final(record(Call(call_id=f"c{i}", queue="q", function="f"), CallState.SUCCEEDED))
-        await asyncio.sleep(0)  # let a writer take what it can
-    assert time.monotonic() - t0 < 3 * 1.5 + 5  # each of the three waits about FINAL_ROOM_WAIT, not for the bucket
-    assert writer.dropped >= 1
+async def test_a_bucket_deleted_underneath_is_made_again(nats_server):
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    store = StatusStore(js, jetstream.status_bucket(60))
+    await store.bucket()
+    writer = StatusWriter(store)
+    await writer.start()
+    await js.delete_key_value(contract.STATUS_BUCKET)
+    call = Call(call_id="again", queue="q", function="f")
+    await writer.final(record(call, CallState.SUCCEEDED))
+    await writer.close(10)
+    entry = await store.get("again")
+    assert entry is not None and entry.record["state"] == "succeeded"
+    await nc.close()
+
+
+async def test_a_bucket_that_never_answers_holds_no_call_for_long(nats_server):
+    nc = await connect(nats_server.url)
+    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    await store.bucket()
+    writer = StatusWriter(store, limit=4)
+    await writer.start()
+    assert nats_server.proc is not None
+    os.kill(nats_server.proc.pid, signal.SIGSTOP)  # connected, and silent
+    try:
+        t0 = time.monotonic()
+        for i in range(IN_FLIGHT + 4 + 3):  # every write in flight, the backlog (4) full, then three more
+            await writer.final(record(Call(call_id=f"c{i}", queue="q", function="f"), CallState.SUCCEEDED))
+        assert time.monotonic() - t0 < 3 * 1.5 + 5  # each of the three waits about FINAL_ROOM_WAIT, not for NATS
+        assert writer.dropped == 3
+    finally:
+        os.kill(nats_server.proc.pid, signal.SIGCONT)
     await writer.close(0.1)
+    await nc.close()
 
 
 async def test_a_dropped_record_leaves_nothing_remembered():
-    writer = StatusWriter(Hanging(), limit=1)  # not started: the backlog stays full
+    writer = StatusWriter(
+        StatusStore(None, jetstream.status_bucket(60)), limit=1
+    )  # not started: the backlog stays full
     call = Call(call_id="a", queue="q", function="f")
     writer.report(record(call, CallState.RUNNING), read_first=True)
     for i in range(50):

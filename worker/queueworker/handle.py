@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -143,9 +144,9 @@ class Processor:
         elif max_age and call.age(time.time()) >= max_age:
             outcome = Outcome(status=None, error=EXPIRED)
         else:
-            if c.status.enabled:
-                running = callstatus.base_record(call, CallState.RUNNING, **_attempt(attempt, max_attempts, started))
-                c.status.report(running, read_first=seen)
+            if c.status.enabled:  # written only if the call still runs after a grace (most are over by then)
+                fields = _attempt(attempt, max_attempts, started)
+                c.status.started(call.call_id, partial(callstatus.base_record, call, CallState.RUNNING, **fields), seen)
             outcome = await self._invoke(call, policy.upstream_timeout)
             if c.observer is not None:
                 c.observer(call.function, outcome.status, outcome.retry_after is not None, outcome.duration)
