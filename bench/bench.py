@@ -55,7 +55,11 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from jetqueue import contract  # noqa: E402
+from jetqueue import callstatus, contract  # noqa: E402
+from jetqueue.contract import jetstream  # noqa: E402
+from jetqueue.settings import WorkerSettings  # noqa: E402
+
+STATUS_TTL = float(WorkerSettings.__dataclass_fields__["status_ttl"].default)  # the bucket as the worker makes it
 from tests.servers import NatsServer, free_port  # noqa: E402
 
 JETQUEUE = str(Path(sys.executable).parent / "jetqueue")
@@ -277,24 +281,33 @@ async def provision(b: Bench, queue: str) -> None:
     await clear_consumers(b, queue)
 
 
-def call_headers(call_id: str) -> dict[str, str]:
-    """What the gateway (and `jetqueue.client.submit_nats`) put on a call."""
+def call_headers(call_id: str, recorded: bool = False) -> dict[str, str]:
+    """What the gateway (and `jetqueue.client.submit_nats`) put on a call; `recorded`: the gateway with call
+    status on, which also wrote the call's `queued` record."""
     call_id = re.sub(r"[^A-Za-z0-9_=.-]", "_", call_id)  # the contract's call id alphabet
-    return {"Nats-Msg-Id": call_id, "X-Call-Id": call_id, "X-Start-Time": str(time.time_ns())}
+    headers = {"Nats-Msg-Id": call_id, "X-Call-Id": call_id, "X-Start-Time": str(time.time_ns())}
+    if recorded:
+        headers[contract.H_RECORDED] = "1"
+    return headers
 
 
-async def publish(b: Bench, subjects: list[str], prefix: str, batch: int = 1000) -> None:
-    """Publish one no-op call per subject, each with a PubAck, `batch` at a time."""
+async def publish(b: Bench, subjects: list[str], prefix: str, batch: int = 1000, recorded: bool = False) -> None:
+    """Publish one no-op call per subject, each with a PubAck, `batch` at a time. `recorded`: as the gateway
+    does with call status on, each with its `queued` record in the status bucket (the worker reads it first)."""
     prefix = f"{prefix}-{next(PUBLISHES)}"  # call ids unique within the run (the stream deduplicates them)
+    store = callstatus.StatusStore(b.js, jetstream.status_bucket(STATUS_TTL)) if recorded else None
     for start in range(0, len(subjects), batch):
+        headers = [call_headers(f"{prefix}-{RUN}-{start + i}", recorded) for i in range(len(subjects[start:][:batch]))]
         acks = await asyncio.gather(
-            *(
-                b.js.publish(s, b"{}", headers=call_headers(f"{prefix}-{RUN}-{start + i}"))
-                for i, s in enumerate(subjects[start : start + batch])
-            )
+            *(b.js.publish(s, b"{}", headers=h) for s, h in zip(subjects[start : start + batch], headers, strict=True))
         )
         if any(a.duplicate for a in acks):
             raise RuntimeError("a benchmark call was deduplicated: call ids are not unique")
+        if store is not None:
+            calls = [
+                contract.decode(s, b"{}", h, "") for s, h in zip(subjects[start : start + batch], headers, strict=True)
+            ]
+            await asyncio.gather(*(store.update(c.call_id, callstatus.base_record(c), None) for c in calls))
 
 
 async def messages(b: Bench, queue: str) -> int:
@@ -332,7 +345,7 @@ class Drain:
 
 
 async def drain_once(b: Bench, queue: str, contender: str, n: int) -> Drain:
-    await publish(b, [f"{queue}.noop"] * n, f"w-{contender}")
+    await publish(b, [f"{queue}.noop"] * n, f"w-{contender}", recorded=True)  # as the gateway stores them
     await b.fn_reset()
     if contender == "bare loop":
         proc = await start_bare_loop(b, queue, ready=False)

@@ -7,6 +7,9 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
+
+import pytest
 
 from jetqueue import callstatus, contract
 from jetqueue.callstatus import StatusStore
@@ -88,10 +91,11 @@ async def test_a_call_running_past_the_grace_gets_its_running_record(nats_server
     await nc.close()
 
 
-async def test_a_recorded_call_is_read_first_and_replaced(nats_server):
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-get", "bucket-made-before-direct-gets"])
+async def test_a_recorded_call_is_read_first_and_replaced(nats_server, direct):
     """The gateway's `queued` record (or a deleted key, or none at all) is read, then replaced by compare-and-set."""
     nc = await connect(nats_server.url)
-    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    store = StatusStore(nc.jetstream(), replace(jetstream.status_bucket(60), direct=direct))
     kv = await store.bucket()
     assert kv is not None
     queued, deleted, missing = (Call(call_id=i, queue="q", function="f") for i in ("queued", "deleted", "missing"))

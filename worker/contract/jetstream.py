@@ -242,9 +242,16 @@ def due_consumer(queue: str, max_waiting: int) -> ConsumerSpec:
 
 
 def _bucket(name: str, description: str, ttl: float | None, replicas: int, storage: str) -> KeyValueConfig:
-    """A key-value bucket of jetqueue's: the latest value of each key only."""
+    """A key-value bucket of jetqueue's: the latest value of each key only, read by direct gets (any replica
+    answers, without the JetStream API's JSON)."""
     return KeyValueConfig(
-        bucket=name, history=1, ttl=ttl, replicas=replicas, storage=StorageType(storage), description=description
+        bucket=name,
+        history=1,
+        ttl=ttl,
+        replicas=replicas,
+        storage=StorageType(storage),
+        description=description,
+        direct=True,
     )
 
 

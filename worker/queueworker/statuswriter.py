@@ -45,6 +45,7 @@ ANSWER_WAIT = 5.0  # a read or write not answered by then has failed (the connec
 MAX_REVISIONS = 100_000  # revisions remembered for calls still running here; cleared past this (then: create/read)
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code when the expected last subject sequence differs
 EXPECTED = "Nats-Expected-Last-Subject-Sequence"
+WRITE, READ, DIRECT = "write", "read", "direct"  # what an answer is to: a compare-and-set, an API get, a direct get
 
 
 class _Write:
@@ -77,7 +78,7 @@ class StatusWriter:
         self._room = asyncio.Event()
         self._outbox: deque[tuple[str, bytes, str, dict[str, str] | None]] = deque()
         self._wake = asyncio.Event()
-        self._answers: dict[str, tuple[float, _Write, bool]] = {}  # token -> (deadline, write, is a read)
+        self._answers: dict[str, tuple[float, _Write, str]] = {}  # token -> (deadline, write, WRITE/READ/DIRECT)
         self._ids = itertools.count()
         self._inbox = ""
         self._sub: Any = None
@@ -189,14 +190,16 @@ class StatusWriter:
         reply = f"{self._inbox}.{token}"
         deadline = asyncio.get_running_loop().time() + ANSWER_WAIT
         bucket = contract.STATUS_BUCKET
-        if w.read_first:
-            self._answers[token] = (deadline, w, True)
-            payload = b'{"last_by_subj":"%s%s.%s"}' % (KV_SUBJECT_PREFIX.encode(), bucket.encode(), w.call_id.encode())
-            self._send(f"{js._prefix}.STREAM.MSG.GET.KV_{bucket}", payload, reply, None)
-        else:
-            self._answers[token] = (deadline, w, False)
-            headers = {EXPECTED: str(w.last or 0)}  # 0: create (there must be no record)
-            self._send(f"{KV_SUBJECT_PREFIX}{bucket}.{w.call_id}", w.value, reply, headers)
+        key = f"{KV_SUBJECT_PREFIX}{bucket}.{w.call_id}"
+        if not w.read_first:
+            self._answers[token] = (deadline, w, WRITE)
+            self._send(key, w.value, reply, {EXPECTED: str(w.last or 0)})  # 0: create (there must be no record)
+        elif getattr(self.store.kv, "_direct", False):  # any replica answers, without the JetStream API's JSON
+            self._answers[token] = (deadline, w, DIRECT)
+            self._send(f"{js._prefix}.DIRECT.GET.KV_{bucket}.{key}", b"", reply, None)
+        else:  # a bucket made before direct gets were allowed
+            self._answers[token] = (deadline, w, READ)
+            self._send(f"{js._prefix}.STREAM.MSG.GET.KV_{bucket}", b'{"last_by_subj":"%s"}' % key.encode(), reply, None)
 
     async def _reopen(self, w: _Write) -> None:
         if await self.store.bucket() is None:
@@ -231,12 +234,15 @@ class StatusWriter:
         found = self._answers.pop(msg.subject.rpartition(".")[2], None)
         if found is None:  # answered after its deadline: that write was failed (and retried) already
             return
-        _, w, is_read = found
+        _, w, kind = found
+        status = msg.headers.get("Status") if msg.headers else None
         try:
-            if msg.headers and msg.headers.get("Status") == "503":  # no stream: the bucket is gone
+            if status == "503":  # no stream: the bucket is gone
                 self.store.kv = None
                 self._failed(w, "no responders (the call-status bucket is missing)")
-            elif is_read:
+            elif kind == DIRECT:
+                self._read_direct(w, msg, status)
+            elif kind == READ:
                 self._read(w, json.loads(msg.data))
             else:
                 self._written(w, json.loads(msg.data))
@@ -261,6 +267,21 @@ class StatusWriter:
                 if ahead(stored, w.record):
                     self._done(w, None)
                     return
+        self._step(w)
+
+    def _read_direct(self, w: _Write, msg: Msg, status: str | None) -> None:
+        """The stored record came from a direct get: its headers say its revision, or that there is none."""
+        if status not in (None, "404"):
+            self._failed(w, f"direct get answered {status}")
+            return
+        w.read_first = False
+        w.last = None
+        if status is None:
+            headers = msg.headers or {}
+            w.last = int(headers["Nats-Sequence"])
+            if "KV-Operation" not in headers and ahead(json.loads(msg.data), w.record):  # deleted: no record
+                self._done(w, None)
+                return
         self._step(w)
 
     def _written(self, w: _Write, answer: dict[str, Any]) -> None:
