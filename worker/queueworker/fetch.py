@@ -93,13 +93,19 @@ class ConsumerLoop:
         self.lost = False  # the consumer is missing and not set up again yet (readiness says so)
         self.tasks: set[asyncio.Task[None]] = set()
         self.surplus: deque[Msg] = deque()  # delivered beyond what was asked for; started first
+        self._naks: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.has_work = False
 
     def adopt(self, msg: Msg) -> None:
-        """A message delivered after its fetch gave up: it waits for a free slot, its ack extended meanwhile."""
-        if not self.stopping:
-            self.processor.extender.track(msg)
+        """A message delivered after its fetch gave up: it waits for a free slot, its ack extended meanwhile.
+        Stopping: handed back at once, for another worker."""
+        if self.stopping:
+            task = asyncio.create_task(msg.nak())
+            self._naks.add(task)
+            task.add_done_callback(self._naks.discard)
+            return
+        self.processor.extender.track(msg)
         self.surplus.append(msg)
 
     async def run(self) -> None:

@@ -28,14 +28,16 @@ class Pull:
 
     __slots__ = ("batch", "consumer", "deadline", "description", "done", "msgs", "status", "token")
 
-    def __init__(self, consumer: str, batch: int, token: str, deadline: float, done: Callable[[Pull], None]) -> None:
+    def __init__(
+        self, consumer: str, batch: int, token: str, deadline: float, done: Callable[[Pull], None], status: str = ""
+    ) -> None:
         self.consumer = consumer
         self.batch = batch
         self.token = token
         self.deadline = deadline
         self.done = done
         self.msgs: list[Msg] = []
-        self.status = ""
+        self.status = status
         self.description = ""
 
     @property
@@ -86,8 +88,8 @@ class Requests:
         token = self._token()
         deadline = asyncio.get_running_loop().time() + (wait or 0.0) + timeout
         self.pulls[token] = self.by_consumer[consumer] = Pull(consumer, batch, token, deadline, done)
-        if wait is None:
-            payload = b'{"batch":%d,"no_wait":true}' % batch
+        if wait is None:  # with an expiry, or a pull the server cannot answer (no room) would wait there for ever
+            payload = b'{"batch":%d,"no_wait":true,"expires":%d}' % (batch, int(timeout * 1e9))
         else:
             payload = b'{"batch":%d,"expires":%d}' % (batch, int(wait * 1e9))
         return self.next_subject + consumer, payload, f"{self.inbox}.{token}"
@@ -148,6 +150,7 @@ class Requests:
 NO_MESSAGES = ("404", "408")  # nothing deliverable now; the wait expired
 GAVE_UP = ("timeout", "reconnected")
 STATIC_PULL_TIMEOUT = 1.0  # the static consumer's pulls are answered at once or at their expiry
+DISCONNECTED_WAIT = 0.25
 
 
 class PullRefused(Exception):
@@ -188,11 +191,14 @@ class ConsumerPull:
             if not answered.done():
                 answered.set_result(p)
 
+        if r.nc.is_closed:
+            raise ConnectionClosedError
+        if not r.nc.is_connected:  # a pull sent now would wait in the client's buffer and be answered late
+            await asyncio.sleep(DISCONNECTED_WAIT)
+            return Pull(self.consumer, batch, "", 0.0, done, "timeout")
         subject, payload, reply = r.pull(self.consumer, batch, wait, done, STATIC_PULL_TIMEOUT)
         pull = r.by_consumer[self.consumer]
         try:
-            if r.nc.is_closed:
-                raise ConnectionClosedError
             await r.nc.publish(subject, payload, reply=reply)
             async with asyncio.timeout((wait or 0.0) + STATIC_PULL_TIMEOUT):
                 return await answered
@@ -206,5 +212,5 @@ class ConsumerPull:
         await self.requests.stop()
 
     def reconnected(self) -> None:
-        """Pulls sent before a reconnect are never answered: give them up now, not at their deadline."""
+        """Pulls under way at a disconnect may never be answered: give them up now, not at their deadline."""
         self.requests.finish_all("reconnected")
