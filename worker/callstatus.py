@@ -18,7 +18,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetqueue import contract
@@ -27,6 +27,7 @@ from jetqueue.contract import CallState
 log = logging.getLogger("jetqueue.status")
 Record = dict[str, Any]
 KV_SUBJECT_PREFIX = "$KV."  # a key-value bucket's keys are subjects `$KV.<bucket>.<key>` of its stream
+STREAM_NOT_FOUND = 10059  # JetStream's error code (a missing key is 10037)
 CREATE_ONLY = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
 
@@ -95,16 +96,21 @@ class StatusStore:
             if self.enabled:
                 raise ConnectionError("the call-status bucket is unavailable")
             return None
-        try:
-            e = await kv.get(call_id)
-        except KeyNotFoundError:
-            return None
+        assert self.js is not None
+        bucket = contract.STATUS_BUCKET
+        try:  # from the stream's leader: a direct get may come from a replica a moment behind (no going back)
+            m = await self.js.get_last_msg(f"KV_{bucket}", f"{KV_SUBJECT_PREFIX}{bucket}.{call_id}", direct=False)
+        except NotFoundError as e:
+            if e.err_code != STREAM_NOT_FOUND:
+                return None  # no record under this key
+            self._failed(kv)
+            raise
         except Exception:
             self._failed(kv)
             raise
-        if not e.value:
+        if not m.data or (m.headers and "KV-Operation" in m.headers):  # deleted or purged
             return None
-        return Entry(json.loads(e.value), e.revision or 0)
+        return Entry(json.loads(m.data), m.seq or 0)
 
     async def update(self, call_id: str, record: Record, last: int | None) -> int | None:
         """Compare-and-set; raises KeyWrongLastSequenceError when someone wrote in between. None when off."""

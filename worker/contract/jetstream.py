@@ -241,9 +241,11 @@ def due_consumer(queue: str, max_waiting: int) -> ConsumerSpec:
     )
 
 
-def _bucket(name: str, description: str, ttl: float | None, replicas: int, storage: str) -> KeyValueConfig:
-    """A key-value bucket of jetqueue's: the latest value of each key only, read by direct gets (any replica
-    answers, without the JetStream API's JSON)."""
+def _bucket(
+    name: str, description: str, ttl: float | None, replicas: int, storage: str, direct: bool = False
+) -> KeyValueConfig:
+    """A key-value bucket of jetqueue's: the latest value of each key only. `direct`: gets may be answered by any
+    replica (no JetStream API JSON), possibly a moment behind the leader."""
     return KeyValueConfig(
         bucket=name,
         history=1,
@@ -251,13 +253,15 @@ def _bucket(name: str, description: str, ttl: float | None, replicas: int, stora
         replicas=replicas,
         storage=StorageType(storage),
         description=description,
-        direct=True,
+        direct=direct,
     )
 
 
 def status_bucket(ttl: float, replicas: int = 1, storage: str = "file") -> KeyValueConfig:
-    """The call-status bucket: one key per call id, the latest record only, expired after `ttl`."""
-    return _bucket(names.STATUS_BUCKET, "jetqueue call status", ttl, replicas, storage)
+    """The call-status bucket: one key per call id, the latest record only, expired after `ttl`. Direct gets: the
+    worker's read before a compare-and-set may be a moment stale (the write then conflicts, and it reads again
+    from the leader); the gateway reads from the leader."""
+    return _bucket(names.STATUS_BUCKET, "jetqueue call status", ttl, replicas, storage, direct=True)
 
 
 def cancel_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:

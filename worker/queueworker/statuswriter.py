@@ -36,6 +36,7 @@ from jetqueue.contract import CallState
 
 log = logging.getLogger("jetqueue.status")
 RUNNING_GRACE = 0.25
+SWEEP_AT_MOST = 0.01  # seconds between sweeps for running records, at the least (a grace of 0 must not spin)
 IN_FLIGHT = 512  # records being written at once
 LIMIT = 10_000
 FINAL_RETRY_WAITS = (0.2, 0.5, 1.0, 2.0)
@@ -85,6 +86,7 @@ class StatusWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self._helpers: set[asyncio.Task[None]] = set()
         self.dropped = 0  # final records dropped because the backlog stayed full (the bucket failing)
+        self.gave_up = 0  # records not written because others wrote the call's record each time in between
 
     @property
     def enabled(self) -> bool:
@@ -108,6 +110,7 @@ class StatusWriter:
         """A call started: its `running` record (`make()`) is written if it still runs after the grace."""
         if self.enabled:
             deadline = asyncio.get_running_loop().time() + self.grace
+            self._starting.pop(call_id, None)  # started again (a retry here): the sweep keeps start order
             self._starting[call_id] = (deadline, make, read_first)
 
     def report(self, record: Record, read_first: bool = False) -> None:
@@ -144,13 +147,15 @@ class StatusWriter:
         """Accept a record for writing; only then is the call remembered (a dropped one leaves nothing behind)."""
         self._pending[record["call_id"]] = record
         if read_first:
+            if len(self._read_first) >= MAX_REVISIONS:  # calls whose next attempt ran elsewhere: bounded
+                self._read_first.clear()
             self._read_first.add(record["call_id"])
 
     async def _sweep_loop(self) -> None:
         """Turn calls running longer than the grace into `running` records (one timer for all of them)."""
         clock = asyncio.get_running_loop().time
         while True:
-            await asyncio.sleep(self.grace / 2)
+            await asyncio.sleep(max(self.grace / 2, SWEEP_AT_MOST))
             now = clock()
             while self._starting:
                 call_id = next(iter(self._starting))
@@ -194,10 +199,10 @@ class StatusWriter:
         if not w.read_first:
             self._answers[token] = (deadline, w, WRITE)
             self._send(key, w.value, reply, {EXPECTED: str(w.last or 0)})  # 0: create (there must be no record)
-        elif getattr(self.store.kv, "_direct", False):  # any replica answers, without the JetStream API's JSON
+        elif not w.conflicts and getattr(self.store.kv, "_direct", False):  # any replica answers, no API JSON
             self._answers[token] = (deadline, w, DIRECT)
             self._send(f"{js._prefix}.DIRECT.GET.KV_{bucket}.{key}", b"", reply, None)
-        else:  # a bucket made before direct gets were allowed
+        else:  # from the leader: after a conflict (a replica may lag), or a bucket made before direct gets
             self._answers[token] = (deadline, w, READ)
             self._send(f"{js._prefix}.STREAM.MSG.GET.KV_{bucket}", b'{"last_by_subj":"%s"}' % key.encode(), reply, None)
 
@@ -291,6 +296,10 @@ class StatusWriter:
         elif error.get("err_code") == WRONG_LAST_SEQUENCE:  # someone wrote in between: read and decide again
             w.conflicts += 1
             if w.conflicts >= CAS_TRIES:
+                self.gave_up += 1
+                log.warning(
+                    "status record changed %d times while written: given up", CAS_TRIES, extra={"call_id": w.call_id}
+                )
                 self._done(w, None)
             else:
                 w.read_first, w.last = True, None
