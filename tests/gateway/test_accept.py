@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from yarl import URL
 
+from jetqueue import contract
+from jetqueue.gateway.accept import MAX_RECENT, Accept, CallIds
+from jetqueue.gateway.backend import Backend
+from jetqueue.gateway.routing import Routing
 from tests.helpers import connect, gateway_settings, post, running_gateway, running_worker, worker_settings
 from tests.servers import eventually
 
@@ -85,6 +91,15 @@ async def test_body_limit_and_strict_routing_and_callback_allow_list(nats_server
         assert (await post(http, f"{base}/train", b"x", **{"X-Callback-Url": "http://evil.internal/"})).status == 400
         ok = await post(http, f"{base}/train", b"x", **{"X-Callback-Url": "https://hooks.example/done"})
         assert ok.status == 202 and ok.headers["X-Queue"] == "ml"
+        async with http.get(f"http://127.0.0.1:{gw.s.http_port}/metrics") as r:
+            metrics = (await r.text()).splitlines()
+        counted = [line for line in metrics if line.startswith("gateway_async_requests_total{")]
+        assert sorted(counted) == [  # the 413 for the body limit comes from aiohttp, before the function is known
+            'gateway_async_requests_total{code="202",function_name="train",queue_name="ml"} 1.0',
+            'gateway_async_requests_total{code="400",function_name="train",queue_name="ml"} 1.0',
+            'gateway_async_requests_total{code="404",function_name="_unrouted",queue_name=""} 1.0',
+        ]
+        assert "gateway_publish_seconds_count 1.0" in metrics
     nc = await connect(nats_server.url)
     assert (await nc.jetstream().stream_info("OF_ml")).state.messages == 1
     await nc.close()
@@ -252,3 +267,26 @@ async def test_a_full_queue_answers_503_queue_full_and_keeps_every_202(nats_serv
     async with running_worker(worker_settings(nats_server.url, functions.url_template)):
         await eventually(lambda: sorted(functions.completed["echo"]) == sorted(accepted))
     await nc.close()
+
+
+def test_generated_call_ids_are_random_uuid4s():
+    ids = CallIds()
+    made = [ids.new() for _ in range(1000)]  # several reads of randomness (256 ids each)
+    assert len(set(made)) == len(made)
+    for call_id in made:
+        parsed = uuid.UUID(call_id)
+        assert str(parsed) == call_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert contract.CALL_ID.match(call_id)
+
+
+async def test_recent_records_are_the_last_ones_accepted():
+    s = gateway_settings("nats://127.0.0.1:1")
+    routing = Routing.from_settings(s)
+    accept = Accept(s, routing, Backend(s, routing), CollectorRegistry())  # not connected: records kept only here
+    calls = [contract.Call(call_id=f"c{i}", queue="q", function="f") for i in range(MAX_RECENT + 2)]
+    again = contract.Call(call_id="c1", queue="q", function="f")  # the same id again keeps its place
+    for call in [*calls[:2], again, *calls[2:]]:
+        await accept._record_queued(call)
+    assert accept.recent("c0") is None and accept.recent("c1") is None  # the oldest two made room
+    assert accept.recent("c2") is not None and accept.recent(f"c{MAX_RECENT + 1}") is not None
+    assert len(accept._recent) == MAX_RECENT

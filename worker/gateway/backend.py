@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 
-from nats.aio.client import Client
+from nats.aio.client import NO_RESPONDERS_STATUS, Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.api import Header
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetqueue import cancels, contract, provision
@@ -23,12 +28,65 @@ log = logging.getLogger("jetqueue.gateway")
 STREAM_CHECK_TIMEOUT = 1.0
 
 
+class PubAcks:
+    """JetStream publishes that wait for their PubAck, every answer on one reply subscription: what js.publish
+    does, without its cost per call (a random token, i.e. a getrandom system call, asyncio.wait_for and three
+    more coroutines), which was a sixth of the gateway's CPU per submission."""
+
+    def __init__(self, nc: Client, prefix: str) -> None:
+        self._nc = nc
+        self._prefix = prefix
+        self._loop = asyncio.get_running_loop()
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._tokens = itertools.count()  # unique under this connection's own random inbox prefix
+
+    @classmethod
+    async def open(cls, nc: Client) -> PubAcks:
+        acks = cls(nc, nc.new_inbox() + ".")
+        await nc.subscribe(acks._prefix + "*", cb=acks._answer)  # subscribed again by nats-py on reconnect
+        return acks
+
+    async def _answer(self, msg: Msg) -> None:
+        waiter = self._waiting.get(msg.subject[len(self._prefix) :])
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+
+    @staticmethod
+    def _time_out(waiter: asyncio.Future[Msg]) -> None:
+        if not waiter.done():
+            waiter.set_exception(NatsTimeoutError())
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> bool:
+        """Store a message and wait for its PubAck: True when the stream already held its Nats-Msg-Id (a
+        duplicate). Raises what js.publish raises: NoStreamResponseError, APIError, nats.errors.TimeoutError."""
+        token = str(next(self._tokens))
+        waiter = self._loop.create_future()
+        self._waiting[token] = waiter
+        timer = self._loop.call_later(timeout, self._time_out, waiter)
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            msg = await waiter
+        finally:
+            timer.cancel()
+            del self._waiting[token]
+        if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
+            raise NoStreamResponseError
+        # Parsed only when it says more than "stored": json.loads of these bytes was 2-3% of a submission's CPU.
+        if b"duplicate" not in msg.data and b'"error"' not in msg.data:
+            return False
+        ack = json.loads(msg.data)
+        if "error" in ack:
+            raise APIError.from_error(ack["error"])
+        return bool(ack.get("duplicate"))
+
+
 class Backend:
     def __init__(self, settings: GatewaySettings, routing: Routing) -> None:
         self.s = settings
         self.routing = routing
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
+        self.acks: PubAcks | None = None
         self.status = StatusStore.off()
         self.ready_streams: set[str] = set()
         self._cancels: KeyValue | None = None
@@ -54,6 +112,7 @@ class Backend:
                 log.warning("%s; retrying", e)
                 await asyncio.sleep(1)
         self.js = self.nc.jetstream()  # publish_timeout applies to publishes (accept.py), not to API calls
+        self.acks = await PubAcks.open(self.nc)
         if self.s.call_status:
             bucket = jetstream.status_bucket(self.s.status_ttl, self.s.stream_replicas, self.s.stream_storage)
             self.status = StatusStore(self.js, bucket)
