@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 
 import pytest
@@ -290,3 +291,18 @@ async def test_recent_records_are_the_last_ones_accepted():
     assert accept.recent("c0") is None and accept.recent("c1") is None  # the oldest two made room
     assert accept.recent("c2") is not None and accept.recent(f"c{MAX_RECENT + 1}") is not None
     assert len(accept._recent) == MAX_RECENT
+
+
+def test_a_forked_child_makes_other_call_ids_than_its_parent():
+    ids = CallIds()
+    ids.new()  # randomness read before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.write(write, ids.new().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    assert child != ids.new()

@@ -58,3 +58,19 @@ async def test_a_puback_that_merely_mentions_duplicate_is_read_in_full(nats_serv
         assert await acks.publish("duplicate.f", b"a", {"Nats-Msg-Id": "one"}, 5) is True
     finally:
         await nc.close()
+
+
+async def test_an_answer_that_is_not_a_puback_is_no_202(nats_server):
+    """A stray core-NATS responder on a subject no stream holds: its answer must not read as "stored"."""
+    nc = await connect(nats_server.url)
+    try:
+
+        async def stray(msg):
+            await msg.respond(b"")
+
+        await nc.subscribe("stray.f", cb=stray)
+        acks = await PubAcks.open(nc)
+        with pytest.raises(NatsTimeoutError):  # answered 503 "may or may not be stored", never 202
+            await acks.publish("stray.f", b"a", {"Nats-Msg-Id": "x"}, 5)
+    finally:
+        await nc.close()

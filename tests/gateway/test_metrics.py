@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import prometheus_client.metrics
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -15,8 +16,13 @@ OBSERVED = [0.0001, 0.0005, 0.0007, 0.001, 0.003, 0.02, 0.3, 0.9, 1.0, 4.9, 5.0,
 COUNTED = [("echo", "q", 202), ("echo", "q", 202), ("_invalid", "", 400), ("train", "ml", 503), ("echo", "q", 413)]
 
 
+@pytest.mark.parametrize("created", [True, False], ids=["created", "PROMETHEUS_DISABLE_CREATED_SERIES"])
 @pytest.mark.parametrize("generate", [generate_latest, generate_openmetrics])
-def test_the_same_samples_as_prometheus_client_counter_and_histogram(generate: Callable[[CollectorRegistry], bytes]):
+def test_the_same_samples_as_prometheus_client_counter_and_histogram(
+    generate: Callable[[CollectorRegistry], bytes], created: bool, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(prometheus_client.metrics, "_use_created", created)
+
     def exposition(registry: CollectorRegistry) -> str:
         """With the creation times (seconds since the epoch, different on every run) blanked."""
         return re.sub(r"(_created(\{[^}]*\})?) \S+", r"\1 T", generate(registry).decode())

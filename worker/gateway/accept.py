@@ -45,6 +45,10 @@ class CallIds:
     def __init__(self) -> None:
         self._random = b""
         self._at = 0
+        os.register_at_fork(after_in_child=self._forget)  # a forked child must not hand out the parent's ids
+
+    def _forget(self) -> None:
+        self._random, self._at = b"", 0
 
     def new(self) -> str:
         at = self._at

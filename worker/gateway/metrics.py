@@ -10,7 +10,7 @@ import itertools
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, metrics
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import INF, floatToGoString
 
@@ -48,11 +48,13 @@ class GatewayMetrics:
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(REQUESTS, REQUESTS_HELP, labels=REQUEST_LABELS)
-        for (function, queue, code), (count, created) in self._requests.items():
-            requests.add_metric((function, queue, str(code)), count, created)
+        created = metrics._use_created  # PROMETHEUS_DISABLE_CREATED_SERIES, honoured as prometheus_client does
+        for (function, queue, code), (count, at) in self._requests.items():
+            requests.add_metric((function, queue, str(code)), count, at if created else None)
         yield requests
         publish = HistogramMetricFamily(PUBLISH, PUBLISH_HELP)
         bounds = map(floatToGoString, (*PUBLISH_BUCKETS, INF))
         publish.add_metric((), list(zip(bounds, itertools.accumulate(self._buckets), strict=True)), self._sum)
-        publish.add_sample(f"{PUBLISH}_created", {}, self._created)
+        if created:
+            publish.add_sample(f"{PUBLISH}_created", {}, self._created)
         yield publish
