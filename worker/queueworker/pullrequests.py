@@ -79,17 +79,27 @@ class Requests:
         return format(next(self._ids), "x")
 
     def pull(
-        self, consumer: str, batch: int, wait: float | None, done: Callable[[Pull], None], timeout: float = PULL_TIMEOUT
+        self,
+        consumer: str,
+        batch: int,
+        wait: float | None,
+        done: Callable[[Pull], None],
+        timeout: float = PULL_TIMEOUT,
+        expiring: bool = False,
     ) -> Message:
         """Up to `batch` calls of `consumer`: those deliverable now (`wait` None: the server answers at once), or
         the first to come within `wait` seconds. `done` gets the Pull; an answer not there `timeout` seconds after
-        the wait is given up (`expire`)."""
+        the wait is given up (`expire`). `expiring` (with `wait` None): the pull also expires at the server after
+        `timeout`; it then waits up to that long for a first call when there is none (instead of answering 404),
+        but never lingers there when the consumer has no room (max_ack_pending reached)."""
         assert consumer not in self.by_consumer, consumer  # its calls could not be told apart
         token = self._token()
         deadline = asyncio.get_running_loop().time() + (wait or 0.0) + timeout
         self.pulls[token] = self.by_consumer[consumer] = Pull(consumer, batch, token, deadline, done)
-        if wait is None:  # with an expiry, or a pull the server cannot answer (no room) would wait there for ever
+        if wait is None and expiring:
             payload = b'{"batch":%d,"no_wait":true,"expires":%d}' % (batch, int(timeout * 1e9))
+        elif wait is None:
+            payload = b'{"batch":%d,"no_wait":true}' % batch
         else:
             payload = b'{"batch":%d,"expires":%d}' % (batch, int(wait * 1e9))
         return self.next_subject + consumer, payload, f"{self.inbox}.{token}"
@@ -196,7 +206,9 @@ class ConsumerPull:
         if not r.nc.is_connected:  # a pull sent now would wait in the client's buffer and be answered late
             await asyncio.sleep(DISCONNECTED_WAIT)
             return Pull(self.consumer, batch, "", 0.0, done, "timeout")
-        subject, payload, reply = r.pull(self.consumer, batch, wait, done, STATIC_PULL_TIMEOUT)
+        # Expiring: a pull the server cannot answer (another worker holds every max_ack_pending slot) would
+        # otherwise wait there for ever, one more each second, until the consumer refuses every pull (409).
+        subject, payload, reply = r.pull(self.consumer, batch, wait, done, STATIC_PULL_TIMEOUT, expiring=True)
         pull = r.by_consumer[self.consumer]
         try:
             await r.nc.publish(subject, payload, reply=reply)
