@@ -26,7 +26,6 @@ from jetqueue.contract import CallState
 
 log = logging.getLogger("jetqueue.status")
 Record = dict[str, Any]
-KV_SUBJECT_PREFIX = "$KV."  # a key-value bucket's keys are subjects `$KV.<bucket>.<key>` of its stream
 STREAM_NOT_FOUND = 10059  # JetStream's error code (a missing key is 10037)
 CREATE_ONLY = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
@@ -99,7 +98,7 @@ class StatusStore:
         assert self.js is not None
         bucket = contract.STATUS_BUCKET
         try:  # from the stream's leader: a direct get may come from a replica a moment behind (no going back)
-            m = await self.js.get_last_msg(f"KV_{bucket}", f"{KV_SUBJECT_PREFIX}{bucket}.{call_id}", direct=False)
+            m = await self.js.get_last_msg(contract.kv_stream_name(bucket), contract.kv_subject(bucket, call_id))
         except NotFoundError as e:
             if e.err_code != STREAM_NOT_FOUND:
                 return None  # no record under this key
@@ -123,7 +122,7 @@ class StatusStore:
         plain publish on the bucket's subject: no reply inbox, no round trip; lost if the connection is."""
         if not self.enabled:
             return
-        subject = f"{KV_SUBJECT_PREFIX}{contract.STATUS_BUCKET}.{call_id}"
+        subject = contract.kv_subject(contract.STATUS_BUCKET, call_id)
         with contextlib.suppress(Exception):
             await nc.publish(subject, json.dumps(record).encode(), headers=CREATE_ONLY)
 

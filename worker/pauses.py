@@ -120,27 +120,35 @@ async def open_bucket(js: JetStreamContext, replicas: int, storage: str) -> KeyV
         return await js.key_value(contract.PAUSE_BUCKET)
 
 
-async def records(kv: KeyValue, timeout: float = 5.0) -> list[Pause]:
-    """Every pause record in the bucket now (any queue, ended ones included)."""
-    watcher = await kv.watchall()
-    found: list[Pause] = []
+async def records(js: JetStreamContext) -> list[Pause]:
+    """Every pause record in the bucket now (any queue, ended ones included): its keys from the stream's subjects,
+    each read from the leader. Not a watch: nats-py's watcher can say "no more" before the entries it already
+    received (seen under load: a pause just made looked absent); none when the bucket does not exist."""
+    bucket = contract.PAUSE_BUCKET
+    stream, prefix = contract.kv_stream_name(bucket), contract.kv_subject(bucket, "")
     try:
-        while (entry := await watcher.updates(timeout)) is not None:  # type: ignore[no-untyped-call]
-            pause = decoded(entry)
-            if pause is not None:
-                found.append(pause)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        info = await js.stream_info(stream, subjects_filter=prefix + ">")
+    except NotFoundError:
+        return []
+    found: list[Pause] = []
+    for subject in info.state.subjects or {}:
+        try:
+            m = await js.get_last_msg(stream, subject)
+        except NotFoundError:
+            continue  # removed meanwhile
+        if not m.data or (m.headers and "KV-Operation" in m.headers):  # DEL or PURGE: resumed
+            continue
+        key = subject.removeprefix(prefix)
+        try:
+            found.append(Pause.decode(key, m.data))
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("ignoring pause record %r: %r", key, e)
     return found
 
 
 async def stored(js: JetStreamContext) -> list[Pause]:
     """Every pause record, reading only: none when the bucket does not exist (nothing was ever paused)."""
-    try:
-        kv = await js.key_value(contract.PAUSE_BUCKET)
-    except BucketNotFoundError:
-        return []
-    return await records(kv)
+    return await records(js)
 
 
 def decoded(entry: KeyValue.Entry) -> Pause | None:

@@ -24,7 +24,7 @@ def record(call: Call, state: CallState, attempt: int = 1) -> callstatus.Record:
 
 async def writes(nc) -> int:
     """Messages ever stored in the status bucket's stream (every write adds one)."""
-    return int((await nc.jetstream().stream_info(f"KV_{contract.STATUS_BUCKET}")).state.last_seq)
+    return int((await nc.jetstream().stream_info(contract.kv_stream_name(contract.STATUS_BUCKET))).state.last_seq)
 
 
 async def test_a_call_that_ends_within_the_grace_costs_one_write(nats_server):

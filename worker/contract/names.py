@@ -19,6 +19,7 @@ CALLBACK_SUBJECT_PREFIX = "_CB"
 SCHEDULE_STREAM_SUFFIX = "_SCHED"
 SCHEDULE_SUBJECT_PREFIX = "_SCHED"
 CALLBACK_DLQ_FUNCTION = "_callback"  # undeliverable callbacks' dead-letter subject part (no function starts with _)
+KV_SUBJECT_PREFIX = "$KV."  # a key-value bucket's keys are subjects `$KV.<bucket>.<key>` of its stream
 STATUS_BUCKET = "jetqueue-calls"
 CANCEL_BUCKET = "jetqueue-cancels"
 PAUSE_BUCKET = "jetqueue-pauses"  # pause records, keyed by `pause_key` (jetqueue/pauses.py)
@@ -26,6 +27,17 @@ RATE_BUCKET = "jetqueue-rates"  # dispatch-rate state, keyed by `rate_key` (queu
 MAX_QUEUE_NAME = 40  # it names the stream, the consumers and the Helm release
 # nats-server refuses consumer names over 255 characters (a file name); longer ones end in a hash instead.
 MAX_CONSUMER_NAME = 200
+
+
+def kv_stream_name(bucket: str) -> str:
+    """The stream that holds a key-value bucket (as nats-py and the nats CLI name it)."""
+    return f"KV_{bucket}"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    """The subject a bucket's key is stored under."""
+    return f"{KV_SUBJECT_PREFIX}{bucket}.{key}"
+
 
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 QUEUE_NAME = re.compile(rf"^{DNS_LABEL}$")

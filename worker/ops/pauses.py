@@ -171,7 +171,7 @@ async def pause(
         )
     record = Pause(queue, function, until or pauses.FOREVER, now.replace(microsecond=0))
     kv = await pauses.open_bucket(js, replicas, storage)
-    others = [p for p in await pauses.records(kv) if p.queue == queue and p.key != record.key]
+    others = [p for p in await pauses.records(js) if p.queue == queue and p.key != record.key]
     await kv.put(record.key, record.encode())
     out.write(
         f"paused {_scope(queue, function)} {pauses.describe(record.until)}{_in(record.until, now)}: calls are "

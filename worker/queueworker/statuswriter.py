@@ -31,7 +31,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from jetqueue import contract
-from jetqueue.callstatus import KV_SUBJECT_PREFIX, Record, StatusStore
+from jetqueue.callstatus import Record, StatusStore
 from jetqueue.contract import CallState
 
 log = logging.getLogger("jetqueue.status")
@@ -195,16 +195,21 @@ class StatusWriter:
         reply = f"{self._inbox}.{token}"
         deadline = asyncio.get_running_loop().time() + ANSWER_WAIT
         bucket = contract.STATUS_BUCKET
-        key = f"{KV_SUBJECT_PREFIX}{bucket}.{w.call_id}"
+        key = contract.kv_subject(bucket, w.call_id)
         if not w.read_first:
             self._answers[token] = (deadline, w, WRITE)
             self._send(key, w.value, reply, {EXPECTED: str(w.last or 0)})  # 0: create (there must be no record)
         elif not w.conflicts and getattr(self.store.kv, "_direct", False):  # any replica answers, no API JSON
             self._answers[token] = (deadline, w, DIRECT)
-            self._send(f"{js._prefix}.DIRECT.GET.KV_{bucket}.{key}", b"", reply, None)
+            self._send(f"{js._prefix}.DIRECT.GET.{contract.kv_stream_name(bucket)}.{key}", b"", reply, None)
         else:  # from the leader: after a conflict (a replica may lag), or a bucket made before direct gets
             self._answers[token] = (deadline, w, READ)
-            self._send(f"{js._prefix}.STREAM.MSG.GET.KV_{bucket}", b'{"last_by_subj":"%s"}' % key.encode(), reply, None)
+            self._send(
+                f"{js._prefix}.STREAM.MSG.GET.{contract.kv_stream_name(bucket)}",
+                b'{"last_by_subj":"%s"}' % key.encode(),
+                reply,
+                None,
+            )
 
     async def _reopen(self, w: _Write) -> None:
         if await self.store.bucket() is None:
