@@ -18,10 +18,10 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from jetqueue import contract
+from jetqueue import contract, provision
 from jetqueue.contract import CallState
 
 log = logging.getLogger("jetqueue.status")
@@ -65,23 +65,10 @@ class StatusStore:
         async with self._lock:
             if self.kv is None:
                 try:
-                    self.kv = await self._open(self.js, self.config)
+                    self.kv = await provision.ensure_bucket(self.js, self.config)
                 except Exception as e:
                     log.warning("cannot open the call-status bucket: %r", e)
         return self.kv
-
-    @staticmethod
-    async def _open(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-        try:
-            return await js.key_value(contract.STATUS_BUCKET)
-        except BucketNotFoundError:
-            pass
-        try:
-            kv = await js.create_key_value(config)
-            log.info("created the call-status bucket %s", contract.STATUS_BUCKET)
-            return kv
-        except Exception:  # another process created it first
-            return await js.key_value(contract.STATUS_BUCKET)
 
     def _failed(self, kv: KeyValue) -> None:
         """An operation failed in a way other than a missing key or a lost race: maybe the bucket is gone.

@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
-from jetqueue import contract
+from jetqueue import contract, provision
 from jetqueue.contract import jetstream
 
 log = logging.getLogger("jetqueue.cancels")
@@ -31,14 +30,7 @@ PRUNE_ABOVE = 10_000  # cancels remembered before those older than the bucket's 
 
 
 async def open_bucket(js: JetStreamContext, replicas: int, storage: str) -> KeyValue:
-    try:
-        return await js.key_value(contract.CANCEL_BUCKET)
-    except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(jetstream.cancel_bucket(replicas, storage))
-    except Exception:  # another process created it first
-        return await js.key_value(contract.CANCEL_BUCKET)
+    return await provision.ensure_bucket(js, jetstream.cancel_bucket(replicas, storage))
 
 
 async def request(kv: KeyValue, call_id: str, start_ns: int | None) -> None:

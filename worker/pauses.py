@@ -34,10 +34,10 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from jetqueue import contract
+from jetqueue import contract, provision
 from jetqueue.contract import jetstream
 
 log = logging.getLogger("jetqueue.pauses")
@@ -108,16 +108,7 @@ def pause_until(pauses: Iterable[Pause], queue: str, function: str | None, now: 
 
 async def open_bucket(js: JetStreamContext, replicas: int, storage: str) -> KeyValue:
     """The pause bucket, created if missing (with the replicas and storage of the queue that needs it first)."""
-    try:
-        return await js.key_value(contract.PAUSE_BUCKET)
-    except BucketNotFoundError:
-        pass
-    try:
-        kv = await js.create_key_value(jetstream.pause_bucket(replicas, storage))
-        log.info("created the pause bucket %s", contract.PAUSE_BUCKET)
-        return kv
-    except Exception:  # another process created it first
-        return await js.key_value(contract.PAUSE_BUCKET)
+    return await provision.ensure_bucket(js, jetstream.pause_bucket(replicas, storage))
 
 
 async def records(js: JetStreamContext) -> list[Pause]:

@@ -1,4 +1,4 @@
-"""Streams and consumers: create what is missing, adopt what exists, refuse what cannot work.
+"""Streams, consumers and key-value buckets: create what is missing, adopt what exists, refuse what cannot work.
 
 Never deletes or recreates a stream by itself: a stream holds calls that got a 202.
 """
@@ -10,8 +10,9 @@ from dataclasses import replace
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, RetentionPolicy
+from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from jetqueue.contract import names
 from jetqueue.contract.jetstream import SERVER_ACK_WAIT, ConsumerSpec, StreamSpec
@@ -170,3 +171,17 @@ async def _reconcile(js: JetStreamContext, want: ConsumerSpec, cfg: ConsumerConf
         ) from None
     log.info("updated consumer %s on %s: %s", name, stream, changes)
     return float(info.config.ack_wait or SERVER_ACK_WAIT)
+
+
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """One of jetqueue's key-value buckets (jetstream.py), opened, or created when missing."""
+    try:
+        return await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        pass
+    try:
+        kv = await js.create_key_value(config)
+        log.info("created the key-value bucket %s", config.bucket)
+        return kv
+    except Exception:  # another process created it first
+        return await js.key_value(config.bucket)

@@ -57,10 +57,10 @@ from typing import Protocol
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from jetqueue import contract
+from jetqueue import contract, provision
 from jetqueue.contract import jetstream
 from jetqueue.queueworker.metrics import WorkerMetrics
 from jetqueue.queueworker.policy import Policies
@@ -118,21 +118,8 @@ class RateBucket:
 
     async def _bucket(self) -> KeyValue:
         if self.kv is None:
-            self.kv = await asyncio.wait_for(self._open(), OP_TIMEOUT)
+            self.kv = await asyncio.wait_for(provision.ensure_bucket(self.js, self.config), OP_TIMEOUT)
         return self.kv
-
-    async def _open(self) -> KeyValue:
-        name = self.config.bucket
-        try:
-            return await self.js.key_value(name)
-        except BucketNotFoundError:
-            pass
-        try:
-            kv = await self.js.create_key_value(self.config)
-            log.info("created the dispatch-rate bucket %s", name)
-            return kv
-        except Exception:  # another worker created it first
-            return await self.js.key_value(name)
 
     async def read(self, key: str) -> tuple[float, int]:
         kv = await self._bucket()

@@ -79,7 +79,8 @@ class StatusWriter:
         self._room = asyncio.Event()
         self._outbox: deque[tuple[str, bytes, str, dict[str, str] | None]] = deque()
         self._wake = asyncio.Event()
-        self._answers: dict[str, tuple[float, _Write, str]] = {}  # token -> (deadline, write, WRITE/READ/DIRECT)
+        self._answers: dict[str, tuple[_Write, str]] = {}  # token -> (the write, WRITE/READ/DIRECT)
+        self._deadlines: deque[tuple[float, str]] = deque()  # (deadline, token) of every request, in send order
         self._ids = itertools.count()
         self._inbox = ""
         self._sub: Any = None
@@ -193,17 +194,17 @@ class StatusWriter:
         assert js is not None
         token = format(next(self._ids), "x")
         reply = f"{self._inbox}.{token}"
-        deadline = asyncio.get_running_loop().time() + ANSWER_WAIT
+        self._deadlines.append((asyncio.get_running_loop().time() + ANSWER_WAIT, token))
         bucket = contract.STATUS_BUCKET
         key = contract.kv_subject(bucket, w.call_id)
         if not w.read_first:
-            self._answers[token] = (deadline, w, WRITE)
+            self._answers[token] = (w, WRITE)
             self._send(key, w.value, reply, {EXPECTED: str(w.last or 0)})  # 0: create (there must be no record)
         elif not w.conflicts and getattr(self.store.kv, "_direct", False):  # any replica answers, no API JSON
-            self._answers[token] = (deadline, w, DIRECT)
+            self._answers[token] = (w, DIRECT)
             self._send(f"{js._prefix}.DIRECT.GET.{contract.kv_stream_name(bucket)}.{key}", b"", reply, None)
         else:  # from the leader: after a conflict (a replica may lag), or a bucket made before direct gets
-            self._answers[token] = (deadline, w, READ)
+            self._answers[token] = (w, READ)
             self._send(
                 f"{js._prefix}.STREAM.MSG.GET.{contract.kv_stream_name(bucket)}",
                 b'{"last_by_subj":"%s"}' % key.encode(),
@@ -234,8 +235,11 @@ class StatusWriter:
                 except Exception as e:  # disconnected: the answer never comes, and the write fails at its deadline
                     log.debug("status write not sent: %r", e)
             now = clock()
-            for token in [t for t, (deadline, _, _) in self._answers.items() if deadline <= now]:
-                self._failed(self._answers.pop(token)[1], "no answer from NATS")
+            deadlines = self._deadlines  # in send order, so in deadline order: only the overdue are looked at
+            while deadlines and deadlines[0][0] <= now:
+                found = self._answers.pop(deadlines.popleft()[1], None)
+                if found is not None:  # else answered in time
+                    self._failed(found[0], "no answer from NATS")
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
@@ -244,7 +248,7 @@ class StatusWriter:
         found = self._answers.pop(msg.subject.rpartition(".")[2], None)
         if found is None:  # answered after its deadline: that write was failed (and retried) already
             return
-        _, w, kind = found
+        w, kind = found
         status = msg.headers.get("Status") if msg.headers else None
         try:
             if status == "503":  # no stream: the bucket is gone
