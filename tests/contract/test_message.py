@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 
 import nats
 import pytest
 
 from jetqueue import contract
-from jetqueue.contract import BadMessage, Call
+from jetqueue.contract import BadMessage, Call, CallIds
 
 
 @pytest.mark.parametrize(
@@ -78,3 +80,28 @@ def test_derived_ids_differ_across_queues_and_stream_resets():
     }
     assert len(ids) == 3 and all(contract.CALL_ID.match(i) for i in ids)
     assert contract.decode("alpha.f", b"", {}, contract.derived_call_id("alpha", 1, first)).call_id in ids
+
+
+def test_generated_call_ids_are_random_uuid4s():
+    ids = CallIds()
+    made = [ids.new() for _ in range(1000)]  # several reads of randomness (256 ids each)
+    assert len(set(made)) == len(made)
+    for call_id in made:
+        parsed = uuid.UUID(call_id)
+        assert str(parsed) == call_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert contract.CALL_ID.match(call_id)
+
+
+def test_a_forked_child_makes_other_call_ids_than_its_parent():
+    ids = CallIds()
+    ids.new()  # randomness read before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, to the parent
+        os.write(write, ids.new().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    assert child != ids.new()

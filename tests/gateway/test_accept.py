@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import uuid
 
 import pytest
 from aiohttp import web
@@ -13,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from jetqueue import contract
-from jetqueue.gateway.accept import MAX_RECENT, Accept, CallIds
+from jetqueue.gateway.accept import MAX_RECENT, Accept
 from jetqueue.gateway.backend import Backend
 from jetqueue.gateway.routing import Routing
 from tests.helpers import connect, gateway_settings, post, running_gateway, running_worker, worker_settings
@@ -270,16 +268,6 @@ async def test_a_full_queue_answers_503_queue_full_and_keeps_every_202(nats_serv
     await nc.close()
 
 
-def test_generated_call_ids_are_random_uuid4s():
-    ids = CallIds()
-    made = [ids.new() for _ in range(1000)]  # several reads of randomness (256 ids each)
-    assert len(set(made)) == len(made)
-    for call_id in made:
-        parsed = uuid.UUID(call_id)
-        assert str(parsed) == call_id and parsed.version == 4 and parsed.variant == uuid.RFC_4122
-        assert contract.CALL_ID.match(call_id)
-
-
 async def test_recent_records_are_the_last_ones_accepted():
     s = gateway_settings("nats://127.0.0.1:1")
     routing = Routing.from_settings(s)
@@ -291,18 +279,3 @@ async def test_recent_records_are_the_last_ones_accepted():
     assert accept.recent("c0") is None and accept.recent("c1") is None  # the oldest two made room
     assert accept.recent("c2") is not None and accept.recent(f"c{MAX_RECENT + 1}") is not None
     assert len(accept._recent) == MAX_RECENT
-
-
-def test_a_forked_child_makes_other_call_ids_than_its_parent():
-    ids = CallIds()
-    ids.new()  # randomness read before the fork
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its next id, to the parent
-        os.write(write, ids.new().encode())
-        os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    child = os.read(read, 100).decode()
-    os.close(read)
-    assert child != ids.new()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -35,28 +34,6 @@ DEAD_LETTER_ROOM = 1024
 STORED_OVERHEAD = 64  # what JetStream adds to a stored message's size beyond subject, headers and body (bound)
 MAX_RECENT = 10_000  # records of calls just accepted, kept in memory (`recent`)
 RECENT_FOR = 10.0
-_VARIANT = {f"{n:x}": "89ab"[n & 3] for n in range(16)}  # a hex digit with the RFC 4122 variant bits set
-
-
-class CallIds:
-    """New call ids, random UUID4 strings as contract.new_call_id makes them, from randomness read 256 ids at a
-    time: a getrandom system call and a UUID object per id were 4-5% of the gateway's CPU per submission."""
-
-    def __init__(self) -> None:
-        self._random = b""
-        self._at = 0
-        os.register_at_fork(after_in_child=self._forget)  # a forked child must not hand out the parent's ids
-
-    def _forget(self) -> None:
-        self._random, self._at = b"", 0
-
-    def new(self) -> str:
-        at = self._at
-        if at == len(self._random):
-            self._random, at = os.urandom(4096), 0
-        self._at = at + 16
-        h = self._random[at : at + 16].hex()
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 class Accept:
@@ -67,7 +44,6 @@ class Accept:
         self.metrics = GatewayMetrics(registry)
         self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
         self._recent: OrderedDict[str, tuple[float, callstatus.Record]] = OrderedDict()
-        self._call_ids = CallIds()
 
     async def submit(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -84,7 +60,7 @@ class Accept:
             return problem(
                 400, "X-Call-Id must be 1-128 characters of [A-Za-z0-9_=.-], starting with a letter or digit"
             )
-        call_id = given or self._call_ids.new()
+        call_id = given or contract.new_call_id()
         callback = request.headers.get("X-Callback-Url", "")
         if callback and (reason := self.egress.url_problem(callback)):
             self.metrics.count(name, queue, 400)
