@@ -14,17 +14,15 @@ What keeps it cheap as functions grow:
 - At most MAX_CONSUMERS consumers at once (nats-server 2.15 allows 1,000 per stream unless told otherwise).
   While functions wait for one, a function that has drained gives its consumer up at once, and one that has
   held it ROTATE_AFTER seconds gives it up after its running calls: more functions with calls than consumers
-  still take turns. A consumer given up is removed unless a call is pending on it (an ack sent just before,
-  a NAK's delay, another worker's call: removing it would run that call again) or it is paused; otherwise the
-  server's inactive_threshold removes it, which it never does to a consumer with a call pending.
-- Consumers are created OPEN_AT_ONCE at a time, one request each, with memory storage and the stream's
-  replicas. Losing a consumer's state (every replica restarted) loses no call: the stream keeps each call until
-  it is acked, and a consumer made again delivers what is still there. What it costs: calls in flight then run
-  again (as after an ack_wait), and the attempt count of a call waiting on a short retry (a NAK with delay,
-  under schedule.HOLD_AT_LEAST; longer waits carry their count in the held message) starts again. File storage
-  keeps that count but costs the server 2.5-5× more per consumer made and removed. R1 would be cheaper still
-  but not safe: an R1 consumer does not move when its server is lost, so that function's calls would wait for
-  the server to come back.
+  still take turns. Which function gets a consumer next, how it is made and when it may be removed:
+  queueworker/functionconsumers.py.
+- Consumers have memory storage and the stream's replicas. Losing a consumer's state (every replica restarted)
+  loses no call: the stream keeps each call until it is acked, and a consumer made again delivers what is still
+  there. What it costs: calls in flight then run again (as after an ack_wait), and the attempt count of a call
+  waiting on a short retry (a NAK with delay, under schedule.HOLD_AT_LEAST; longer waits carry their count in
+  the held message) starts again. File storage keeps that count but costs the server 2.5-5× more per consumer
+  made and removed. R1 would be cheaper still but not safe: an R1 consumer does not move when its server is
+  lost, so that function's calls would wait for the server to come back.
 - One dispatcher instead of a task polling each consumer: functions with calls wait in a ready queue and are
   served in turn; each turn is one no-wait pull (answered at once: no slot is held while nothing comes). Every
   request (pulls, consumers made and removed) goes out from the dispatcher and is answered on one subscription
@@ -43,24 +41,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
-import json
 import logging
 import math
-import re
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from jetqueue import contract, provision
-from jetqueue.contract import jetstream
 from jetqueue.queueworker.adaptive import Adaptive
 from jetqueue.queueworker.fetch import FETCH_MAX, Slots
+from jetqueue.queueworker.functionconsumers import Consumers
 from jetqueue.queueworker.handle import Context, Processor
 from jetqueue.queueworker.pullrequests import PULL_TIMEOUT, Message, Pull, Requests
 from jetqueue.settings import WorkerSettings
@@ -71,23 +65,11 @@ RECHECK_EVERY = 2.0  # the subject map even when nothing was published: redelive
 MIN_TURN = 2  # calls a function may take at once however many functions have calls (at most max_inflight)
 MIN_CONSUMERS = 32  # consumers this worker pulls from at once: 2 × max_inflight, within these bounds
 MAX_CONSUMERS = 256
-OPEN_AT_ONCE = 32  # consumers being created at once
 ROTATE_AFTER = 5.0  # while functions wait for a consumer, one held this long is given up after its running calls
-OPEN_RETRY = 5.0  # a function whose consumer could not be made is tried again after this
-QUIET_RETRY = 5.0  # a function that gave nothing (paused, served elsewhere) is not opened again before this
-REMOVE_TRIES = 3  # a consumer's info is asked again after REMOVE_RETRY while a call shows pending on it
-REMOVE_RETRY = 0.2  # (mostly an ack sent just before its info was asked: not counted by the server yet)
 WATCH_WAIT = 1.0  # an idle function's pull waits this long at the server; also bounds stop's wait for it
 PULL_RETRY = 1.0  # after a transient refusal (leadership change, too many waiting pulls), pull again after this
 WAKE_EVERY = 0.5  # the dispatcher looks again at least this often
-LIMIT_WARN_EVERY = 30.0  # "as many consumers as the stream allows" is logged at most this often
-CONSUMER_LIMIT = 10026  # nats-server: "maximum consumers limit reached"
 NO_MESSAGES = ("404", "408")  # nothing deliverable now; a waiting pull expired
-
-# A consumer's info, read without parsing it all: anything else than these leaves the consumer alone.
-_NO_ACK_PENDING = re.compile(rb'"num_ack_pending":0[,}]')
-_NO_WAITING = re.compile(rb'"num_waiting":0[,}]')
-_PAUSED = re.compile(rb'"paused":true')
 
 
 @dataclass(eq=False, slots=True)
@@ -125,16 +107,11 @@ class FunctionMode:
         self.processor = processor
         self.slots = slots
         self.provision_streams = provision_streams  # the streams again, when deleted underneath
-        self.pause_until = pause_until  # a consumer is created paused while its function is (queueworker/pauses.py)
         self.adaptive = Adaptive(s.max_inflight, s.adaptive_concurrency)
         # Enough consumers for every slot to run a different function, and as many again ready to go: more would
         # make every ack dearer (the server checks each consumer of a work queue on each) and gain nothing.
         self.max_consumers = max(MIN_CONSUMERS, min(MAX_CONSUMERS, 2 * s.max_inflight))
         self.functions: dict[str, Function] = {}  # holding a consumer (at most max_consumers, with those opening)
-        self.waiting: OrderedDict[str, None] = OrderedDict()  # have calls, wait for a consumer: in turn
-        self.opening: set[str] = set()
-        self.closing: set[str] = set()  # consumer being removed: opened again once that is done
-        self.not_before: dict[str, float] = {}  # not opened again before (loop time)
         self.ready: deque[Function] = deque()  # have calls to fetch: served in turn
         self.idle: deque[Function] = deque()  # no calls: wait at the server in turn when nobody has calls
         self.active: set[str] = set()  # have calls or run some: max_inflight is shared among them
@@ -144,17 +121,22 @@ class FunctionMode:
         self.stopping = False
         self.requests = Requests(js, s.stream, self._orphan)
         self._outbox: deque[Message] = deque()  # sent by the dispatcher, in order
-        self._helpers: set[asyncio.Task[Any]] = set()  # consumers made the careful way
         self._wake = asyncio.Event()
         self._discovery: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self.seen_seq: int | None = None
         self.mapped_at = -math.inf
-        self.limit_warned = -math.inf
         # A function without a call for this long gives its consumer up, so the server can expire it.
         self.idle_exit = max(1.0, min(s.inactive_threshold / 2, 30.0))
-        # Every function's consumer has the same settings but for its name and subject: encoded once, around them.
-        self._create_parts = self._create_template()
+        self.consumers = Consumers(
+            s,
+            js,
+            self.requests,
+            self._send,
+            lambda: self.max_consumers - len(self.functions),
+            self._opened,
+            pause_until,
+        )
         self._limits: dict[str, int] = {}  # the concurrency limit last exported, per function
         ctx.observer = self._observe
 
@@ -234,7 +216,7 @@ class FunctionMode:
             if self.share(fn) > 0:
                 self._queue(fn)  # otherwise when one of its calls finishes
         elif fn.running == 0:
-            if fn.retiring or self.waiting:  # its consumer is wanted by a function waiting for one
+            if fn.retiring or self.consumers.waiting:  # its consumer is wanted by a function waiting for one
                 self._close(fn, remove=True)
             elif not fn.idle:
                 fn.idle = True
@@ -284,7 +266,7 @@ class FunctionMode:
             room = self.share(fn)
             if room > 0:  # else queued again when one of its calls finishes
                 self._pull(fn, min(slots.free, room, FETCH_MAX))
-        if not (self.working or self.waiting or self.opening or self.surplus):
+        if not (self.working or self.consumers.waiting or self.consumers.opening or self.surplus):
             self._watch()
 
     def _watch(self) -> None:
@@ -356,157 +338,27 @@ class FunctionMode:
         self.surplus.append(msg)
         self._wake.set()
 
-    # -- consumers ------------------------------------------------------------------------------------------
-    # Function mode makes consumers in two places only, both with the function's pause (pause_until): the
-    # one-request `_ask_create`, and `_create_carefully` when that request is refused.
-
-    def _spec(self, function: str) -> jetstream.ConsumerSpec:
-        s = self.s
-        spec = jetstream.function_consumer(
-            s.queue, function, s.ack_wait, s.max_ack_pending, s.max_waiting, s.inactive_threshold
-        )
-        return replace(spec, stream=s.stream)
-
-    def _create_template(self) -> tuple[str, str, str]:
-        """The create request of any function's consumer, split where its name and subject go."""
-        name, subject = "\x00name\x00", "\x00subject\x00"
-        config = self._spec("_").to_nats().as_dict()
-        config.update(durable_name=name, filter_subject=subject)
-        text = json.dumps({"stream_name": self.s.stream, "config": config})
-        head, _, rest = text.partition(json.dumps(name))
-        middle, _, tail = rest.partition(json.dumps(subject))
-        assert tail and middle, text
-        return head, middle, tail
-
-    def _ask_create(self, function: str) -> None:
-        """Create the function's consumer, or find it as wanted (an existing one keeps its pause): one request."""
-        s = self.s
-        durable = contract.function_consumer_name(s.queue, function)
-        until = self.pause_until(function)
-        if until:
-            config = self._spec(function).to_nats().as_dict()
-            config["pause_until"] = until
-            payload = json.dumps({"stream_name": s.stream, "config": config}).encode()
-        else:
-            head, middle, tail = self._create_parts
-            subject = contract.subject(s.queue, function)
-            payload = (head + json.dumps(durable) + middle + json.dumps(subject) + tail).encode()
-        done = functools.partial(self._created, function, durable)
-        self._send(self.requests.ask(f"CONSUMER.DURABLE.CREATE.{s.stream}.{durable}", done, payload))
-
-    async def _create_carefully(self, function: str) -> None:
-        """provision.ensure_consumer: adopts an existing consumer that differs but can work (settings brought up to
-        date in place), says what cannot."""
-        try:
-            await provision.ensure_consumer(self.js, self._spec(function), self.pause_until(function))
-        except Exception as e:  # this function's problem only: the others are still served
-            self._not_opened(function, OPEN_RETRY, f"cannot consume function {function[:80]!r}: {e!r}")
-            return
-        self._opened(function, contract.function_consumer_name(self.s.queue, function))
-
-    def _created(self, function: str, consumer: str, answer: bytes | None) -> None:
-        if function not in self.opening:
-            return
-        if answer and b'"error":' not in answer:  # names never hold a quote: only an error answer matches
-            self._opened(function, consumer)
-            return
-        error = json.loads(answer)["error"] if answer else {}
-        if error.get("err_code") == CONSUMER_LIMIT:
-            why = ""
-            if self._now() - self.limit_warned >= LIMIT_WARN_EVERY:
-                self.limit_warned = self._now()
-                why = f"stream {self.s.stream} has as many consumers as it allows; functions wait for one"
-            self._not_opened(function, PULL_RETRY, why)
-        elif answer is None or not error:  # no answer, or no JetStream: tried again later
-            self._not_opened(function, OPEN_RETRY, f"cannot consume function {function[:80]!r}: no answer")
-        else:
-            task = asyncio.create_task(self._create_carefully(function))
-            self._helpers.add(task)
-            task.add_done_callback(self._helpers.discard)
+    # -- consumers (functionconsumers.py makes and removes them) ----------------------------------------------
 
     def _opened(self, function: str, consumer: str) -> None:
-        self.opening.discard(function)
-        if self.stopping:
-            return
         now = self._now()
-        self.not_before.pop(function, None)
         fn = self.functions[function] = Function(function, consumer, opened=now, last_message=now)
         log.debug("consuming function %s (consumer %s)", function, consumer)
         self._settle(fn)
-        self._open_waiting()
-
-    def _not_opened(self, function: str, retry_after: float, why: str) -> None:
-        self.opening.discard(function)
-        self.not_before[function] = self._now() + retry_after
-        if why:
-            log.warning("%s", why)
-        self._open_waiting()
-
-    def _open_waiting(self) -> None:
-        """Consumers for functions waiting for one, while there is room (OPEN_AT_ONCE created at once)."""
-        room = min(OPEN_AT_ONCE - len(self.opening), self.max_consumers - len(self.functions) - len(self.opening))
-        if room <= 0 or not self.waiting or self.stopping:
-            return
-        for function in list(itertools.islice(self.waiting, room + len(self.closing))):
-            if room <= 0:
-                break
-            if function in self.closing:  # opened once its removal is done
-                continue
-            del self.waiting[function]
-            self.opening.add(function)
-            room -= 1
-            self._ask_create(function)
 
     def _close(self, fn: Function, remove: bool) -> None:
-        """Stop pulling from the function's consumer. `remove`: others wait for one, so remove it now rather than
-        at the server's inactive_threshold, if its info says nothing is pending on it (an ack sent just before
-        shows as pending until the server has counted it)."""
+        """Stop pulling from the function's consumer; `remove`: others wait for one (Consumers.given_up)."""
         fn.closed = True
         self.functions.pop(fn.name, None)
         self.active.discard(fn.name)
         self.working.discard(fn.name)
-        if fn.delivered == 0:  # gave nothing (paused, or served by another worker): not again at once
-            self.not_before[fn.name] = self._now() + QUIET_RETRY
-        if remove:
-            self.closing.add(fn.name)
-            self._ask_info(fn.name, fn.consumer, REMOVE_TRIES)
-        log.debug("function %s gives consumer %s up", fn.name, fn.consumer)
-        self._open_waiting()
-
-    def _ask_info(self, function: str, consumer: str, tries: int) -> None:
-        if self.stopping:
-            self._removed(function, None)
-            return
-        done = functools.partial(self._removable, function, consumer, tries - 1)
-        self._send(self.requests.ask(f"CONSUMER.INFO.{self.s.stream}.{consumer}", done))
-
-    def _removable(self, function: str, consumer: str, tries: int, answer: bytes | None) -> None:
-        """Removed if no call is pending on it, no pull waits on it and it is not paused; else the server's
-        inactive_threshold removes it once that is so."""
-        if not answer or not _NO_WAITING.search(answer) or _PAUSED.search(answer):
-            self._removed(function, None)
-            return
-        if not _NO_ACK_PENDING.search(answer):
-            if tries > 0 and b'"error":' not in answer:
-                asyncio.get_running_loop().call_later(REMOVE_RETRY, self._ask_info, function, consumer, tries)
-            else:
-                self._removed(function, None)
-            return
-        done = functools.partial(self._removed, function)
-        self._send(self.requests.ask(f"CONSUMER.DELETE.{self.s.stream}.{consumer}", done))
-
-    def _removed(self, function: str, answer: bytes | None) -> None:
-        self.closing.discard(function)
-        self._open_waiting()
+        self.consumers.given_up(fn.name, fn.consumer, quiet=fn.delivered == 0, remove=remove)
 
     def _lost(self, fn: Function) -> None:
         """Its consumer is gone (deleted underneath, or expired): made again at once, keeping its turn."""
         log.info("consumer %s is missing; setting it up again", fn.consumer)
         self._close(fn, remove=False)
-        self.not_before.pop(fn.name, None)
-        self.waiting[fn.name] = None
-        self.waiting.move_to_end(fn.name, last=False)
-        self._open_waiting()
+        self.consumers.want_first(fn.name)
 
     # -- discovery ------------------------------------------------------------------------------------------
 
@@ -547,13 +399,9 @@ class FunctionMode:
                 if not fn.has_work and not fn.pulling and count > fn.running:
                     fn.has_work = True
                     self._settle(fn)
-            elif (
-                function not in self.waiting
-                and function not in self.opening
-                and self.not_before.get(function, -math.inf) <= now
-            ):
-                self.waiting[function] = None
-        self._open_waiting()
+            else:
+                self.consumers.want(function, now)
+        self.consumers.open_waiting()
         self._wake.set()
 
     def _tend(self) -> None:
@@ -562,12 +410,11 @@ class FunctionMode:
         running calls."""
         now = self._now()
         self.requests.expire(now)
-        if len(self.not_before) > 4 * self.max_consumers:  # functions that never came back
-            self.not_before = {f: t for f, t in self.not_before.items() if t > now}
+        self.consumers.forget_past(now, keep=4 * self.max_consumers)
         if len(self.idle) > 2 * len(self.functions):  # closed since (the rotation only looks when nobody works)
             self.idle = deque(fn for fn in self.idle if not fn.closed)
-        waiting = len(self.waiting)
-        full = len(self.functions) + len(self.opening) >= self.max_consumers
+        waiting = len(self.consumers.waiting)
+        full = len(self.functions) + len(self.consumers.opening) >= self.max_consumers
         for fn in list(self.functions.values()):
             rotate = waiting > 0 and full and not fn.retiring and now - fn.opened >= ROTATE_AFTER
             if fn.pulling or fn.running:
@@ -585,6 +432,7 @@ class FunctionMode:
         """Stop pulling. Calls running go on (Worker.stop waits for `tasks`); calls fetched but not started are
         handed back with a NAK. Pulls under way end within WATCH_WAIT."""
         self.stopping = True
+        self.consumers.stop()
         if self._discovery:
             self._discovery.cancel()
             with contextlib.suppress(BaseException):
@@ -598,8 +446,6 @@ class FunctionMode:
                 self._dispatcher.cancel()
                 with contextlib.suppress(BaseException):
                     await self._dispatcher
-        for task in set(self._helpers):
-            task.cancel()
         await self.requests.stop()
         while self.surplus:  # delivered after the last look (none, unless the dispatcher was cut short)
             msg = self.surplus.popleft()
