@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 import uuid
 
 import nats
@@ -105,3 +107,29 @@ def test_a_forked_child_makes_other_call_ids_than_its_parent():
     child = os.read(read, 100).decode()
     os.close(read)
     assert child != ids.new()
+
+
+def test_call_ids_made_from_threads_at_once_are_all_different(monkeypatch):
+    """One generator serves the process, and the client may be used from threads: no id is handed out twice (a
+    repeated id would make JetStream drop the second call as a duplicate). Reading randomness lets other threads
+    run (the GIL is released): here it is slow, and every read gives the same bytes, so two threads that both
+    read at once would hand out the same id."""
+
+    def slow_urandom(n: int) -> bytes:
+        time.sleep(0.05)
+        return bytes(range(256)) * (n // 256)  # every 16-byte id of the first 16 differs
+
+    monkeypatch.setattr(os, "urandom", slow_urandom)
+    ids, made = CallIds(), []
+    start = threading.Barrier(8)
+
+    def one() -> None:
+        start.wait()
+        made.append(ids.new())
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 8 and len(set(made)) == 8, made

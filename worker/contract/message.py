@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -95,19 +96,21 @@ class CallIds:
     UUID object per id were 4-5% of the gateway's CPU per submission)."""
 
     def __init__(self) -> None:
-        self._random = b""
-        self._at = 0
-        os.register_at_fork(after_in_child=self._forget)  # a forked child must not hand out the parent's ids
+        self._forget()
+        if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+            os.register_at_fork(after_in_child=self._forget)  # a forked child must not hand out the parent's ids
 
     def _forget(self) -> None:
+        self._lock = threading.Lock()  # one process-wide generator: the client may be used from threads
         self._random, self._at = b"", 0
 
     def new(self) -> str:
-        at = self._at
-        if at == len(self._random):
-            self._random, at = os.urandom(4096), 0
-        self._at = at + 16
-        h = self._random[at : at + 16].hex()
+        with self._lock:
+            at = self._at
+            if at == len(self._random):
+                self._random, at = os.urandom(4096), 0
+            self._at = at + 16
+            h = self._random[at : at + 16].hex()
         return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 

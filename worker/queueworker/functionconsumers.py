@@ -2,8 +2,10 @@
 
 - Functions with calls and no consumer wait in turn (`waiting`); consumers are made OPEN_AT_ONCE at a time while
   the worker holds fewer than its maximum, each in one request (`CONSUMER.DURABLE.CREATE`, answered on the
-  shared `Requests` subscription). A refused request is made again the careful way (provision.ensure_consumer:
-  an existing consumer that differs but can work is adopted, settings brought up to date in place).
+  shared `Requests` subscription). A request refused for another reason than the stream's consumer limit
+  (tried again after CONSUMER_RETRY) is made again the careful way (provision.ensure_consumer: an existing
+  consumer that differs but can work is adopted, settings brought up to date in place); one not answered is
+  tried again after OPEN_RETRY.
 - A consumer given up is removed only if its info says no call is pending on it, no pull waits on it and it is
   not paused: removing it with a call pending (an ack sent just before, a NAK's delay, another worker's call)
   would run that call again. Otherwise the server's inactive_threshold removes it once nothing is pending.
