@@ -281,23 +281,19 @@ async def provision(b: Bench, queue: str) -> None:
     await clear_consumers(b, queue)
 
 
-def call_headers(call_id: str, recorded: bool = False) -> dict[str, str]:
-    """What the gateway (and `jetqueue.client.submit_nats`) put on a call; `recorded`: the gateway with call
-    status on, which also wrote the call's `queued` record."""
+def call_headers(call_id: str) -> dict[str, str]:
+    """What the gateway (and `jetqueue.client.submit_nats`) put on a call."""
     call_id = re.sub(r"[^A-Za-z0-9_=.-]", "_", call_id)  # the contract's call id alphabet
-    headers = {"Nats-Msg-Id": call_id, "X-Call-Id": call_id, "X-Start-Time": str(time.time_ns())}
-    if recorded:
-        headers[contract.H_RECORDED] = "1"
-    return headers
+    return {"Nats-Msg-Id": call_id, "X-Call-Id": call_id, "X-Start-Time": str(time.time_ns())}
 
 
 async def publish(b: Bench, subjects: list[str], prefix: str, batch: int = 1000, recorded: bool = False) -> None:
     """Publish one no-op call per subject, each with a PubAck, `batch` at a time. `recorded`: as the gateway
-    does with call status on, each with its `queued` record in the status bucket (the worker reads it first)."""
+    does with call status on, each with its `queued` submission record in the status bucket."""
     prefix = f"{prefix}-{next(PUBLISHES)}"  # call ids unique within the run (the stream deduplicates them)
     store = callstatus.StatusStore(b.js, jetstream.status_bucket(STATUS_TTL)) if recorded else None
     for start in range(0, len(subjects), batch):
-        headers = [call_headers(f"{prefix}-{RUN}-{start + i}", recorded) for i in range(len(subjects[start:][:batch]))]
+        headers = [call_headers(f"{prefix}-{RUN}-{start + i}") for i in range(len(subjects[start:][:batch]))]
         acks = await asyncio.gather(
             *(b.js.publish(s, b"{}", headers=h) for s, h in zip(subjects[start : start + batch], headers, strict=True))
         )
@@ -307,7 +303,7 @@ async def publish(b: Bench, subjects: list[str], prefix: str, batch: int = 1000,
             calls = [
                 contract.decode(s, b"{}", h, "") for s, h in zip(subjects[start : start + batch], headers, strict=True)
             ]
-            await asyncio.gather(*(store.update(c.call_id, callstatus.base_record(c), None) for c in calls))
+            await asyncio.gather(*(store.submitted_confirmed(callstatus.base_record(c)) for c in calls))
 
 
 async def messages(b: Bench, queue: str) -> int:
@@ -949,13 +945,14 @@ def report(b: Bench, res: dict[str, Any], command: str, total: float, wrk: str |
         details += [
             "## 1. Worker: draining a backlog of no-op calls",
             "",
-            f"{a.calls:,} calls (body `{{}}`, the gateway's headers) are published to a queue with no consumer, then "
-            "the contender process is started; the rate counts from the first call the function receives to the "
-            "moment the stream is empty (every call acked). Contenders: `jetqueue worker` with its defaults (call "
-            "status on, max_inflight 50), the same with `JETQUEUE_CALL_STATUS=false`, and bench/bare_loop.py "
-            "(fetch + aiohttp POST + ack, 50 in flight, max_ack_pending 100 like the worker). Each its own process; "
-            f"{a.rounds} round(s), the order rotated each round; the median is compared. CPU per call is each "
-            "process's user + system time over the drain, divided by the calls drained.",
+            f"{a.calls:,} calls (body `{{}}`, the gateway's headers, each with its `queued` submission record in the "
+            "status bucket, as the gateway with call status on stores them) are published to a queue with no "
+            "consumer, then the contender process is started; the rate counts from the first call the function "
+            "receives to the moment the stream is empty (every call acked). Contenders: `jetqueue worker` with its "
+            "defaults (call status on, max_inflight 50), the same with `JETQUEUE_CALL_STATUS=false`, and "
+            "bench/bare_loop.py (fetch + aiohttp POST + ack, 50 in flight, max_ack_pending 100 like the worker). Each"
+            f" its own process; {a.rounds} round(s), the order rotated each round; the median is compared. CPU per "
+            "call is each process's user + system time over the drain, divided by the calls drained.",
             "",
             *table(
                 ["contender", "median", "rounds", "ratio to bare", "CPU µs/call: contender", "nats-server", "function"],

@@ -1,8 +1,14 @@
-"""Call status in a JetStream key-value bucket (`jetqueue-calls`), one key per call id, with a TTL.
+"""Call status in a JetStream key-value bucket (`jetqueue-calls`), with a TTL. Two keys per call:
 
-The states are `contract.CallState`. Every write is compare-and-set: the gateway's (a call's first record,
-a cancel) here, the worker's in queueworker/statuswriter.py. Status is observability: a failing write is
-logged, never allowed to stop a call.
+- the call's record, under its id: written by the workers running it (queueworker/statuswriter.py) and by a
+  cancel, each write a compare-and-set;
+- its submission record (`contract.submission_key`): the gateway's `queued` or `scheduled`, written once per
+  accepted call and by nobody else, so a plain put. Apart, a worker's first write for a call is a create
+  (one round trip), not a read of the gateway's record and a compare-and-set against it (two).
+
+A reader shows the call's record, or the submission record while the call has none yet (or has only an earlier
+call's under the same id: `start` tells). The states are `contract.CallState`. Status is observability: a
+failing write is logged, never allowed to stop a call.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ from jetqueue.contract import CallState
 log = logging.getLogger("jetqueue.status")
 Record = dict[str, Any]
 STREAM_NOT_FOUND = 10059  # JetStream's error code (a missing key is 10037)
-CREATE_ONLY = {"Nats-Expected-Last-Subject-Sequence": "0"}
 
 
 def now() -> float:
@@ -36,8 +41,8 @@ def now() -> float:
 
 @dataclass
 class Entry:
-    record: Record
-    revision: int
+    record: Record  # what the call's status is: its own record, or its submission record
+    revision: int  # of the call's own record (0: none yet): what a compare-and-set on it is made against
 
 
 class StatusStore:
@@ -77,15 +82,23 @@ class StatusStore:
             self.kv = None
 
     async def get(self, call_id: str) -> Entry | None:
+        """The call's status: its own record, or its submission record where that is newer (the call has not
+        written one yet, or the one there is an earlier call's under the same id)."""
         kv = await self.bucket()
         if kv is None:
             if self.enabled:
                 raise ConnectionError("the call-status bucket is unavailable")
             return None
+        own, submitted = await asyncio.gather(self._read(kv, call_id), self._read(kv, contract.submission_key(call_id)))
+        if submitted is not None and (own is None or submitted[0].get("start", 0) > own[0].get("start", 0)):
+            return Entry(submitted[0], own[1] if own else 0)
+        return Entry(*own) if own else None
+
+    async def _read(self, kv: KeyValue, key: str) -> tuple[Record, int] | None:
         assert self.js is not None
         bucket = contract.STATUS_BUCKET
         try:  # from the stream's leader: a direct get may come from a replica a moment behind (no going back)
-            m = await self.js.get_last_msg(contract.kv_stream_name(bucket), contract.kv_subject(bucket, call_id))
+            m = await self.js.get_last_msg(contract.kv_stream_name(bucket), contract.kv_subject(bucket, key))
         except NotFoundError as e:
             if e.err_code != STREAM_NOT_FOUND:
                 return None  # no record under this key
@@ -96,7 +109,7 @@ class StatusStore:
             raise
         if not m.data or (m.headers and "KV-Operation" in m.headers):  # deleted or purged
             return None
-        return Entry(json.loads(m.data), m.seq or 0)
+        return json.loads(m.data), m.seq or 0
 
     async def update(self, call_id: str, record: Record, last: int | None) -> int | None:
         """Compare-and-set; raises KeyWrongLastSequenceError when someone wrote in between. None when off."""
@@ -104,14 +117,25 @@ class StatusStore:
             return None
         return await self.write(call_id, json.dumps(record).encode(), last)
 
-    async def create_unconfirmed(self, nc: Client, call_id: str, record: Record) -> None:
-        """Create a record without waiting for the server's answer (create-only: an existing record stays). A
-        plain publish on the bucket's subject: no reply inbox, no round trip; lost if the connection is."""
+    async def submitted(self, nc: Client, record: Record) -> None:
+        """Put a call's submission record without waiting for the server's answer: a plain publish on the
+        bucket's subject, no reply inbox, no round trip; lost if the connection is (the worker's records follow)."""
         if not self.enabled:
             return
-        subject = contract.kv_subject(contract.STATUS_BUCKET, call_id)
+        subject = contract.kv_subject(contract.STATUS_BUCKET, contract.submission_key(record["call_id"]))
         with contextlib.suppress(Exception):
-            await nc.publish(subject, json.dumps(record).encode(), headers=CREATE_ONLY)
+            await nc.publish(subject, json.dumps(record).encode())
+
+    async def submitted_confirmed(self, record: Record) -> None:
+        """Put a call's submission record and wait until it is stored."""
+        kv = await self.bucket()
+        if kv is None:
+            raise ConnectionError("the call-status bucket is unavailable")
+        try:
+            await kv.put(contract.submission_key(record["call_id"]), json.dumps(record).encode())
+        except Exception:
+            self._failed(kv)
+            raise
 
     async def write(self, call_id: str, value: bytes, last: int | None) -> int:
         """Compare-and-set of an encoded record: create when `last` is None. Raises KeyWrongLastSequenceError

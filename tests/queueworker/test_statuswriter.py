@@ -15,7 +15,8 @@ from jetqueue import callstatus, contract
 from jetqueue.callstatus import StatusStore
 from jetqueue.contract import Call, CallState, jetstream
 from jetqueue.queueworker.statuswriter import IN_FLIGHT, StatusWriter, ahead
-from tests.helpers import connect
+from tests.helpers import connect, gateway_settings, post, running_gateway, running_worker, worker_settings
+from tests.servers import eventually
 
 
 def record(call: Call, state: CallState, attempt: int = 1) -> callstatus.Record:
@@ -93,7 +94,7 @@ async def test_a_call_running_past_the_grace_gets_its_running_record(nats_server
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct-get", "bucket-made-before-direct-gets"])
 async def test_a_recorded_call_is_read_first_and_replaced(nats_server, direct):
-    """The gateway's `queued` record (or a deleted key, or none at all) is read, then replaced by compare-and-set."""
+    """An earlier attempt's record (or a deleted key, or none at all) is read, then replaced by compare-and-set."""
     nc = await connect(nats_server.url)
     store = StatusStore(nc.jetstream(), replace(jetstream.status_bucket(60), direct=direct))
     kv = await store.bucket()
@@ -159,3 +160,40 @@ async def test_a_dropped_record_leaves_nothing_remembered():
         other = Call(call_id=f"b{i}", queue="q", function="f")
         writer.report(record(other, CallState.RETRYING), read_first=True)  # dropped: the backlog is full
     assert writer._read_first == {"a"}
+
+
+async def test_a_gateway_call_costs_the_worker_one_write_and_no_read(nats_server, functions, http):
+    """The gateway's `queued` record is its submission record, under a key of its own: the worker creates the
+    call's record (one round trip) instead of reading the gateway's and replacing it (two)."""
+    nc = await connect(nats_server.url)
+    reads: list[str] = []
+    stream = contract.kv_stream_name(contract.STATUS_BUCKET)
+
+    async def read(msg) -> None:
+        reads.append(msg.subject)
+
+    sub = await nc.subscribe(f"$JS.API.DIRECT.GET.{stream}.>", cb=read)
+    sub2 = await nc.subscribe(f"$JS.API.STREAM.MSG.GET.{stream}", cb=read)
+    ids = [f"gw-{i}" for i in range(20)]
+    async with running_gateway(gateway_settings(nats_server.url)) as gw:
+        base = f"http://127.0.0.1:{gw.s.http_port}"
+        for call_id in ids:
+            assert (await post(http, f"{base}/async-function/echo", b"x", **{"X-Call-Id": call_id})).status == 202
+        for _ in range(100):  # the submission records, sent without waiting
+            if await writes(nc) >= len(ids):
+                break
+            await asyncio.sleep(0.05)
+        before = await writes(nc)
+        assert before == len(ids)
+        async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+            await eventually(lambda: sorted(functions.completed["echo"]) == sorted(ids))
+            for _ in range(100):  # the final records follow the calls by a moment
+                if await writes(nc) - before >= len(ids):
+                    break
+                await asyncio.sleep(0.05)
+        await sub.unsubscribe()
+        await sub2.unsubscribe()
+        assert reads == [] and await writes(nc) - before == len(ids)
+        async with http.get(f"{base}/async-calls/{ids[0]}") as r:
+            assert (await r.json())["state"] == "succeeded"
+    await nc.close()

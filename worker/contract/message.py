@@ -39,7 +39,6 @@ H_CALLBACK_ATTEMPT = "Jq-Callback-Attempt"  # on a stored callback: the delivery
 H_FORWARD = "Jq-Header-"
 H_NOT_BEFORE = "Jq-Not-Before"  # unix seconds: a scheduled call's time; its age (maxEventAge) counts from it
 H_ATTEMPTS = "Jq-Attempts"  # attempts made before this message was published (a retry held for later)
-H_RECORDED = "Jq-Status-Recorded"  # the submitter wrote the call's first status record (the gateway's `queued`)
 H_SCHEDULE = "Nats-Schedule"  # ADR-51 message schedules (nats-server 2.12+)
 H_SCHEDULE_TARGET = "Nats-Schedule-Target"
 # Dead-letter metadata: every header of a dead letter that jetqueue adds starts with this.
@@ -135,7 +134,6 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)
     not_before: float = 0.0  # unix seconds; 0: not scheduled
     prior_attempts: int = 0  # attempts made before this message (a retry that waited for its time)
-    recorded: bool = False  # a status record was written for it on submission (the worker reads it first)
 
     def age(self, now: float) -> float:
         """Seconds since the call could first run: its start, or its scheduled time (maxEventAge counts this)."""
@@ -147,8 +145,6 @@ class Call:
             h[H_NOT_BEFORE] = f"{self.not_before:.3f}"
         if self.prior_attempts:
             h[H_ATTEMPTS] = str(self.prior_attempts)
-        if self.recorded:
-            h[H_RECORDED] = "1"
         if self.method != "POST":
             h[H_METHOD] = self.method
         if self.path:
@@ -268,7 +264,6 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_i
         headers=forwarded,
         not_before=not_before,
         prior_attempts=prior,
-        recorded=H_RECORDED in h,
     )
 
 

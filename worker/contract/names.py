@@ -39,6 +39,12 @@ def kv_subject(bucket: str, key: str) -> str:
     return f"{KV_SUBJECT_PREFIX}{bucket}.{key}"
 
 
+def submission_key(call_id: str) -> str:
+    """The status bucket's key of a call's submission record (the gateway's `queued` or `scheduled`), beside the
+    call's own record under its id (callstatus.py). A call id never starts with `_`, so no call's key is taken."""
+    return f"_submitted.{call_id}"
+
+
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 QUEUE_NAME = re.compile(rf"^{DNS_LABEL}$")
 FUNCTION_NAME = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})?$")

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 
 from aiohttp import web
-from nats.js.errors import APIError, KeyWrongLastSequenceError, NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError
 from prometheus_client import CollectorRegistry
 
 from jetqueue import callstatus, contract
@@ -94,7 +94,6 @@ class Accept:
             callback_url=callback,
             headers=headers,
             not_before=when,
-            recorded=self.backend.status.enabled,
         )
         return await self._store(call)
 
@@ -162,28 +161,19 @@ class Accept:
         return web.Response(status=202, headers=answer)
 
     async def _record_queued(self, call: contract.Call) -> None:
-        """Write the `queued` (or `scheduled`) record without waiting for it: sent create-only behind the call on the
-        same connection, costing no round trip (the worker's own writes correct it if it is lost). Until it
-        can be read back, `recent()` answers for it, so a status or cancel request right after the 202 finds it."""
+        """Write the call's submission record, `queued` (or `scheduled`), under its own key (callstatus.py): sent
+        behind the call on the same connection without waiting, costing no round trip (the worker's own records
+        follow if it is lost). Until it can be read back, `recent()` answers for it, so a status or cancel
+        request right after the 202 finds it."""
         record = callstatus.base_record(call, CallState.SCHEDULED if call.not_before else CallState.QUEUED)
         self._recent[call.call_id] = (time.monotonic(), record)
         if len(self._recent) > MAX_RECENT:
             self._recent.popitem(last=False)
-        if call.not_before:  # rare, and not corrected by a worker for a while: written and confirmed
-            await self._create_confirmed(call, record)
+        if call.not_before:  # rare, and followed by no worker's record for a while: written and confirmed
+            with contextlib.suppress(Exception):
+                await self.backend.status.submitted_confirmed(record)
         elif self.backend.nc is not None:
-            await self.backend.status.create_unconfirmed(self.backend.nc, call.call_id, record)
-
-    async def _create_confirmed(self, call: contract.Call, record: callstatus.Record) -> None:
-        status = self.backend.status
-        with contextlib.suppress(Exception):
-            try:
-                await status.update(call.call_id, record, None)
-            except KeyWrongLastSequenceError:  # an earlier call's record under this id: replaced once it is over
-                entry = await status.get(call.call_id)
-                if entry is not None and entry.record.get("start") != call.start_time_ns:
-                    if CallState(entry.record["state"]).final:
-                        await status.update(call.call_id, record, entry.revision)
+            await self.backend.status.submitted(self.backend.nc, record)
 
     def recent(self, call_id: str) -> callstatus.Record | None:
         """The record of a call accepted here RECENT_FOR seconds ago at most (its own may not be readable yet)."""

@@ -137,8 +137,9 @@ class Processor:
         policy = c.policies(call.function)
         max_attempts, max_age = policy.retry.max_attempts, policy.retry.max_event_age
         started = callstatus.now()
-        # A record exists already when the gateway wrote one or an earlier attempt ran: read it before writing.
-        seen = call.recorded or attempt > 1 or bool(call.not_before)
+        # The call's record exists already when an earlier attempt ran: read it before writing. (The gateway's
+        # record is its submission record, under a key of its own: a first attempt creates the call's record.)
+        seen = attempt > 1
         if c.cancelled is not None and c.cancelled(call):  # cancelled while queued
             outcome = Outcome(status=None, error=CANCELLED)
         elif max_age and call.age(time.time()) >= max_age:

@@ -4,10 +4,11 @@
   record is written only once the call has run `RUNNING_GRACE` (`started`), so a call that finishes sooner
   costs one write (its final record), not two.
 - Compare-and-set: a record is written against the revision this worker last wrote for the call (one round
-  trip). A call's first record from this worker is created (one round trip) unless one is known to exist
-  (`read_first`: the gateway wrote `queued`, or an earlier attempt ran): then the stored one is read and
-  replaced only if ours is further along (a later call under the same id, a later attempt, or final over not
-  final): two round trips. A conflict means someone wrote in between: read again and decide again.
+  trip). A call's first record from this worker is created (one round trip: the gateway's record is under a
+  key of its own, callstatus.py) unless one is known to exist (`read_first`: an earlier attempt ran): then the
+  stored one is read and replaced only if ours is further along (a later call under the same id, a later
+  attempt, or final over not final): two round trips. A conflict (a cancel, another worker, an earlier call
+  under the same id) means someone wrote in between: read again and decide again.
 - Cheap: reads and writes are sent without waiting (one sender task) and answered on one subscription, each
   answer handled by a callback: no task, future or timer per record.
 - Bounded: at most `limit` calls wait to be written and `IN_FLIGHT` are being written. Past the limit a
