@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from jetqueue import contract
 from jetqueue.contract import FINAL
@@ -22,12 +24,10 @@ class Ledger:
         """Every accepted call reached the function at least once and reached one final state."""
         kv = await nc.jetstream().key_value(contract.STATUS_BUCKET)
         counts = Counter(invoked)
-        finals: Counter[str] = Counter()
+        finals: Counter[str | None] = Counter()
         missing = [c for c in self.accepted if counts[c] == 0]
         for call_id in self.accepted:
-            entry = await kv.get(call_id)
-            state = json.loads(entry.value or b"{}").get("state")
-            finals[state] += 1
+            finals[await state_of(kv, call_id)] += 1
         duplicates = sum(counts[c] - 1 for c in self.accepted if counts[c] > 1)
         report = {
             "accepted": len(self.accepted),
@@ -41,3 +41,14 @@ class Ledger:
         assert set(finals) <= FINAL, f"calls not in a final state: {finals}"
         assert duplicates <= max_duplicates, report
         return report
+
+
+async def state_of(kv: KeyValue, call_id: str) -> str | None:
+    """The call's state: its own record's, else its submission record's (callstatus.py); None: no record."""
+    for key in (call_id, contract.submission_key(call_id)):
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            continue
+        return str(json.loads(entry.value or b"{}").get("state"))
+    return None

@@ -8,6 +8,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from jetqueue import callstatus
+from jetqueue.callstatus import StatusStore
+from jetqueue.contract import Call, CallState
 from tests.helpers import connect, gateway_settings, post, running_gateway, running_worker, worker_settings
 from tests.servers import cluster, eventually
 
@@ -148,3 +151,26 @@ async def test_cancel_reaches_a_worker_that_was_reconnecting(tmp_path, functions
     finally:
         for s in servers:
             s.stop()
+
+
+async def test_a_call_sent_again_under_its_id_shows_as_queued_before_its_record_lands(nats_server, http, monkeypatch):
+    """Sent again under its id once the duplicate window is over, and its submission record not stored yet (here:
+    never): the gateway's own copy of it shows, not the earlier call's record, and a cancel is of this call."""
+
+    async def not_landed(self: StatusStore, nc: object, record: object) -> None:
+        return None
+
+    monkeypatch.setattr(StatusStore, "submitted", not_landed)
+    async with running_gateway(gateway_settings(nats_server.url)) as gw:
+        base = f"http://127.0.0.1:{gw.s.http_port}"
+        earlier = Call(call_id="again", queue="faas-request", function="echo", start_time_ns=1)
+        await gw.backend.status.update("again", callstatus.base_record(earlier, CallState.SUCCEEDED), None)
+        r = await post(http, f"{base}/async-function/echo", b"", **{"X-Call-Id": "again"})
+        assert r.status == 202
+        async with http.get(f"{base}/async-calls/again") as s:
+            record = await s.json()
+        assert record["state"] == "queued" and record["start"] == int(r.headers["X-Start-Time"])
+        async with http.delete(f"{base}/async-calls/again") as d:
+            assert d.status == 202 and (await d.json())["state"] == "cancelled"
+        entry = await gw.backend.status.get("again")
+        assert entry is not None and entry.record["state"] == "cancelled" and entry.record["start"] > 1

@@ -166,34 +166,36 @@ async def test_a_gateway_call_costs_the_worker_one_write_and_no_read(nats_server
     """The gateway's `queued` record is its submission record, under a key of its own: the worker creates the
     call's record (one round trip) instead of reading the gateway's and replacing it (two)."""
     nc = await connect(nats_server.url)
-    reads: list[str] = []
     stream = contract.kv_stream_name(contract.STATUS_BUCKET)
+    reads: list[str] = []
+    written: dict[str, list[tuple[str | None, str]]] = {}  # key -> (expected last sequence, state) of each write
 
     async def read(msg) -> None:
         reads.append(msg.subject)
 
-    sub = await nc.subscribe(f"$JS.API.DIRECT.GET.{stream}.>", cb=read)
-    sub2 = await nc.subscribe(f"$JS.API.STREAM.MSG.GET.{stream}", cb=read)
+    async def wrote(msg) -> None:  # every write is a publish on the key's subject: seen here as it is sent
+        key = msg.subject.removeprefix(contract.kv_subject(contract.STATUS_BUCKET, ""))
+        expected = (msg.headers or {}).get("Nats-Expected-Last-Subject-Sequence")
+        written.setdefault(key, []).append((expected, json.loads(msg.data)["state"]))
+
+    subs = [
+        await nc.subscribe(f"$JS.API.DIRECT.GET.{stream}.>", cb=read),
+        await nc.subscribe(f"$JS.API.STREAM.MSG.GET.{stream}", cb=read),
+        await nc.subscribe(contract.kv_subject(contract.STATUS_BUCKET, ">"), cb=wrote),
+    ]
     ids = [f"gw-{i}" for i in range(20)]
     async with running_gateway(gateway_settings(nats_server.url)) as gw:
         base = f"http://127.0.0.1:{gw.s.http_port}"
         for call_id in ids:
             assert (await post(http, f"{base}/async-function/echo", b"x", **{"X-Call-Id": call_id})).status == 202
-        for _ in range(100):  # the submission records, sent without waiting
-            if await writes(nc) >= len(ids):
-                break
-            await asyncio.sleep(0.05)
-        before = await writes(nc)
-        assert before == len(ids)
         async with running_worker(worker_settings(nats_server.url, functions.url_template)):
-            await eventually(lambda: sorted(functions.completed["echo"]) == sorted(ids))
-            for _ in range(100):  # the final records follow the calls by a moment
-                if await writes(nc) - before >= len(ids):
-                    break
-                await asyncio.sleep(0.05)
-        await sub.unsubscribe()
-        await sub2.unsubscribe()
-        assert reads == [] and await writes(nc) - before == len(ids)
+            await eventually(lambda: all(written.get(i, [(None, "")])[-1][1] == "succeeded" for i in ids), timeout=20)
+        for sub in subs:
+            await sub.unsubscribe()
+        assert reads == []
+        for call_id in ids:
+            assert written[contract.submission_key(call_id)] == [(None, "queued")]
+            assert written[call_id][0][0] == "0"  # created; a running record (past the grace) then a final one
         async with http.get(f"{base}/async-calls/{ids[0]}") as r:
             assert (await r.json())["state"] == "succeeded"
     await nc.close()

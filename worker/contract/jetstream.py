@@ -258,7 +258,8 @@ def _bucket(
 
 
 def status_bucket(ttl: float, replicas: int = 1, storage: str = "file") -> KeyValueConfig:
-    """The call-status bucket: one key per call id, the latest record only, expired after `ttl`. Direct gets: the
+    """The call-status bucket: two keys per call (its record, its submission record: callstatus.py), the latest
+    record of each only, expired after `ttl`. Direct gets: the
     worker's read before a compare-and-set may be a moment stale (the write then conflicts, and it reads again
     from the leader); the gateway reads from the leader."""
     return _bucket(names.STATUS_BUCKET, "jetqueue call status", ttl, replicas, storage, direct=True)

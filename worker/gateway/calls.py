@@ -39,8 +39,9 @@ class Calls:
             entry = await self.backend.status.get(call_id)
         except Exception:
             return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
-        if entry is None and (record := self.recent(call_id)) is not None:
-            entry = callstatus.Entry(record, 0)  # revision 0: a cancel creates the record (compare-and-set)
+        record = self.recent(call_id)  # newer than what is stored: its submission record has not landed yet
+        if record is not None and (entry is None or record.get("start", 0) > entry.record.get("start", 0)):
+            entry = callstatus.Entry(record, entry.revision if entry else 0)  # 0: a cancel creates the record
         if entry is None:
             return problem(404, f"no call {call_id!r} (unknown, or its status expired)")
         return entry
