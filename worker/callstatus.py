@@ -24,15 +24,14 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from jetqueue import contract, provision
+from jetqueue import contract, keyvalue, provision
 from jetqueue.contract import CallState
 
 log = logging.getLogger("jetqueue.status")
 Record = dict[str, Any]
-STREAM_NOT_FOUND = 10059  # JetStream's error code (a missing key is 10037)
 
 
 def now() -> float:
@@ -96,20 +95,12 @@ class StatusStore:
 
     async def _read(self, kv: KeyValue, key: str) -> tuple[Record, int] | None:
         assert self.js is not None
-        bucket = contract.STATUS_BUCKET
-        try:  # from the stream's leader: a direct get may come from a replica a moment behind (no going back)
-            m = await self.js.get_last_msg(contract.kv_stream_name(bucket), contract.kv_subject(bucket, key))
-        except NotFoundError as e:
-            if e.err_code != STREAM_NOT_FOUND:
-                return None  # no record under this key
-            self._failed(kv)
-            raise
+        try:
+            found = await keyvalue.latest(self.js, contract.STATUS_BUCKET, key)
         except Exception:
             self._failed(kv)
             raise
-        if not m.data or (m.headers and "KV-Operation" in m.headers):  # deleted or purged
-            return None
-        return json.loads(m.data), m.seq or 0
+        return (json.loads(found[0]), found[1]) if found else None
 
     async def update(self, call_id: str, record: Record, last: int | None) -> int | None:
         """Compare-and-set; raises KeyWrongLastSequenceError when someone wrote in between. None when off."""

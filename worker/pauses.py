@@ -37,7 +37,7 @@ from nats.js.api import ConsumerInfo
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from jetqueue import contract, provision
+from jetqueue import contract, keyvalue, provision
 from jetqueue.contract import jetstream
 
 log = logging.getLogger("jetqueue.pauses")
@@ -123,15 +123,15 @@ async def records(js: JetStreamContext) -> list[Pause]:
         return []
     found: list[Pause] = []
     for subject in info.state.subjects or {}:
-        try:
-            m = await js.get_last_msg(stream, subject)
-        except NotFoundError:
-            continue  # removed meanwhile
-        if not m.data or (m.headers and "KV-Operation" in m.headers):  # DEL or PURGE: resumed
-            continue
         key = subject.removeprefix(prefix)
         try:
-            found.append(Pause.decode(key, m.data))
+            value = await keyvalue.latest(js, bucket, key)
+        except NotFoundError:
+            continue  # the bucket removed meanwhile
+        if value is None:  # DEL or PURGE: resumed
+            continue
+        try:
+            found.append(Pause.decode(key, value[0]))
         except (ValueError, KeyError, TypeError) as e:
             log.warning("ignoring pause record %r: %r", key, e)
     return found

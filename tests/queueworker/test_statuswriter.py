@@ -92,8 +92,8 @@ async def test_a_call_running_past_the_grace_gets_its_running_record(nats_server
     await nc.close()
 
 
-@pytest.mark.parametrize("direct", [True, False], ids=["direct-get", "bucket-made-before-direct-gets"])
-async def test_a_recorded_call_is_read_first_and_replaced(nats_server, direct):
+@pytest.mark.parametrize("direct", [True, False], ids=["bucket-allowing-direct-gets", "plain-bucket"])
+async def test_an_earlier_attempt_s_record_is_read_first_and_replaced(nats_server, direct):
     """An earlier attempt's record (or a deleted key, or none at all) is read, then replaced by compare-and-set."""
     nc = await connect(nats_server.url)
     store = StatusStore(nc.jetstream(), replace(jetstream.status_bucket(60), direct=direct))

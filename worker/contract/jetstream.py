@@ -241,28 +241,17 @@ def due_consumer(queue: str, max_waiting: int) -> ConsumerSpec:
     )
 
 
-def _bucket(
-    name: str, description: str, ttl: float | None, replicas: int, storage: str, direct: bool = False
-) -> KeyValueConfig:
-    """A key-value bucket of jetqueue's: the latest value of each key only. `direct`: gets may be answered by any
-    replica (no JetStream API JSON), possibly a moment behind the leader."""
+def _bucket(name: str, description: str, ttl: float | None, replicas: int, storage: str) -> KeyValueConfig:
+    """A key-value bucket of jetqueue's: the latest value of each key only."""
     return KeyValueConfig(
-        bucket=name,
-        history=1,
-        ttl=ttl,
-        replicas=replicas,
-        storage=StorageType(storage),
-        description=description,
-        direct=direct,
+        bucket=name, history=1, ttl=ttl, replicas=replicas, storage=StorageType(storage), description=description
     )
 
 
 def status_bucket(ttl: float, replicas: int = 1, storage: str = "file") -> KeyValueConfig:
     """The call-status bucket: two keys per call (its record, its submission record: callstatus.py), the latest
-    record of each only, expired after `ttl`. Direct gets: the
-    worker's read before a compare-and-set may be a moment stale (the write then conflicts, and it reads again
-    from the leader); the gateway reads from the leader."""
-    return _bucket(names.STATUS_BUCKET, "jetqueue call status", ttl, replicas, storage, direct=True)
+    record of each only, expired after `ttl`."""
+    return _bucket(names.STATUS_BUCKET, "jetqueue call status", ttl, replicas, storage)
 
 
 def cancel_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:

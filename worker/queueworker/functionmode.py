@@ -56,7 +56,7 @@ from jetqueue.queueworker.adaptive import Adaptive
 from jetqueue.queueworker.fetch import FETCH_MAX, Slots
 from jetqueue.queueworker.functionconsumers import Consumers
 from jetqueue.queueworker.handle import Context, Processor
-from jetqueue.queueworker.pullrequests import PULL_TIMEOUT, Message, Pull, Requests
+from jetqueue.queueworker.pullrequests import NO_MESSAGES, PULL_TIMEOUT, Message, Pull, Requests
 from jetqueue.settings import WorkerSettings
 
 log = logging.getLogger("jetqueue.functionmode")
@@ -69,7 +69,6 @@ ROTATE_AFTER = 5.0  # while functions wait for a consumer, one held this long is
 WATCH_WAIT = 1.0  # an idle function's pull waits this long at the server; also bounds stop's wait for it
 PULL_RETRY = 1.0  # after a transient refusal (leadership change, too many waiting pulls), pull again after this
 WAKE_EVERY = 0.5  # the dispatcher looks again at least this often
-NO_MESSAGES = ("404", "408")  # nothing deliverable now; a waiting pull expired
 
 
 @dataclass(eq=False, slots=True)

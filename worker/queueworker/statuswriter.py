@@ -47,7 +47,7 @@ ANSWER_WAIT = 5.0  # a read or write not answered by then has failed (the connec
 MAX_REVISIONS = 100_000  # revisions remembered for calls still running here; cleared past this (then: create/read)
 WRONG_LAST_SEQUENCE = 10071  # JetStream's error code when the expected last subject sequence differs
 EXPECTED = "Nats-Expected-Last-Subject-Sequence"
-WRITE, READ, DIRECT = "write", "read", "direct"  # what an answer is to: a compare-and-set, an API get, a direct get
+WRITE, READ = "write", "read"  # what an answer is to: a compare-and-set, a get of the stored record
 
 
 class _Write:
@@ -80,7 +80,7 @@ class StatusWriter:
         self._room = asyncio.Event()
         self._outbox: deque[tuple[str, bytes, str, dict[str, str] | None]] = deque()
         self._wake = asyncio.Event()
-        self._answers: dict[str, tuple[_Write, str]] = {}  # token -> (the write, WRITE/READ/DIRECT)
+        self._answers: dict[str, tuple[_Write, str]] = {}  # token -> (the write, WRITE/READ)
         self._deadlines: deque[tuple[float, str]] = deque()  # (deadline, token) of every request, in send order
         self._ids = itertools.count()
         self._inbox = ""
@@ -201,10 +201,7 @@ class StatusWriter:
         if not w.read_first:
             self._answers[token] = (w, WRITE)
             self._send(key, w.value, reply, {EXPECTED: str(w.last or 0)})  # 0: create (there must be no record)
-        elif not w.conflicts and getattr(self.store.kv, "_direct", False):  # any replica answers, no API JSON
-            self._answers[token] = (w, DIRECT)
-            self._send(f"{js._prefix}.DIRECT.GET.{contract.kv_stream_name(bucket)}.{key}", b"", reply, None)
-        else:  # from the leader: after a conflict (a replica may lag), or a bucket made before direct gets
+        else:  # from the stream's leader (rare: a later attempt, or a conflict), never a replica a moment behind
             self._answers[token] = (w, READ)
             self._send(
                 f"{js._prefix}.STREAM.MSG.GET.{contract.kv_stream_name(bucket)}",
@@ -255,8 +252,6 @@ class StatusWriter:
             if status == "503":  # no stream: the bucket is gone
                 self.store.kv = None
                 self._failed(w, "no responders (the call-status bucket is missing)")
-            elif kind == DIRECT:
-                self._read_direct(w, msg, status)
             elif kind == READ:
                 self._read(w, json.loads(msg.data))
             else:
@@ -282,21 +277,6 @@ class StatusWriter:
                 if ahead(stored, w.record):
                     self._done(w, None)
                     return
-        self._step(w)
-
-    def _read_direct(self, w: _Write, msg: Msg, status: str | None) -> None:
-        """The stored record came from a direct get: its headers say its revision, or that there is none."""
-        if status not in (None, "404"):
-            self._failed(w, f"direct get answered {status}")
-            return
-        w.read_first = False
-        w.last = None
-        if status is None:
-            headers = msg.headers or {}
-            w.last = int(headers["Nats-Sequence"])
-            if "KV-Operation" not in headers and ahead(json.loads(msg.data), w.record):  # deleted: no record
-                self._done(w, None)
-                return
         self._step(w)
 
     def _written(self, w: _Write, answer: dict[str, Any]) -> None:
