@@ -25,7 +25,16 @@ def test_settings_from_env_name_the_variable_and_hide_secrets():
         ((("JETQUEUE_BACKOFF", "linear"),), "JETQUEUE_BACKOFF"),
         ((("JETQUEUE_NATS_PASSWORD", "hunter2"), ("JETQUEUE_STREAM_REPLICAS", "2")), "STREAM_REPLICAS"),
         ((("JETQUEUE_NATS_PASSWORD", "hunter2"), ("JETQUEUE_QUEUE", "Bad_Name")), "JETQUEUE_QUEUE"),
+        ((("JETQUEUE_CALLBACK_TIMEOUT", "2m"),), "JETQUEUE_CALLBACK_TIMEOUT"),
     ):
         with pytest.raises(SettingsError, match=name) as e:
             WorkerSettings.from_env(dict(env))
         assert "hunter2" not in str(e.value)
+
+
+def test_a_callbacks_ack_wait_stays_inside_the_duplicate_window():
+    """Handing a redelivered callback on is deduplicated only within the window (callbacks.py)."""
+    from jetqueue.contract import jetstream
+
+    longest = jetstream.callback_consumer("q", jetstream.CALLBACK_MAX_TIMEOUT, 512)
+    assert longest.ack_wait < jetstream.callback_stream("q", 1, "file").duplicate_window

@@ -288,7 +288,9 @@ class WorkerSettings(_Base):
         kind="duration",
         values="queue.callbackRetry.maxWait",
     )
-    callback_timeout: float = _f(10.0, "Timeout of one callback POST.", kind="duration", not_in_chart=DEFAULT)
+    callback_timeout: float = _f(
+        10.0, "Timeout of one callback POST (at most 1m).", kind="duration", not_in_chart=DEFAULT
+    )
     callback_concurrency: int = _f(32, "Callbacks this worker sends at once.", not_in_chart=DEFAULT)
     callback_host_concurrency: int = _f(
         4,
@@ -342,6 +344,11 @@ class WorkerSettings(_Base):
                 raise SettingsError(f"{PREFIX}{name.upper()}: must be at least 1")
         if self.ack_wait < 1:
             raise SettingsError(f"{PREFIX}ACK_WAIT: must be at least 1s")
+        if self.callback_timeout > jetstream.CALLBACK_MAX_TIMEOUT:
+            raise SettingsError(
+                f"{PREFIX}CALLBACK_TIMEOUT: at most {format_duration(jetstream.CALLBACK_MAX_TIMEOUT)} (a callback "
+                "redelivered after a crash is deduplicated within the stream's duplicate window)"
+            )
         try:
             signing_keys(self.callback_signing_keys)
         except ValueError as e:

@@ -7,7 +7,9 @@ import os
 import signal
 
 from jetqueue import contract
-from jetqueue.queueworker.callbacks import H_URL
+from jetqueue.egress import Egress
+from jetqueue.queueworker.callbacks import H_URL, CallbackSender, CallbackStore
+from jetqueue.queueworker.metrics import WorkerMetrics
 from tests.helpers import connect, dead_letters, enqueue, running_worker, start_worker, worker_env, worker_settings
 from tests.servers import CallbackReceiver, eventually
 
@@ -119,6 +121,36 @@ async def test_a_worker_killed_after_the_ack_loses_no_callback(nats_server, func
         second.send_signal(signal.SIGTERM)
         second.wait(30)
         await nc.close()
+
+
+async def test_a_callback_handed_on_whose_ack_was_lost_is_sent_once(nats_server, functions, callbacks):
+    """A handler stores a failed callback's next attempt and dies before its ack arrives: the message comes
+    back, and must not be sent beside the next attempt."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    settings = worker_settings(nats_server.url, functions.url_template)
+    async with running_worker(settings):  # sets up the callbacks stream and consumer
+        pass
+    await CallbackStore(js, settings.queue, nc.max_payload).store("k1", callbacks.url, b"done", {"X-Call-Id": "c1"})
+    psub = await js.pull_subscribe_bind(
+        contract.callback_durable_name(settings.queue), contract.callback_stream_name(settings.queue)
+    )
+    (msg,) = await psub.fetch(1, timeout=5)
+    sender = CallbackSender(js, settings.queue, WorkerMetrics(), Egress.parse("", ""), nc.max_payload)
+
+    async def lost() -> None:
+        pass
+
+    msg.ack = lost  # type: ignore[method-assign]
+    await sender._later(msg, dict(msg.headers or {}), 2, 1.0)
+    await sender.close(1)
+    await msg.nak()  # as if its ack wait ran out
+    await psub.unsubscribe()
+    async with running_worker(settings):
+        await eventually(lambda: len(callbacks.received) == 1)
+        await asyncio.sleep(2.5)  # the stored next attempt is due after 1 s
+    assert len(callbacks.received) == 1
+    await nc.close()
 
 
 async def test_a_callback_out_of_attempts_becomes_a_dead_letter(nats_server, functions, callbacks):

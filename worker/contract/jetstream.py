@@ -31,6 +31,9 @@ DLQ_MAX_AGE = 14 * 24 * 3600.0  # dead letters are kept two weeks
 QUEUE_FULL = 10077  # JetStream's error code for a publish refused by a full discard-new stream
 SERVER_ACK_WAIT = 30.0  # nats-server's default, for a consumer that reports none
 CALLBACK_ACK_MARGIN = 30.0  # a callback being sent is acked within its timeout plus this
+# A callback redelivered after a crash is handed on under its successor's id, which the server drops if that
+# successor was stored: so the callback consumer's ack wait (timeout + margin) must stay inside the window.
+CALLBACK_MAX_TIMEOUT = DUPLICATE_WINDOW / 2
 CALLBACK_MAX_ACK_PENDING = 100_000
 MAX_SCHEDULE_AHEAD = 31 * 86400.0  # the furthest ahead a call may be scheduled (the gateway's maxDelay at most)
 CANCEL_KEEP = MAX_SCHEDULE_AHEAD + 86400.0  # cancel requests outlive every schedule
@@ -216,8 +219,8 @@ def function_consumer(
 
 
 def callback_consumer(queue: str, send_timeout: float, max_waiting: int) -> ConsumerSpec:
-    """The callback sender's consumer. max_ack_pending is high on purpose: a callback put back for a busy
-    receiver waits in the server, and must not hold back the callbacks of other receivers."""
+    """The callback sender's consumer. max_ack_pending is high on purpose: each worker bounds its own sends
+    (callback_concurrency), and a callback whose ack was lost must not hold back the others until it expires."""
     return ConsumerSpec(
         names.callback_stream_name(queue),
         names.callback_durable_name(queue),

@@ -5,11 +5,16 @@ down for minutes loses it.
 - `CallbackStore.store` (used by handle.py): one message per finished call, deduplicated by the call's
   stored message, so a redelivered call does not store a second callback.
 - `CallbackSender`: pulls into at most `callback_concurrency` sends, at most `callback_host_concurrency`
-  per receiver (scheme, host, port): a callback for a busy receiver goes back to the server for a while (not
-  an attempt), so a hanging receiver delays nobody else. A failed attempt is published again for later as a
-  message schedule with its attempt count in a header (it holds nothing meanwhile); the last one becomes a dead letter
-  (`jetqueue dlq list QUEUE --callbacks`), as does a callback refused by the egress rules (checked on every
-  connection), redirected (never followed) or rejected with a 4xx. Bodies are held only while being sent.
+  per receiver (scheme, host, port): a callback for a busy receiver is handed on for a while (not an
+  attempt), so a hanging receiver delays nobody else. A failed attempt is handed on with its attempt count
+  in a header; the last one becomes a dead letter (`jetqueue dlq list QUEUE --callbacks`), as does a
+  callback refused by the egress rules (checked on every connection), redirected (never followed) or
+  rejected with a 4xx. Bodies are held only while being sent.
+- Handing on = publishing the message's one successor as a message schedule (it holds nothing meanwhile),
+  deduplicated by the message's sequence, then acking. A message delivered a second time may have had its
+  successor stored by a handler that died before its ack arrived, so it is never sent: it is handed on
+  under the same successor id, which the server drops if that successor exists. So a crash between the
+  two steps sends nothing twice.
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ FIRST_WAIT = 1.0
 HOST_BUSY_WAIT = 2.0  # a callback for a busy receiver is offered again after this (not counted as an attempt)
 FETCH_TIMEOUT = 1.0
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _attempt_of(headers: dict[str, str]) -> int:
+    try:
+        return max(1, int(headers.get(H_ATTEMPT, "1") or 1))
+    except ValueError:
+        return 1
 
 
 def receiver(url: str) -> str:
@@ -156,9 +168,12 @@ class CallbackSender:
         headers = dict(msg.headers or {})
         url = headers.get(H_URL, "")
         host = receiver(url)
-        if self.per_host[host] >= self.host_concurrency:
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=HOST_BUSY_WAIT)
+        again = msg.metadata.num_delivered is not None and msg.metadata.num_delivered > 1
+        if again or self.per_host[host] >= self.host_concurrency:
+            try:
+                await self._later(msg, headers, _attempt_of(headers), FIRST_WAIT if again else HOST_BUSY_WAIT)
+            except Exception as e:  # not acked: it comes back after the ack wait, and is handed on then
+                log.warning("cannot hand a callback on yet: %r", e)
             return
         self.per_host[host] += 1
         self.extender.track(msg)
@@ -173,7 +188,7 @@ class CallbackSender:
                 del self.per_host[host]
 
     async def _attempt(self, msg: Msg, headers: dict[str, str], url: str) -> None:
-        attempt = int(headers.get(H_ATTEMPT, "1") or 1)
+        attempt = _attempt_of(headers)
         call_id = headers.get("X-Call-Id", "")
         if refused := self.egress.url_problem(url):
             await self._give_up(msg, headers, "refused", refused, attempt)
@@ -216,14 +231,14 @@ class CallbackSender:
         )
 
     async def _later(self, msg: Msg, headers: dict[str, str], attempt: int, wait: float) -> None:
-        """Publish the next attempt as a message schedule (held by the server, holding no slot), then ack."""
-        seq = msg.metadata.sequence.stream
-        key = f"{seq}-{attempt}"
+        """Hand the callback on: publish its successor, `attempt`, as a message schedule (held by the server,
+        holding no slot) under an id unique to this message, then ack."""
+        key = str(msg.metadata.sequence.stream)
         h = {k: v for k, v in headers.items() if not k.startswith(("Nats-Schedule", "Nats-Scheduler"))}
         h.update(
             {
                 H_ATTEMPT: str(attempt),
-                contract.H_MSG_ID: f"cb-later-{key}",  # a crash before the ack re-publishes nothing twice
+                contract.H_MSG_ID: f"cb-next-{key}",  # one successor per stored message, whoever publishes it
                 **contract.schedule_headers(time.time() + max(1.0, wait), contract.callback_subject(self.queue)),
             }
         )
