@@ -6,9 +6,11 @@ import asyncio
 import os
 import signal
 
+from aiohttp import web
+
 from jetqueue import contract
 from jetqueue.egress import Egress
-from jetqueue.queueworker.callbacks import H_URL, CallbackSender, CallbackStore
+from jetqueue.queueworker.callbacks import H_TRUNCATED, H_URL, CallbackSender, CallbackStore, busy_wait
 from jetqueue.queueworker.metrics import WorkerMetrics
 from tests.helpers import connect, dead_letters, enqueue, running_worker, start_worker, worker_env, worker_settings
 from tests.servers import CallbackReceiver, eventually
@@ -151,6 +153,69 @@ async def test_a_callback_handed_on_whose_ack_was_lost_is_sent_once(nats_server,
         await asyncio.sleep(2.5)  # the stored next attempt is due after 1 s
     assert len(callbacks.received) == 1
     await nc.close()
+
+
+async def test_a_callback_cut_to_fit_can_be_handed_on(nats_server, functions, callbacks):
+    """A body cut to the server's limit must leave room for the headers of its later attempts: over the limit,
+    nats-server closes the worker's connection, every time the callback comes back."""
+
+    async def big(request: web.Request, _: object) -> web.Response:
+        return web.Response(body=b"x" * (2 * 1024 * 1024))
+
+    functions.handlers["big"] = big
+    callbacks.status = 503
+    nc = await connect(nats_server.url)
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+        await enqueue(nc, "big", call_id="huge", callback_url=callbacks.url)
+        await eventually(lambda: functions.completed["big"] == ["huge"])
+        await asyncio.sleep(0.5)  # its first attempt failed: the next is handed on
+        callbacks.status = 200
+        await eventually(lambda: len(callbacks.received) == 1, timeout=20)
+    headers, body = callbacks.received[0]
+    assert headers[H_TRUNCATED] == str(2 * 1024 * 1024) and 0 < len(body) < 1024 * 1024
+    await nc.close()
+
+
+async def test_a_callback_dead_lettered_whose_ack_was_lost_has_one_dead_letter(nats_server, functions, callbacks):
+    """A handler dead-letters a callback and dies before its ack arrives: it comes back, is handed on and
+    fails again, and its dead letter is not stored twice."""
+    callbacks.status = 500
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    settings = worker_settings(nats_server.url, functions.url_template, callback_attempts=1)
+    async with running_worker(settings):
+        pass
+    await CallbackStore(js, settings.queue, nc.max_payload).store("k2", callbacks.url, b"done", {"X-Call-Id": "c2"})
+    psub = await js.pull_subscribe_bind(
+        contract.callback_durable_name(settings.queue), contract.callback_stream_name(settings.queue)
+    )
+    (msg,) = await psub.fetch(1, timeout=5)
+    sender = CallbackSender(js, settings.queue, WorkerMetrics(), Egress.parse("", ""), nc.max_payload, attempts=1)
+
+    async def lost() -> None:
+        pass
+
+    msg.ack = lost  # type: ignore[method-assign]
+    await sender._give_up(msg, dict(msg.headers or {}), "exhausted", "HTTP 500", 1)
+    await sender.close(1)
+    await msg.nak()  # as if its ack wait ran out
+    await psub.unsubscribe()
+    async with running_worker(settings):
+        stream = await js.stream_info(contract.callback_stream_name(settings.queue))
+        for _ in range(100):  # handed on, due after 1 s, tried once more and dead-lettered again
+            await asyncio.sleep(0.1)
+            stream = await js.stream_info(contract.callback_stream_name(settings.queue))
+            if stream.state.last_seq >= 3 and stream.state.messages == 0:
+                break
+        await asyncio.sleep(0.5)
+    assert stream.state.last_seq >= 3 and stream.state.messages == 0
+    assert len(await callback_dead_letters(nc)) == 1
+    await nc.close()
+
+
+def test_a_busy_receiver_is_asked_again_less_and_less_often():
+    assert [busy_wait(n, 300.0) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 16.0]
+    assert busy_wait(100, 300.0) == 300.0
 
 
 async def test_a_callback_out_of_attempts_becomes_a_dead_letter(nats_server, functions, callbacks):

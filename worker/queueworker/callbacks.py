@@ -3,18 +3,21 @@ is acked, and a sender delivers it with retries, so neither a worker killed afte
 down for minutes loses it.
 
 - `CallbackStore.store` (used by handle.py): one message per finished call, deduplicated by the call's
-  stored message, so a redelivered call does not store a second callback.
+  stored message, so a redelivered call does not store a second callback. A body too large is cut, with
+  room left for the headers its later attempts carry.
 - `CallbackSender`: pulls into at most `callback_concurrency` sends, at most `callback_host_concurrency`
-  per receiver (scheme, host, port): a callback for a busy receiver is handed on for a while (not an
-  attempt), so a hanging receiver delays nobody else. A failed attempt is handed on with its attempt count
-  in a header; the last one becomes a dead letter (`jetqueue dlq list QUEUE --callbacks`), as does a
-  callback refused by the egress rules (checked on every connection), redirected (never followed) or
-  rejected with a 4xx. Bodies are held only while being sent.
-- Handing on = publishing the message's one successor as a message schedule (it holds nothing meanwhile),
-  deduplicated by the message's sequence, then acking. A message delivered a second time may have had its
-  successor stored by a handler that died before its ack arrived, so it is never sent: it is handed on
-  under the same successor id, which the server drops if that successor exists. So a crash between the
-  two steps sends nothing twice.
+  per receiver (scheme, host, port): a callback for a busy receiver is handed on (not an attempt) for 2 s,
+  doubling while the receiver stays busy, so a hanging receiver delays nobody else and its backlog costs
+  few writes. A failed attempt is handed on with its attempt count in a header; the last one becomes a
+  dead letter (`jetqueue dlq list QUEUE --callbacks`; one per callback), as does a callback refused by the
+  egress rules (checked on every connection), redirected (never followed) or rejected with a 4xx. Bodies
+  are held only while being sent.
+- Handing on = publishing the stored message's one successor as a message schedule (it holds nothing
+  meanwhile), with an id derived from that stored message, then acking. A message delivered a second time
+  may have had its successor stored by a handler that died before its ack arrived, so it is not sent: it
+  is handed on under the same id, which the server drops as a duplicate when that successor was stored.
+  This holds within the stream's duplicate window (2 minutes) of a server that did not restart meanwhile;
+  later, the callback may be sent twice (at least once, as always).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -42,17 +46,20 @@ log = logging.getLogger("jetqueue.callback")
 H_URL = contract.H_CALLBACK
 H_ATTEMPT = contract.H_CALLBACK_ATTEMPT
 H_TRUNCATED = "X-Callback-Body-Truncated"  # the original body length, when the body had to be cut to fit
+H_KEY = "Jq-Callback-Key"  # the call's stored message, on every attempt: one dead letter per callback
+H_BUSY = "Jq-Callback-Busy"  # times in a row it found its receiver busy
 FIRST_WAIT = 1.0
-HOST_BUSY_WAIT = 2.0  # a callback for a busy receiver is offered again after this (not counted as an attempt)
+HOST_BUSY_WAIT = 2.0  # a callback for a busy receiver is offered again after this, doubling while it stays busy
 FETCH_TIMEOUT = 1.0
+MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # the longest a stored time is written
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _attempt_of(headers: dict[str, str]) -> int:
+def _count(headers: dict[str, str], name: str, least: int) -> int:
     try:
-        return max(1, int(headers.get(H_ATTEMPT, "1") or 1))
+        return max(least, int(headers.get(name, "") or least))
     except ValueError:
-        return 1
+        return least
 
 
 def receiver(url: str) -> str:
@@ -67,6 +74,35 @@ def receiver(url: str) -> str:
     return f"{parts.scheme}://{host}:{port or DEFAULT_PORTS.get(parts.scheme, '')}"
 
 
+def successor(queue: str, headers: dict[str, str], key: str, attempt: int, busy: int, at: float) -> dict[str, str]:
+    """The headers of a stored callback's next message: `attempt`, due at unix time `at`, deduplicated by `key`
+    (the stored message it follows)."""
+    h = {k: v for k, v in headers.items() if not k.startswith(("Nats-Schedule", "Nats-Scheduler", H_BUSY))}
+    h.update(
+        {
+            H_ATTEMPT: str(attempt),
+            contract.H_MSG_ID: f"cb-next-{key}",
+            **contract.schedule_headers(at, contract.callback_subject(queue)),
+        }
+    )
+    if busy:
+        h[H_BUSY] = str(busy)
+    return h
+
+
+def busy_wait(busy: int, max_wait: float) -> float:
+    """How long a callback that found its receiver busy `busy` times in a row waits before it is offered again."""
+    return min(max_wait, HOST_BUSY_WAIT * 2.0 ** min(max(busy, 1) - 1, 32))
+
+
+def cut_to_fit(headers: dict[str, str], body: bytes, limit: int) -> bytes:
+    """The body, cut so that it fits `limit` with `headers` (marked with its original length, once)."""
+    if contract.header_size(headers) + len(body) <= limit:
+        return body
+    headers.setdefault(H_TRUNCATED, str(len(body)))
+    return body[: max(0, limit - contract.header_size(headers))]
+
+
 class CallbackStore:
     def __init__(self, js: JetStreamContext, queue: str, max_payload: int) -> None:
         self.js = js
@@ -74,9 +110,14 @@ class CallbackStore:
         self.max_payload = max_payload
 
     async def store(self, key: str, url: str, body: bytes, headers: dict[str, str]) -> None:
-        """Store a callback and wait for the PubAck; `key` identifies the call's stored message (dedup)."""
-        h = {**headers, H_URL: url, H_ATTEMPT: "1", contract.H_MSG_ID: f"cb-{key}"}
-        room = self.max_payload - contract.header_size({**h, H_TRUNCATED: str(len(body))})
+        """Store a callback and wait for the PubAck; `key` identifies the call's stored message (dedup). The
+        body is cut to leave room for the headers its later attempts carry."""
+        h = {**headers, H_URL: url, H_ATTEMPT: "1", H_KEY: key, contract.H_MSG_ID: f"cb-{key}"}
+        longest = contract.stored_message_key(contract.callback_stream_name(self.queue), 10**20, MAX_TIME)
+        later = successor(self.queue, {**h, H_TRUNCATED: str(len(body))}, longest, 10**9, 10**9, MAX_TIME.timestamp())
+        room = self.max_payload - max(
+            contract.header_size({**h, H_TRUNCATED: str(len(body))}), contract.header_size(later)
+        )
         if len(body) > room:
             h[H_TRUNCATED] = str(len(body))
             body = body[: max(0, room)]
@@ -170,8 +211,12 @@ class CallbackSender:
         host = receiver(url)
         again = msg.metadata.num_delivered is not None and msg.metadata.num_delivered > 1
         if again or self.per_host[host] >= self.host_concurrency:
+            busy = _count(headers, H_BUSY, 0)
+            if not again:  # doubling: a backlog for a receiver that hangs costs few writes
+                busy += 1
+            wait = FIRST_WAIT if again else busy_wait(busy, self.max_wait)
             try:
-                await self._later(msg, headers, _attempt_of(headers), FIRST_WAIT if again else HOST_BUSY_WAIT)
+                await self._later(msg, headers, _count(headers, H_ATTEMPT, 1), wait, busy)
             except Exception as e:  # not acked: it comes back after the ack wait, and is handed on then
                 log.warning("cannot hand a callback on yet: %r", e)
             return
@@ -188,7 +233,7 @@ class CallbackSender:
                 del self.per_host[host]
 
     async def _attempt(self, msg: Msg, headers: dict[str, str], url: str) -> None:
-        attempt = _attempt_of(headers)
+        attempt = _count(headers, H_ATTEMPT, 1)
         call_id = headers.get("X-Call-Id", "")
         if refused := self.egress.url_problem(url):
             await self._give_up(msg, headers, "refused", refused, attempt)
@@ -230,19 +275,14 @@ class CallbackSender:
             "callback to %s failed (%s); attempt %d in %.0fs", url, error, attempt + 1, wait, extra={"call_id": call_id}
         )
 
-    async def _later(self, msg: Msg, headers: dict[str, str], attempt: int, wait: float) -> None:
+    async def _later(self, msg: Msg, headers: dict[str, str], attempt: int, wait: float, busy: int = 0) -> None:
         """Hand the callback on: publish its successor, `attempt`, as a message schedule (held by the server,
-        holding no slot) under an id unique to this message, then ack."""
-        key = str(msg.metadata.sequence.stream)
-        h = {k: v for k, v in headers.items() if not k.startswith(("Nats-Schedule", "Nats-Scheduler"))}
-        h.update(
-            {
-                H_ATTEMPT: str(attempt),
-                contract.H_MSG_ID: f"cb-next-{key}",  # one successor per stored message, whoever publishes it
-                **contract.schedule_headers(time.time() + max(1.0, wait), contract.callback_subject(self.queue)),
-            }
-        )
-        await self.js.publish(contract.callback_schedule_subject(self.queue, key), msg.data, headers=h)
+        holding no slot) under an id unique to this stored message, then ack."""
+        meta = msg.metadata
+        key = contract.stored_message_key(meta.stream, meta.sequence.stream, meta.timestamp)
+        h = successor(self.queue, headers, key, attempt, busy, time.time() + max(1.0, wait))
+        body = cut_to_fit(h, msg.data, self.max_payload)  # stored by an older version without the room
+        await self.js.publish(contract.callback_schedule_subject(self.queue, key), body, headers=h)
         await msg.ack()
 
     async def _give_up(self, msg: Msg, headers: dict[str, str], reason: str, error: str, attempt: int) -> None:
@@ -253,8 +293,18 @@ class CallbackSender:
             error,
             extra={"call_id": headers.get("X-Call-Id", "")},
         )
+        origin = headers.get(H_KEY)  # one dead letter per callback, even if handed on after a crash
         await dead_letter(
-            self.js, msg, self.queue, contract.CALLBACK_DLQ_FUNCTION, reason, None, attempt, error, self.max_payload
+            self.js,
+            msg,
+            self.queue,
+            contract.CALLBACK_DLQ_FUNCTION,
+            reason,
+            None,
+            attempt,
+            error,
+            self.max_payload,
+            key=f"cb-{origin}" if origin else None,
         )
         await msg.ack()
         self.metrics.callbacks.labels(self.queue, "failed").inc()

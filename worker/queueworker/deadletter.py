@@ -66,9 +66,11 @@ async def dead_letter(
     error: str,
     limit: int,
     keep_credentials: bool = False,
+    key: str | None = None,
 ) -> None:
     """Publish the original message with its failure to the DLQ stream and wait for the PubAck. Dead letters
-    are kept for weeks and shown by `jetqueue dlq show`: credentials are redacted unless asked to keep them."""
+    are kept for weeks and shown by `jetqueue dlq show`: credentials are redacted unless asked to keep them.
+    `key` names what is dead-lettered, for deduplication; by default the stored message."""
     # No Nats-* header of the original goes along: publish expectations (Nats-Expected-Stream, ...), TTLs or
     # the marks of a fired message schedule would make the server refuse the dead letter, every time.
     headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
@@ -80,7 +82,8 @@ async def dead_letter(
     headers.update(
         {
             # The same stored message dead-lettered twice (a crash before term) is deduplicated.
-            contract.H_MSG_ID: "dlq-" + contract.stored_message_key(msg.metadata.stream, seq, msg.metadata.timestamp),
+            contract.H_MSG_ID: "dlq-"
+            + (key or contract.stored_message_key(msg.metadata.stream, seq, msg.metadata.timestamp)),
             contract.H_DLQ_REASON: reason,
             contract.H_DLQ_STATUS: "" if status is None else str(status),
             contract.H_DLQ_ATTEMPTS: str(attempts),
