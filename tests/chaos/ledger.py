@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from nats.aio.client import Client
-from nats.js.errors import KeyNotFoundError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyNotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from jetqueue import contract
 from jetqueue.contract import FINAL
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -22,12 +31,12 @@ class Ledger:
 
     async def check(self, nc: Client, invoked: list[str], max_duplicates: int) -> dict[str, int]:
         """Every accepted call reached the function at least once and reached one final state."""
-        kv = await nc.jetstream().key_value(contract.STATUS_BUCKET)
+        kv = await asked_again(lambda: nc.jetstream().key_value(contract.STATUS_BUCKET))
         counts = Counter(invoked)
         finals: Counter[str | None] = Counter()
         missing = [c for c in self.accepted if counts[c] == 0]
         for call_id in self.accepted:
-            finals[await state_of(kv, call_id)] += 1
+            finals[await asked_again(functools.partial(state_of, kv, call_id))] += 1
         duplicates = sum(counts[c] - 1 for c in self.accepted if counts[c] > 1)
         report = {
             "accepted": len(self.accepted),
@@ -52,3 +61,16 @@ async def state_of(kv: KeyValue, call_id: str) -> str | None:
             continue
         return str(json.loads(entry.value or b"{}").get("state"))
     return None
+
+
+async def asked_again(ask: Callable[[], Awaitable[T]], within: float = 60.0) -> T:
+    """`ask()`, again while it times out: after a fault, the bucket's stream may still be electing a leader
+    when the queue's stream already has one."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await ask()
+        except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from aiohttp import web
 from jetqueue import contract, provision
 from jetqueue.contract import jetstream
 from jetqueue.ops import deadletters
-from tests.helpers import connect, gateway_settings, post, running_gateway, running_worker, worker_settings
+from tests.helpers import connect, enqueue, gateway_settings, post, running_gateway, running_worker, worker_settings
 from tests.servers import eventually
 
 
@@ -78,4 +79,33 @@ async def test_reasons_are_counted_among_the_latest_dead_letters(nats_server):
     latest = await deadletters.count_reason(js, "q", "expired", limit=2)
     assert (latest.per_function, latest.complete) == ({"a": 1, "b": 1}, False)
     assert [c.name for c in await js.consumers_info("OF_q_DLQ")] == []  # the reading consumer is removed
+    await nc.close()
+
+
+async def test_a_replayed_callback_that_fails_again_is_a_dead_letter_again(nats_server, functions, callbacks):
+    """A replayed callback gets its own dead letter id: with the first one's, the server would drop its dead
+    letter as a duplicate and the callback would be gone."""
+    callbacks.status = 400
+    nc = await connect(nats_server.url)
+    queue = contract.DEFAULT_QUEUE
+
+    async def callback_dead_letters() -> list[deadletters.DeadLetter]:
+        return await deadletters.dead_letters(nc.jetstream(), queue, contract.CALLBACK_DLQ_FUNCTION)
+
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+        await enqueue(nc, "echo", call_id="rejected", callback_url=callbacks.url)
+        for _ in range(100):
+            if await callback_dead_letters():
+                break
+            await asyncio.sleep(0.1)
+        assert (
+            await deadletters.dlq_replay(nc, queue, contract.CALLBACK_DLQ_FUNCTION, None, lambda _: True, io.StringIO())
+            == 0
+        )
+        for _ in range(100):
+            if await callback_dead_letters():
+                break
+            await asyncio.sleep(0.1)
+    (again,) = await callback_dead_letters()
+    assert again.headers[contract.H_DLQ_REASON] == "rejected"
     await nc.close()

@@ -13,7 +13,7 @@ from jetqueue.egress import Egress
 from jetqueue.queueworker.callbacks import H_TRUNCATED, H_URL, CallbackSender, CallbackStore, busy_wait
 from jetqueue.queueworker.metrics import WorkerMetrics
 from tests.helpers import connect, dead_letters, enqueue, running_worker, start_worker, worker_env, worker_settings
-from tests.servers import CallbackReceiver, eventually
+from tests.servers import CallbackReceiver, eventually, free_port
 
 
 async def callback_dead_letters(nc):
@@ -213,9 +213,37 @@ async def test_a_callback_dead_lettered_whose_ack_was_lost_has_one_dead_letter(n
     await nc.close()
 
 
-def test_a_busy_receiver_is_asked_again_less_and_less_often():
-    assert [busy_wait(n, 300.0) for n in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 16.0]
-    assert busy_wait(100, 300.0) == 300.0
+def test_a_receiver_that_does_not_answer_is_asked_again_less_and_less_often():
+    for busy, base in ((0, 2.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (100, 300.0)):
+        waits = [busy_wait(busy, 300.0) for _ in range(200)]
+        assert base <= min(waits) and max(waits) <= 2 * base and len(set(waits)) > 1  # spread, not a wave
+
+
+async def test_a_slow_receiver_with_a_backlog_gets_it_at_its_pace(nats_server, functions):
+    """A receiver that answers in 0.5 s, 4 at a time, takes 40 callbacks in about 5 s: those that find it
+    busy are offered again within seconds, not after doubling waits."""
+    receiver = CallbackReceiver()
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)
+        receiver.received.append((dict(request.headers), await request.read()))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/cb", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    nc = await connect(nats_server.url)
+    try:
+        async with running_worker(worker_settings(nats_server.url, functions.url_template)):
+            for _ in range(40):
+                await enqueue(nc, "echo", callback_url=f"http://127.0.0.1:{port}/cb")
+            await eventually(lambda: len(receiver.received) == 40, timeout=60)
+    finally:
+        await runner.cleanup()
+        await nc.close()
 
 
 async def test_a_callback_out_of_attempts_becomes_a_dead_letter(nats_server, functions, callbacks):

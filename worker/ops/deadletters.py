@@ -176,7 +176,10 @@ async def dlq_replay(
     for d in found:
         # A replayed callback starts its attempts afresh, like a replayed call.
         headers = {k: v for k, v in d.headers.items() if not k.startswith(contract.H_DLQ)}
-        headers.pop(contract.H_CALLBACK_ATTEMPT, None)
+        for stale in (contract.H_CALLBACK_ATTEMPT, contract.H_CALLBACK_BUSY):
+            headers.pop(stale, None)
+        if contract.H_CALLBACK_KEY in headers:  # its own dead letter id: the first one's would drop it as a duplicate
+            headers[contract.H_CALLBACK_KEY] = f"replay-{d.seq}-{time.time_ns()}"
         # A replay is a new start: its attempts, its age (maxEventAge) and its status record begin again.
         for stale in (contract.H_ATTEMPTS, contract.H_NOT_BEFORE):
             headers.pop(stale, None)

@@ -6,12 +6,12 @@ down for minutes loses it.
   stored message, so a redelivered call does not store a second callback. A body too large is cut, with
   room left for the headers its later attempts carry.
 - `CallbackSender`: pulls into at most `callback_concurrency` sends, at most `callback_host_concurrency`
-  per receiver (scheme, host, port): a callback for a busy receiver is handed on (not an attempt) for 2 s,
-  doubling while the receiver stays busy, so a hanging receiver delays nobody else and its backlog costs
-  few writes. A failed attempt is handed on with its attempt count in a header; the last one becomes a
-  dead letter (`jetqueue dlq list QUEUE --callbacks`; one per callback), as does a callback refused by the
-  egress rules (checked on every connection), redirected (never followed) or rejected with a 4xx. Bodies
-  are held only while being sent.
+  per receiver (scheme, host, port): a callback for a busy receiver is handed on (not an attempt) for 2-4 s,
+  so a hanging receiver delays nobody else; while that receiver has not answered within a timeout, the wait
+  doubles (up to max_wait), so its backlog costs few writes. A failed attempt is handed on with its attempt
+  count in a header; the last one becomes a dead letter (`jetqueue dlq list QUEUE --callbacks`; one per
+  callback within the duplicate window), as does a callback refused by the egress rules (checked on every
+  connection), redirected (never followed) or rejected with a 4xx. Bodies are held only while being sent.
 - Handing on = publishing the stored message's one successor as a message schedule (it holds nothing
   meanwhile), with an id derived from that stored message, then acking. A message delivered a second time
   may have had its successor stored by a handler that died before its ack arrived, so it is not sent: it
@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -46,11 +48,12 @@ log = logging.getLogger("jetqueue.callback")
 H_URL = contract.H_CALLBACK
 H_ATTEMPT = contract.H_CALLBACK_ATTEMPT
 H_TRUNCATED = "X-Callback-Body-Truncated"  # the original body length, when the body had to be cut to fit
-H_KEY = "Jq-Callback-Key"  # the call's stored message, on every attempt: one dead letter per callback
-H_BUSY = "Jq-Callback-Busy"  # times in a row it found its receiver busy
+H_KEY = contract.H_CALLBACK_KEY
+H_BUSY = contract.H_CALLBACK_BUSY
 FIRST_WAIT = 1.0
-HOST_BUSY_WAIT = 2.0  # a callback for a busy receiver is offered again after this, doubling while it stays busy
+HOST_BUSY_WAIT = 2.0  # a callback for a busy receiver is offered again after 2-4 s; doubling while it does not answer
 FETCH_TIMEOUT = 1.0
+ANSWERS_KEPT = 1024
 MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # the longest a stored time is written
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -91,8 +94,11 @@ def successor(queue: str, headers: dict[str, str], key: str, attempt: int, busy:
 
 
 def busy_wait(busy: int, max_wait: float) -> float:
-    """How long a callback that found its receiver busy `busy` times in a row waits before it is offered again."""
-    return min(max_wait, HOST_BUSY_WAIT * 2.0 ** min(max(busy, 1) - 1, 32))
+    """How long a callback waits before it is offered again, having found its receiver busy and not answering
+    `busy` times in a row (0: busy, but answering). Spread over twice the wait: schedules fire on whole seconds,
+    and a backlog handed on at once would come back at once."""
+    base = min(max_wait, HOST_BUSY_WAIT * 2.0 ** min(max(busy, 1) - 1, 32))
+    return base + random.uniform(0, base)
 
 
 def cut_to_fit(headers: dict[str, str], body: bytes, limit: int) -> bytes:
@@ -151,6 +157,7 @@ class CallbackSender:
         self.host_concurrency = host_concurrency
         self.signing_keys = signing_keys or {}
         self.per_host: Counter[str] = Counter()
+        self.answers: dict[str, float] = {}  # receiver -> when it last answered (monotonic)
         self.tasks: set[asyncio.Task[None]] = set()
         self.extender = AckExtender(timeout + 30.0)
         self.stopping = False
@@ -195,6 +202,16 @@ class CallbackSender:
         finally:
             beat.cancel()
 
+    def _answered(self, host: str) -> None:
+        now = time.monotonic()
+        if len(self.answers) >= ANSWERS_KEPT:  # bounded: forget receivers not heard from within a timeout
+            self.answers = {h: t for h, t in self.answers.items() if now - t <= self.timeout}
+        self.answers[host] = now
+
+    def _answering(self, host: str) -> bool:
+        """Whether the receiver answered a callback within the last timeout: busy, but not hanging."""
+        return time.monotonic() - self.answers.get(host, -math.inf) <= self.timeout
+
     async def _recover(self) -> None:
         log.warning("the callback consumer is missing; setting it up again")
         while not self.stopping and self._rebind is not None:
@@ -212,8 +229,8 @@ class CallbackSender:
         again = msg.metadata.num_delivered is not None and msg.metadata.num_delivered > 1
         if again or self.per_host[host] >= self.host_concurrency:
             busy = _count(headers, H_BUSY, 0)
-            if not again:  # doubling: a backlog for a receiver that hangs costs few writes
-                busy += 1
+            if not again:  # doubling only while it does not answer: a backlog for one that hangs costs few writes
+                busy = 0 if self._answering(host) else busy + 1
             wait = FIRST_WAIT if again else busy_wait(busy, self.max_wait)
             try:
                 await self._later(msg, headers, _count(headers, H_ATTEMPT, 1), wait, busy)
@@ -246,6 +263,7 @@ class CallbackSender:
             async with self._session.post(url, data=msg.data, headers=sent, allow_redirects=False) as resp:
                 await resp.read()
                 status, location = resp.status, resp.headers.get("Location", "")
+            self._answered(receiver(url))
         except aiohttp.ClientConnectorError as e:
             if isinstance(e.os_error, EgressRefused) or "blocked network" in str(e):
                 await self._give_up(msg, headers, "refused", str(e.os_error), attempt)
