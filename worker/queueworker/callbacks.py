@@ -95,10 +95,9 @@ def successor(queue: str, headers: dict[str, str], key: str, attempt: int, busy:
 
 def busy_wait(busy: int, max_wait: float) -> float:
     """How long a callback waits before it is offered again, having found its receiver busy and not answering
-    `busy` times in a row (0: busy, but answering). Spread over twice the wait: schedules fire on whole seconds,
-    and a backlog handed on at once would come back at once."""
-    base = min(max_wait, HOST_BUSY_WAIT * 2.0 ** min(max(busy, 1) - 1, 32))
-    return base + random.uniform(0, base)
+    `busy` times in a row (0: busy, but answering). Spread over twice the wait (within max_wait): schedules
+    fire on whole seconds, and a backlog handed on at once would come back at once."""
+    return min(max_wait, HOST_BUSY_WAIT * 2.0 ** min(max(busy, 1) - 1, 32) * random.uniform(1, 2))
 
 
 def cut_to_fit(headers: dict[str, str], body: bytes, limit: int) -> bytes:
