@@ -137,11 +137,6 @@ async def records(js: JetStreamContext) -> list[Pause]:
     return found
 
 
-async def stored(js: JetStreamContext) -> list[Pause]:
-    """Every pause record, reading only: none when the bucket does not exist (nothing was ever paused)."""
-    return await records(js)
-
-
 def decoded(entry: KeyValue.Entry) -> Pause | None:
     """The record of a watched entry; None for a removed one or one that cannot be read (logged)."""
     if entry.operation is not None or not entry.value:  # DEL or PURGE: resumed

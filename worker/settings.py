@@ -289,7 +289,10 @@ class WorkerSettings(_Base):
         values="queue.callbackRetry.maxWait",
     )
     callback_timeout: float = _f(
-        10.0, "Timeout of one callback POST (at most 1m).", kind="duration", not_in_chart=DEFAULT
+        10.0,
+        f"Timeout of one callback POST (at most {format_duration(jetstream.CALLBACK_MAX_TIMEOUT)}).",
+        kind="duration",
+        not_in_chart=DEFAULT,
     )
     callback_concurrency: int = _f(32, "Callbacks this worker sends at once.", not_in_chart=DEFAULT)
     callback_host_concurrency: int = _f(

@@ -188,7 +188,7 @@ async def resume(
     """End the pause of a queue (function '': the queue's and every function's) or of one function."""
     now = now or utcnow()
     await _queue_stream(js, queue)
-    records = [p for p in await pauses.stored(js) if p.queue == queue]
+    records = [p for p in await pauses.records(js) if p.queue == queue]
     ending = [p for p in records if p.function == function or not function]
     if ending:
         kv = await js.key_value(contract.PAUSE_BUCKET)

@@ -56,7 +56,7 @@ async def status(js: JetStreamContext, queue: str | None, out: TextIO = sys.stdo
     if not queues:
         out.write("no queues (no OF_* streams) on this NATS\n")
         return 0
-    records = await pauses.stored(js)
+    records = await pauses.records(js)
     rows = [HEADER]
     notes: list[str] = []
     for q in queues:

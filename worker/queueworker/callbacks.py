@@ -119,10 +119,9 @@ class CallbackStore:
         body is cut to leave room for the headers its later attempts carry."""
         h = {**headers, H_URL: url, H_ATTEMPT: "1", H_KEY: key, contract.H_MSG_ID: f"cb-{key}"}
         longest = contract.stored_message_key(contract.callback_stream_name(self.queue), 10**20, MAX_TIME)
+        # The longest headers a later attempt carries (a superset of these, each value at its longest).
         later = successor(self.queue, {**h, H_TRUNCATED: str(len(body))}, longest, 10**9, 10**9, MAX_TIME.timestamp())
-        room = self.max_payload - max(
-            contract.header_size({**h, H_TRUNCATED: str(len(body))}), contract.header_size(later)
-        )
+        room = self.max_payload - contract.header_size(later)
         if len(body) > room:
             h[H_TRUNCATED] = str(len(body))
             body = body[: max(0, room)]
@@ -239,7 +238,7 @@ class CallbackSender:
         self.per_host[host] += 1
         self.extender.track(msg)
         try:
-            await self._attempt(msg, headers, url)
+            await self._attempt(msg, headers, url, host)
         except Exception:
             log.exception("callback handling failed; it is offered again after the ack wait")
         finally:
@@ -248,7 +247,7 @@ class CallbackSender:
             if not self.per_host[host]:
                 del self.per_host[host]
 
-    async def _attempt(self, msg: Msg, headers: dict[str, str], url: str) -> None:
+    async def _attempt(self, msg: Msg, headers: dict[str, str], url: str, host: str) -> None:
         attempt = _count(headers, H_ATTEMPT, 1)
         call_id = headers.get("X-Call-Id", "")
         if refused := self.egress.url_problem(url):
@@ -262,7 +261,7 @@ class CallbackSender:
             async with self._session.post(url, data=msg.data, headers=sent, allow_redirects=False) as resp:
                 await resp.read()
                 status, location = resp.status, resp.headers.get("Location", "")
-            self._answered(receiver(url))
+            self._answered(host)
         except aiohttp.ClientConnectorError as e:
             if isinstance(e.os_error, EgressRefused) or "blocked network" in str(e):
                 await self._give_up(msg, headers, "refused", str(e.os_error), attempt)
