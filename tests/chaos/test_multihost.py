@@ -142,23 +142,25 @@ class Run:
         return next(i for i, s in enumerate(self.servers) if s.name == info.cluster.leader)
 
     async def healthy_again(self) -> None:
-        """Every node's /healthz is 200 and the stream has a leader with both followers current."""
+        """Every node's /healthz is 200, and the queue's stream and the call-status bucket's each have a leader
+        with both followers current (status records written meanwhile land only once the bucket's has one)."""
         t0 = time.monotonic()
         await wait_all_healthy(self.servers, HEALTHY_TIMEOUT)
         deadline = t0 + HEALTHY_TIMEOUT
-        last = ""
-        while True:
-            try:
-                info = await self.nc.jetstream(timeout=2).stream_info(STREAM)
-                last = repr(info.cluster)
-                replicas = (info.cluster.replicas or []) if info.cluster else []
-                if info.cluster and info.cluster.leader and len(replicas) == 2:
-                    if all(r.current and not r.offline for r in replicas):
-                        break
-            except Exception as e:  # a timeout while the connection fails over: ask again
-                last = repr(e)
-            assert time.monotonic() < deadline, f"stream not fully replicated again in time: {last}"
-            await asyncio.sleep(0.2)
+        for stream in (STREAM, contract.kv_stream_name(contract.STATUS_BUCKET)):
+            last = ""
+            while True:
+                try:
+                    info = await self.nc.jetstream(timeout=2).stream_info(stream)
+                    last = repr(info.cluster)
+                    replicas = (info.cluster.replicas or []) if info.cluster else []
+                    if info.cluster and info.cluster.leader and len(replicas) == 2:
+                        if all(r.current and not r.offline for r in replicas):
+                            break
+                except Exception as e:  # a timeout while the connection fails over: ask again
+                    last = repr(e)
+                assert time.monotonic() < deadline, f"{stream} not fully replicated again in time: {last}"
+                await asyncio.sleep(0.2)
         self.notes.append(f"healthy again after {time.monotonic() - t0:.1f}s")
 
 
@@ -250,7 +252,11 @@ async def scenario(
         )
         assert not run.errors, run.errors[:5]
         assert ledger.accepted, "nothing was accepted"
-        return await ledger.check(nc, functions.calls[FUNCTION], max_duplicates=max_duplicates)
+        try:
+            return await ledger.check(nc, functions.calls[FUNCTION], max_duplicates=max_duplicates)
+        except AssertionError:  # the worker's own account, for whoever reads the failure
+            print("worker log, last lines:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-80:]))
+            raise
     finally:
         await nc.close()
 
