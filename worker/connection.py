@@ -12,14 +12,14 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from jetqueue.settings import _Base
+from jetqueue.settings import SharedSettings
 
 log = logging.getLogger("jetqueue.nats")
 PING_INTERVAL = 5
 MAX_OUTSTANDING_PINGS = 2
 
 
-def tls_context(s: _Base) -> ssl.SSLContext | None:
+def tls_context(s: SharedSettings) -> ssl.SSLContext | None:
     if not (s.nats_tls_ca or s.nats_tls_cert):
         return None
     ctx = ssl.create_default_context(cafile=s.nats_tls_ca or None)
@@ -29,7 +29,7 @@ def tls_context(s: _Base) -> ssl.SSLContext | None:
 
 
 async def connect(
-    s: _Base,
+    s: SharedSettings,
     name: str,
     on_reconnect: Callable[[], Awaitable[None]] | None = None,
     connect_attempts: int = 60,

@@ -12,7 +12,7 @@ from typing import Any
 from jetqueue import contract, logs
 from jetqueue.durations import parse_duration
 from jetqueue.ops import deadletters, pauses, queues, status
-from jetqueue.settings import GatewaySettings, SettingsError, WorkerSettings, _Base
+from jetqueue.settings import GatewaySettings, SettingsError, SharedSettings, WorkerSettings
 
 ENV_HELP = "Every setting is an environment variable; see README.md, 'Runtime settings'."
 
@@ -138,8 +138,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(func=cmd_dlq)
 
 
-def _settings_for_cli(nats_url: str | None) -> _Base:
-    s = _Base.from_env()
+def _settings_for_cli(nats_url: str | None) -> SharedSettings:
+    s = SharedSettings.from_env()
     if nats_url:
         s.nats_url = nats_url
     return s
