@@ -74,6 +74,17 @@ async def dead_letters(nc: Client, queue: str = contract.DEFAULT_QUEUE) -> list[
     return out
 
 
+async def status_record(nc: Client, call_id: str, *queues: str, partitions: int = 1) -> dict[str, Any] | None:
+    """A call's status record as the gateway finds it from its id (statuslookup.py), among `queues`."""
+    from jetqueue.callstatus import QueueStatus
+    from jetqueue.statuslookup import StatusLookup
+
+    js = nc.jetstream()
+    status = {q: QueueStatus.of(js, q, partitions, 3600.0) for q in queues or (contract.DEFAULT_QUEUE,)}
+    entry = await StatusLookup(js, status).get(call_id)
+    return entry.record if entry else None
+
+
 async def connect(url: str) -> Client:
     return await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
 

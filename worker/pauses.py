@@ -9,7 +9,7 @@ once idle (inactive_threshold) and made again by a worker later, and a pause set
 How it is applied: as JetStream consumer pause (nats-server 2.11+): the consumer delivers nothing while the stream
 keeps storing calls, and the server lifts the pause at its time by itself. A consumer is paused until the latest
 end among the records that cover it (`pause_until`): the static consumer by `<queue>`; a function consumer by
-`<queue>` and `<queue>.<function>`.
+`<queue>` and `<queue>.<function>`. A partitioned queue's consumers on every partition's stream are paused alike.
 
 - `jetqueue pause|resume` (ops/pauses.py) writes the record, then pauses or resumes the consumers that exist, so
   it works with no worker running.
@@ -153,8 +153,9 @@ def consumer_function(queue: str, info: ConsumerInfo, static_durable: str) -> st
     None for a consumer jetqueue did not make for this queue (never touched)."""
     if info.name == static_durable:
         return ""
-    function = (info.config.filter_subject or "").removeprefix(f"{queue}.")
-    if function and info.name == contract.function_consumer_name(queue, function):
+    token, _, function = (info.config.filter_subject or "").partition(".")  # on any partition of the queue
+    ours = contract.split_token(token)
+    if function and ours and ours[0] == queue and info.name == contract.function_consumer_name(queue, function):
         return function
     return None
 

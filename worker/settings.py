@@ -41,6 +41,11 @@ __all__ = [
 ]
 
 
+def check_partitions(n: int) -> None:
+    if not 1 <= n <= contract.MAX_PARTITIONS:
+        raise SettingsError(f"{PREFIX}PARTITIONS={n}: must be 1 to {contract.MAX_PARTITIONS}")
+
+
 @dataclass(repr=False)
 class SharedSettings(EnvSettings):
     """What every process reads: the NATS connection, callbacks' egress, call status, logs."""
@@ -73,7 +78,7 @@ class SharedSettings(EnvSettings):
     )
     call_status: bool = _f(
         True,
-        "Record each call's status in the JetStream KV bucket `jetqueue-calls`.",
+        "Record each call's status in its queue's JetStream KV buckets `jetqueue-calls-<queue>`.",
         values={"queue-worker": "queue.callStatus.enabled", "gateway": "gateway.callStatus.enabled"},
     )
     status_ttl: float = _f(
@@ -116,6 +121,13 @@ class WorkerSettings(SharedSettings):
     dlq_stream: str = _f("", "Dead-letter stream (default `OF_<queue>_DLQ`).", values="queue.deadLetterStream")
     stream_replicas: int = _f(
         1, "Replicas of the streams this worker creates (1, 3 or 5).", values="queue.streamReplicas"
+    )
+    partitions: int = _f(
+        1,
+        f"Partitions of the queue (1-{contract.MAX_PARTITIONS}): work streams `OF_<queue>`, `OF_<queue>_P1` ..., each "
+        "with a leader of its own; the worker takes calls from all of them, and also drains partitions beyond this "
+        "that still exist (docs/partitions.md).",
+        values="queue.partitions",
     )
     max_queue_length: int = _f(
         0,
@@ -251,6 +263,7 @@ class WorkerSettings(SharedSettings):
             raise SettingsError(f"{PREFIX}QUEUE={self.queue!r}: must be a DNS-1123 label")
         if self.stream_replicas not in (1, 3, 5):
             raise SettingsError(f"{PREFIX}STREAM_REPLICAS={self.stream_replicas}: must be 1, 3 or 5")
+        check_partitions(self.partitions)
         for name in (
             "max_inflight",
             "max_retry_attempts",
@@ -284,6 +297,7 @@ class WorkerSettings(SharedSettings):
 class GatewaySettings(SharedSettings):
     def check(self) -> None:
         super().check()
+        check_partitions(self.partitions)
         if self.max_delay > jetstream.MAX_SCHEDULE_AHEAD:
             raise SettingsError(
                 f"{PREFIX}MAX_DELAY: at most {format_duration(jetstream.MAX_SCHEDULE_AHEAD)} (cancel requests are kept "
@@ -307,6 +321,11 @@ class GatewaySettings(SharedSettings):
     stream_replicas: int = _f(
         1,
         "Replicas of streams the gateway creates for queues the routing table does not describe.",
+        not_in_chart="per queue, in `gateway.queues`",
+    )
+    partitions: int = _f(
+        1,
+        "Partitions of the queues the routing table does not describe (docs/partitions.md).",
         not_in_chart="per queue, in `gateway.queues`",
     )
     max_body_size: int = _f(

@@ -147,7 +147,7 @@ class Run:
         t0 = time.monotonic()
         await wait_all_healthy(self.servers, HEALTHY_TIMEOUT)
         deadline = t0 + HEALTHY_TIMEOUT
-        for stream in (STREAM, contract.kv_stream_name(contract.STATUS_BUCKET)):
+        for stream in (STREAM, contract.kv_stream_name(contract.status_bucket_name(contract.DEFAULT_QUEUE))):
             last = ""
             while True:
                 try:

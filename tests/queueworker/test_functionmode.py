@@ -364,7 +364,7 @@ async def test_functions_take_turns_when_more_have_calls_than_consumers(nats_ser
         nats_server.url, functions.url_template, mode="function", max_inflight=1, adaptive_concurrency=False
     )
     async with running_worker(settings) as w:
-        mode = w.function_mode
+        mode = w.function_modes[0]
         assert mode is not None and mode.max_consumers == 2
         await asyncio.gather(*(enqueue(nc, n, call_id=f"{n}-{i}") for i in range(30) for n in names))
         held = 0

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from aiohttp import web
 
 from jetqueue import contract
-from tests.helpers import connect, dead_letters, enqueue, running_worker, worker_settings
+from tests.helpers import connect, dead_letters, enqueue, running_worker, status_record, worker_settings
 from tests.servers import eventually
 
 
@@ -182,10 +181,9 @@ async def test_calls_without_an_id_get_ids_unique_across_queues(nats_server, fun
         await eventually(lambda: len(functions.completed["echo"]) == 2)
     ids = functions.calls["echo"]
     assert len(set(ids)) == 2 and {i.split("-1-")[0] for i in ids} == {"alpha", "beta"}
-    kv = await nc.jetstream().key_value(contract.STATUS_BUCKET)
-    records = [json.loads((await kv.get(i)).value or b"{}") for i in ids]
-    assert sorted(r["queue"] for r in records) == ["alpha", "beta"]
-    assert all(r["state"] == "succeeded" for r in records)
+    records = [await status_record(nc, i, "alpha", "beta") for i in ids]
+    assert sorted(r["queue"] for r in records if r) == ["alpha", "beta"]
+    assert all(r and r["state"] == "succeeded" for r in records)
     await nc.close()
 
 
@@ -197,8 +195,7 @@ async def test_a_call_older_than_max_event_age_is_not_invoked(nats_server, funct
         fresh = await enqueue(nc, "echo", b"fresh")
         await eventually(lambda: len(callbacks.received) == 1)
         await eventually(lambda: functions.completed["echo"] == [fresh])
-        kv = await nc.jetstream().key_value(contract.STATUS_BUCKET)
-        assert json.loads((await kv.get(call_id)).value or b"")["state"] == "expired"
+        assert (await status_record(nc, call_id) or {})["state"] == "expired"
     headers, _ = callbacks.received[0]
     assert headers["X-Call-Status"] == "expired" and headers["X-Call-Id"] == call_id
     [letter] = await dead_letters(nc)

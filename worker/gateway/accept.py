@@ -60,7 +60,11 @@ class Accept:
             return problem(
                 400, "X-Call-Id must be 1-128 characters of [A-Za-z0-9_=.-], starting with a letter or digit"
             )
-        call_id = given or contract.new_call_id()
+        call_id = given or contract.new_call_id(queue)  # ours carry the queue's hint: status finds it by id alone
+        key = request.headers.get(contract.PARTITION_KEY, "")
+        if key and (reason := contract.partition_key_problem(key)):
+            self.metrics.count(name, queue, 400)
+            return problem(400, reason)
         callback = request.headers.get("X-Callback-Url", "")
         if callback and (reason := self.egress.url_problem(callback)):
             self.metrics.count(name, queue, 400)
@@ -94,6 +98,7 @@ class Accept:
             callback_url=callback,
             headers=headers,
             not_before=when,
+            partition_key=key,
         )
         return await self._store(call)
 
@@ -116,27 +121,31 @@ class Accept:
             f"the largest body with these headers is {largest} bytes",
         )
 
-    def _over_queue_bytes(self, call: contract.Call, headers: dict[str, str]) -> web.Response | None:
-        """413 for a call larger than its queue's maxQueueBytes: the stream would refuse it every time (a 503
-        "queue full" that no retry cures), and a scheduled one would wait for ever to be moved in."""
+    def _over_queue_bytes(self, call: contract.Call, headers: dict[str, str], subject: str) -> web.Response | None:
+        """413 for a call larger than its partition's share of the queue's maxQueueBytes: the stream would refuse
+        it every time (a 503 "queue full" that no retry cures), and a scheduled one would wait for ever to be
+        moved in."""
         info = self.routing.queues.get(call.queue)
         if info is None or not info.max_bytes:
             return None
-        subject = contract.subject(call.queue, call.function)
         size = len(call.body) + contract.header_size(headers) + len(subject) + STORED_OVERHEAD
-        if size <= info.max_bytes:
+        limit = jetstream.partition_limit(info.max_bytes, info.partitions)
+        if size <= limit:
             return None
+        share = f" (its share of {info.max_bytes} among {info.partitions} partitions)" if info.partitions > 1 else ""
         return problem(
-            413,
-            f"request too large for queue {call.queue!r}: about {size} bytes stored; maxQueueBytes {info.max_bytes}",
+            413, f"request too large for queue {call.queue!r}: about {size} bytes stored; maxQueueBytes {limit}{share}"
         )
 
     async def _store(self, call: contract.Call) -> web.Response:
         b, name, queue = self.backend, call.function, call.queue
-        subject, headers = contract.subject(call.queue, call.function), call.to_headers()
-        if call.not_before:  # held by the server until its time (OF_<queue>_SCHED), then moved into the queue
+        partition = contract.choose_partition(name, b.partitions(queue), call.partition_key)
+        subject, headers = contract.subject(queue, name, partition), call.to_headers()
+        stored_on = subject
+        if call.not_before:  # held by the server until its time (OF_<queue>_SCHED), then moved into its partition
             subject, headers = contract.held_message(call, headers, call.not_before, call.call_id)
-        if (too_large := self._too_large(len(call.body), headers) or self._over_queue_bytes(call, headers)) is not None:
+        too_large = self._too_large(len(call.body), headers) or self._over_queue_bytes(call, headers, stored_on)
+        if too_large is not None:
             self.metrics.count(name, queue, 413)
             return too_large
         # The set looked up here first: ensure_queue is a coroutine, and the queue is nearly always ready.
@@ -145,12 +154,12 @@ class Accept:
             return problem(503, "NATS is unavailable; nothing was stored, retry later", **{"Retry-After": RETRY_AFTER})
         t0 = time.perf_counter()
         try:
-            duplicate = await self._publish(b.acks, call, subject, headers)
+            duplicate = await self._publish(b.acks, call, subject, headers, partition)
         except Exception as e:
             self.metrics.count(name, queue, 503)
             return self._not_accepted(call, e)
         self.metrics.observe(time.perf_counter() - t0)
-        if not duplicate and b.status.enabled:
+        if not duplicate and b.status_enabled:
             await self._record_queued(call)
         self.metrics.count(name, queue, 202)
         answer = {"X-Call-Id": call.call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
@@ -169,11 +178,12 @@ class Accept:
         self._recent[call.call_id] = (time.monotonic(), record)
         if len(self._recent) > MAX_RECENT:
             self._recent.popitem(last=False)
+        store = self.backend.queue_status(call.queue).store(call.call_id)
         if call.not_before:  # rare, and followed by no worker's record for a while: written and confirmed
             with contextlib.suppress(Exception):
-                await self.backend.status.submitted_confirmed(record)
+                await store.submitted_confirmed(record)
         elif self.backend.nc is not None:
-            await self.backend.status.submitted(self.backend.nc, record)
+            await store.submitted(self.backend.nc, record)
 
     def recent(self, call_id: str) -> callstatus.Record | None:
         """The record of a call accepted here RECENT_FOR seconds ago at most (its own may not be readable yet)."""
@@ -201,12 +211,14 @@ class Accept:
             **{"X-Call-Id": call.call_id},
         )
 
-    async def _publish(self, acks: PubAcks, call: contract.Call, subject: str, headers: dict[str, str]) -> bool:
+    async def _publish(
+        self, acks: PubAcks, call: contract.Call, subject: str, headers: dict[str, str], partition: int
+    ) -> bool:
         """Publish and wait for the PubAck (True: a duplicate). A stream deleted underneath (`jetqueue reset`, a
         dev NATS restarted empty) answers no-responders: set it up again and publish once more."""
         try:
             return await acks.publish(subject, call.body, headers, self.s.publish_timeout)
         except NoStreamResponseError:
-            if not await self.backend.stream_deleted(call.queue):
+            if not await self.backend.stream_deleted(call.queue, partition):
                 raise
             return await acks.publish(subject, call.body, headers, self.s.publish_timeout)

@@ -2,7 +2,7 @@
 
 File (rendered by the generator into the gateway chart's ConfigMap) shape:
 ``{"routes": {"train": "ml-batch"}, "queues": {"ml-batch": {"streamReplicas": 3, "streamStorage": "file",
-"maxQueueLength": 0, "maxQueueBytes": 0}}}``.
+"maxQueueLength": 0, "maxQueueBytes": 0, "partitions": 3}}}``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class QueueInfo:
     storage: str = "file"
     max_length: int = 0  # maxQueueLength: a full queue answers 503 "queue full"
     max_bytes: int = 0
+    partitions: int = 1  # work streams OF_<queue>, OF_<queue>_P1 ... (contract/partitions.py picks one per call)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Routing:
                         str(v.get("streamStorage", "file")),
                         int(v.get("maxQueueLength", 0)),
                         int(v.get("maxQueueBytes", 0)),
+                        int(v.get("partitions", 1)),
                     )
                     for q, v in (data.get("queues") or {}).items()
                 }
@@ -60,7 +62,10 @@ class Routing:
         for q in {*r.routes.values(), *r.queues, r.default_queue}:
             if not contract.QUEUE_NAME.match(q):
                 raise SettingsError(f"routing: queue name {q!r} is not a DNS-1123 label")
-        r.queues.setdefault(r.default_queue, QueueInfo(s.stream_replicas, s.stream_storage))
-        for q in r.routes.values():
-            r.queues.setdefault(q, QueueInfo(s.stream_replicas, s.stream_storage))
+        for q, info in r.queues.items():
+            if not 1 <= info.partitions <= contract.MAX_PARTITIONS:
+                most = contract.MAX_PARTITIONS
+                raise SettingsError(f"routing: queue {q!r} has {info.partitions} partitions; 1 to {most}")
+        for q in (r.default_queue, *r.routes.values()):
+            r.queues.setdefault(q, QueueInfo(s.stream_replicas, s.stream_storage, partitions=s.partitions))
         return r

@@ -57,6 +57,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("--gateway", help="gateway URL, e.g. http://127.0.0.1:8080 (token: JETQUEUE_AUTH_TOKEN)")
     p.add_argument("--queue", default=contract.DEFAULT_QUEUE, help="queue, when publishing to NATS directly")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="the queue's partitions as in queues.yaml, when publishing to NATS directly (default 1)",
+    )
+    p.add_argument(
+        "--partition-key",
+        default="",
+        metavar="KEY",
+        help="choose the partition by KEY instead of the function (sent as X-Partition-Key through the gateway)",
+    )
     nats_args(p)
     p.set_defaults(func=cmd_submit)
 
@@ -190,12 +202,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body = _body(args.data)
         headers = dict(h.split("=", 1) for h in args.header)
         delay = parse_duration(args.delay) if args.delay else 0.0
+        if not 1 <= args.partitions <= contract.MAX_PARTITIONS:
+            raise ValueError(f"--partitions must be 1 to {contract.MAX_PARTITIONS}")
+        if args.partition_key and (reason := contract.partition_key_problem(args.partition_key)):
+            raise ValueError(reason)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     async def go() -> str:
         if args.gateway:
+            if args.partition_key:
+                headers[contract.PARTITION_KEY] = args.partition_key
             return await submit_http(
                 args.gateway,
                 args.function,
@@ -211,7 +229,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
         nc = await connect(_settings_for_cli(args.nats_url), "jetqueue-submit", connect_attempts=3)
         try:
             return await submit_nats(
-                nc, args.function, body, args.queue, args.callback, headers, args.call_id, delay=delay
+                nc,
+                args.function,
+                body,
+                args.queue,
+                args.callback,
+                headers,
+                args.call_id,
+                delay=delay,
+                partitions=args.partitions,
+                partition_key=args.partition_key,
             )
         finally:
             await nc.close()

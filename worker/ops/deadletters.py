@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from jetqueue import contract
+from jetqueue import contract, partitioned
 from jetqueue.ops.queues import Confirm, OpsError, table
 
 REASON_SCAN = 10_000  # `jetqueue status` reads the reasons of at most this many dead letters: the latest ones
@@ -164,9 +164,11 @@ async def dlq_show(
 async def dlq_replay(
     nc: Client, queue: str, function: str | None, call_id: str | None, confirm: Confirm, out: TextIO = sys.stdout
 ) -> int:
-    """Put dead letters back on the queue as new messages (a fresh attempt count), then remove them."""
+    """Put dead letters back on the queue as new messages (a fresh attempt count), then remove them. A call goes to
+    its partition as the queue has them now (by its partition key, or its function), a callback where it was."""
     js = nc.jetstream()
     found = await dead_letters(js, queue, function, call_id)
+    partitions = await partitioned.declared(js, queue)
     if not found:
         out.write("no matching dead letter\n")
         return 0
@@ -187,6 +189,13 @@ async def dlq_replay(
         # A new Nats-Msg-Id: the original is still inside the dedup window if it failed fast.
         headers[contract.H_MSG_ID] = f"{d.call_id or 'call'}-replay-{d.seq}"
         subject = d.headers.get(contract.H_DLQ_SUBJECT) or contract.subject(queue, d.function)
+        try:
+            fn = contract.parse_subject(subject)[1]
+        except contract.BadMessage:  # a callback's (or no call's): back where it was
+            pass
+        else:
+            key = headers.get(contract.H_PARTITION_KEY, "")
+            subject = contract.subject(queue, fn, contract.choose_partition(fn, partitions, key))
         await js.publish(subject, d.data, headers=headers)
         await js.delete_msg(contract.dlq_stream_name(queue), d.seq)
     out.write(f"replayed {len(found)} call(s) onto {queue}\n")

@@ -99,8 +99,10 @@ class FunctionMode:
         slots: Slots,
         provision_streams: Callable[[], Awaitable[object]],
         pause_until: Callable[[str], str | None] = lambda function: None,
+        partition: int = 0,  # of the queue, whose stream is `s.stream` (one function mode per partition)
     ) -> None:
         self.s = s
+        self.partition = partition
         self.js = js
         self.ctx = ctx
         self.processor = processor
@@ -135,11 +137,15 @@ class FunctionMode:
             lambda: self.max_consumers - len(self.functions),
             self._opened,
             pause_until,
+            partition,
         )
         self._limits: dict[str, int] = {}  # the concurrency limit last exported, per function
+        self._other = ctx.observer  # another partition's function mode: every one learns from every outcome
         ctx.observer = self._observe
 
     def _observe(self, function: str, status: int | None, retry_after: bool, duration: float) -> None:
+        if self._other is not None:
+            self._other(function, status, retry_after, duration)
         fn = self.functions.get(function)
         self.adaptive.record(function, status, retry_after, fn.running if fn else 1, duration)
         limit = self.adaptive.limit(function)
@@ -385,7 +391,8 @@ class FunctionMode:
         self.seen_seq, self.mapped_at = state.last_seq, now  # a publish from here on moves it again
         if not state.messages:
             return
-        info = await self.js.stream_info(self.s.stream, subjects_filter=contract.queue_subjects(self.s.queue))
+        subjects = contract.queue_subjects(self.s.queue, self.partition)
+        info = await self.js.stream_info(self.s.stream, subjects_filter=subjects)
         self._found((info.state.subjects or {}).items(), now)
 
     def _found(self, subjects: Iterable[tuple[str, int]], now: float) -> None:

@@ -1,4 +1,5 @@
-"""The queue-worker process: connect, set up the queue's streams, run consumer loops, shut down cleanly.
+"""The queue-worker process: connect, set up the queue's streams, run consumer loops (one per partition, or one
+function mode per partition: queueworker/partitions.py), shut down cleanly.
 
 SIGTERM/SIGINT: stop fetching, let in-flight calls finish up to the shutdown timeout, hand the rest
 back with a NAK (redelivered at once elsewhere), stop sending callbacks (stored ones wait in JetStream),
@@ -20,7 +21,7 @@ from nats.js import JetStreamContext
 from prometheus_client import Gauge
 
 from jetqueue import backlog, contract, provision
-from jetqueue.callstatus import StatusStore
+from jetqueue.callstatus import QueueStatus
 from jetqueue.cancels import CancelWatch
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
@@ -32,6 +33,7 @@ from jetqueue.queueworker.functionmode import FunctionMode
 from jetqueue.queueworker.handle import Context, Processor
 from jetqueue.queueworker.invoke import Invoker
 from jetqueue.queueworker.metrics import WorkerMetrics
+from jetqueue.queueworker.partitions import Partitions
 from jetqueue.queueworker.pauses import PauseFollower
 from jetqueue.queueworker.policy import Policies
 from jetqueue.queueworker.pullrequests import ConsumerPull
@@ -69,9 +71,11 @@ class Worker:
         self.processor: Processor | None = None
         self.callbacks: CallbackSender | None = None
         self.invoker: Invoker | None = None
-        self.function_mode: FunctionMode | None = None
+        self.function_modes: list[FunctionMode] = []  # one per partition served
         self.pauses: PauseFollower | None = None
-        self.pull: ConsumerPull | None = None  # static mode's source
+        self.pulls: dict[int, ConsumerPull] = {}  # static mode's sources, per partition
+        self.partitions: Partitions | None = None
+        self.ctx: Context | None = None
 
     async def start(self) -> None:
         s = self.s
@@ -82,17 +86,21 @@ class Worker:
             self.metrics.reconnects.inc()
             if self.cancels is not None:  # cancels stored while disconnected: watch again from the bucket
                 self.cancels.restart()
-            if self.pull is not None:
-                self.pull.reconnected()
+            for pull in self.pulls.values():
+                pull.reconnected()
 
         self.nc = await connect(s, f"jetqueue-worker-{s.queue}", on_reconnect=reconnected)
         js = self.js = self.nc.jetstream()
-        self.pauses = PauseFollower(js, s, self.metrics)
+        partitions = self.partitions = Partitions(js, s, self._consume)
+        self.pauses = PauseFollower(js, s, self.metrics, lambda: partitions.streams)
         await self.pauses.start()  # before any consumer is created: a paused one is created paused
         ack_wait = await self._provision()
-        bucket = jetstream.status_bucket(s.status_ttl, s.stream_replicas, s.stream_storage)
-        store = StatusStore(js, bucket) if s.call_status else StatusStore.off()
-        await store.bucket()
+        store = (
+            QueueStatus.of(js, s.queue, s.partitions, s.status_ttl, s.stream_replicas, s.stream_storage)
+            if s.call_status
+            else QueueStatus.off()
+        )
+        await store.open()
         self.status = status = StatusWriter(store)
         await status.start()
         self.invoker = Invoker(s.function_url, s.max_inflight)
@@ -112,7 +120,7 @@ class Worker:
         self.callbacks.bind(await self._bind_callbacks(), self._bind_callbacks)
         nc = self.nc
         rates = DispatchRate.of(js, s, self.policies, self.metrics)  # None: no rate set, no bucket touched
-        ctx = Context(
+        ctx = self.ctx = Context(
             s.queue,
             js,
             self.policies,
@@ -131,20 +139,12 @@ class Worker:
         )
         self.processor = Processor(ctx)
         if s.call_status:
-            self.cancels = CancelWatch(js, s.stream_replicas, s.stream_storage, self.processor.cancel)
+            self.cancels = CancelWatch(js, s.queue, s.stream_replicas, s.stream_storage, self.processor.cancel)
             self._cancel_watch = asyncio.create_task(self.cancels.run(), name="cancels")
             with contextlib.suppress(TimeoutError):  # know the calls cancelled while queued before taking any
                 await asyncio.wait_for(self.cancels.ready.wait(), CANCELS_READY_WAIT)
-        if s.mode == "static":
-            self.pull = await ConsumerPull(js, s.stream, s.durable, orphan=lambda m: loop.adopt(m)).start()
-            loop = ConsumerLoop(s.durable, self.pull, self.slots, self.processor, rebind=self._rebind)
-            self._add_loop(loop)
-        else:
-            self.function_mode = FunctionMode(
-                s, js, ctx, self.processor, self.slots, self._provision, pause_until=self.pauses.until
-            )
-            await self.function_mode.start()
-        mover = Mover(js, s.queue, self._restore_work_stream)
+        await partitions.start()  # a consumer loop (or a function mode) for each partition: _consume
+        mover = Mover(js, s.queue, self._restore_work_stream, s.partitions)
         self._add_loop(
             ConsumerLoop(
                 contract.due_durable_name(s.queue),
@@ -158,24 +158,69 @@ class Worker:
         self._timer = asyncio.create_task(self._refresh_pending(js))
         self._beat = asyncio.create_task(self.processor.extender.run())
         self._sender = asyncio.create_task(self.callbacks.run(), name="callbacks")
-        log.info("worker ready: queue=%s stream=%s mode=%s max_inflight=%d", s.queue, s.stream, s.mode, s.max_inflight)
+        log.info(
+            "worker ready: queue=%s streams=%s mode=%s max_inflight=%d",
+            s.queue,
+            ",".join(partitions.streams),
+            s.mode,
+            s.max_inflight,
+        )
+
+    async def _consume(self, partition: int) -> None:
+        """Take calls from one partition: its static consumer's loop, or a function mode of its own (sharing the
+        worker's slots, so max_inflight holds over every partition)."""
+        s, js, ctx = self.s, self.js, self.ctx
+        assert js is not None and ctx is not None and self.processor is not None and self.partitions is not None
+        assert self.pauses is not None
+        stream = self.partitions.stream(partition)
+        if partition >= s.partitions:  # found beyond the queue's partitions: its stream and consumer, as for others
+            await self._provision_partition(partition)
+        if s.mode == "static":
+            pull = self.pulls[partition] = await ConsumerPull(
+                js, stream, s.durable, orphan=lambda m: loop.adopt(m)
+            ).start()
+            name = s.durable if partition == 0 else f"{s.durable} on {stream}"
+            loop = ConsumerLoop(name, pull, self.slots, self.processor, rebind=lambda: self._rebind(partition))
+            self._add_loop(loop)
+            return
+        function_mode = FunctionMode(
+            replace(s, stream=stream),
+            js,
+            ctx,
+            self.processor,
+            self.slots,
+            self._provision,
+            pause_until=self.pauses.until,
+            partition=partition,
+        )
+        await function_mode.start()
+        self.function_modes.append(function_mode)
 
     async def _provision(self) -> float:
-        """The queue's streams and (static mode) its consumer, created if missing: at start, and again when
-        they were deleted underneath. Returns the consumer's ack wait."""
+        """The queue's streams (every partition's) and (static mode) their consumers, created if missing: at start,
+        and again when they were deleted underneath. Returns the consumers' ack wait."""
         s, js = self.s, self.js
-        assert js is not None and self.pauses is not None
+        assert js is not None and self.partitions is not None
+        ack_wait = s.ack_wait
+        for partition in list(self.partitions.served):
+            ack_wait = await self._provision_partition(partition)
         # The names may be overridden (an adopted OpenFaaS stream); everything else is the contract's.
-        work = jetstream.work_stream(
-            s.queue, s.stream_replicas, s.stream_storage, s.max_queue_length, s.max_queue_bytes
-        )
-        await provision.ensure_stream(js, replace(work, name=s.stream))
         dlq = jetstream.dead_letter_stream(s.queue, s.stream_replicas, s.stream_storage)
         await provision.ensure_dlq_stream(js, replace(dlq, name=s.dlq_stream))
+        return ack_wait
+
+    async def _provision_partition(self, partition: int) -> float:
+        s, js = self.s, self.js
+        assert js is not None and self.pauses is not None and self.partitions is not None
+        stream = self.partitions.stream(partition)
+        work = jetstream.work_stream(
+            s.queue, s.stream_replicas, s.stream_storage, s.max_queue_length, s.max_queue_bytes, partition, s.partitions
+        )
+        await provision.ensure_stream(js, replace(work, name=stream))
         if s.mode != "static":
             return s.ack_wait
-        consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting)
-        durable = replace(consumer, stream=s.stream, durable=s.durable)
+        consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting, partition)
+        durable = replace(consumer, stream=stream, durable=s.durable)
         return await provision.ensure_consumer(js, durable, self.pauses.until())
 
     async def _bind_due(self) -> JetStreamContext.PullSubscription:
@@ -203,12 +248,11 @@ class Worker:
             durable=contract.callback_durable_name(s.queue), stream=contract.callback_stream_name(s.queue)
         )
 
-    async def _rebind(self) -> ConsumerPull:
-        """The static consumer vanished (deleted, or lost with the server's state): set it up again (pulls go on
+    async def _rebind(self, partition: int) -> ConsumerPull:
+        """A static consumer vanished (deleted, or lost with the server's state): set it up again (pulls go on
         under the same name)."""
         await self._provision()
-        assert self.pull is not None
-        return self.pull
+        return self.pulls[partition]
 
     def _add_loop(self, loop: ConsumerLoop) -> None:
         self.loops.append(loop)
@@ -220,9 +264,9 @@ class Worker:
         return await serve(app, self.s.http_host, self.s.http_port)
 
     def _alive(self) -> bool:
-        if self.function_mode is not None:
-            return self.function_mode.alive or self._stop.is_set()
-        return not any(t.done() for t in self._loop_tasks) or self._stop.is_set()
+        if self._stop.is_set():
+            return True
+        return all(f.alive for f in self.function_modes) and not any(t.done() for t in self._loop_tasks)
 
     def _ready(self) -> str | None:
         if self.nc is None or not self.nc.is_connected:
@@ -249,8 +293,14 @@ class Worker:
 
         while True:
             try:
-                info = await js.stream_info(self.s.stream, subjects_filter=contract.queue_subjects(self.s.queue))
-                counts = {subj.partition(".")[2]: n for subj, n in (info.state.subjects or {}).items()}
+                counts: dict[str, int] = {}
+                assert self.partitions is not None
+                for partition, stream in list(self.partitions.served.items()):  # every partition's, summed
+                    subjects = contract.queue_subjects(self.s.queue, partition)
+                    info = await js.stream_info(stream, subjects_filter=subjects)
+                    for subj, n in (info.state.subjects or {}).items():
+                        fn = contract.function_of_subject(subj)
+                        counts[fn] = counts.get(fn, 0) + n
                 publish(self.metrics.pending, pending, counts)
                 publish(self.metrics.scheduled, scheduled, (await backlog.held(js, self.s.queue)).per_function)
                 if self.pauses is not None:
@@ -270,12 +320,13 @@ class Worker:
         t0 = time.monotonic()
         for loop in self.loops:
             loop.stopping = True
-        if self.function_mode is not None:
-            await self.function_mode.stop()
+        if self.partitions is not None:
+            await self.partitions.stop()
+        await asyncio.gather(*(f.stop() for f in self.function_modes))
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
         tasks = {t for loop in self.loops for t in loop.tasks}
-        if self.function_mode is not None:  # its calls, one task each
-            tasks |= self.function_mode.tasks
+        for function_mode in self.function_modes:  # their calls, one task each
+            tasks |= function_mode.tasks
         if tasks:
             log.info("shutting down: waiting up to %.0fs for %d in-flight call(s)", self.s.shutdown_timeout, len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=self.s.shutdown_timeout)

@@ -2,10 +2,11 @@
 
 A waiting call is a message schedule in `OF_<queue>_SCHED` (nats-server 2.12+): the server holds it and,
 at its time, stores it on `_SCHED.<queue>.due.<function>`. The `Mover` pulls due calls and publishes each
-into the work stream (deduplicated by the due message, so a crash between publish and ack stores it once),
-then acks it: from there on a scheduled call is like any other, under maxQueueLength, pause, rate and
-function mode. The work stream cannot hold the schedules itself: the server refuses them on a discard-new
-stream, and discard new is what keeps a full queue from dropping calls.
+into the work stream of its partition (`contract.choose_partition`, by its `Jq-Partition-Key` or its function;
+deduplicated by the due message, so a crash between publish and ack stores it once), then acks it: from there
+on a scheduled call is like any other, under maxQueueLength, pause, rate and function mode. The work stream
+cannot hold the schedules itself: the server refuses them on a discard-new stream, and discard new is what keeps
+a full queue from dropping calls.
 
 Where the line is: a retry wait of at least `HOLD_AT_LEAST` seconds is held here and the call acked, so it
 takes no pending slot (max_ack_pending) and delays no other call; a shorter one stays a NAK with delay,
@@ -58,10 +59,15 @@ class Mover:
     """Moves due calls from the schedule stream into the work stream. Driven by a fetch.ConsumerLoop."""
 
     def __init__(
-        self, js: JetStreamContext, queue: str, stream_deleted: Callable[[], Awaitable[None]] | None = None
+        self,
+        js: JetStreamContext,
+        queue: str,
+        stream_deleted: Callable[[], Awaitable[None]] | None = None,
+        partitions: int = 1,
     ) -> None:
         self.js = js
         self.queue = queue
+        self.partitions = partitions
         self.extender = AckExtender(jetstream.SERVER_ACK_WAIT)
         self.stream_deleted = stream_deleted  # sets the work stream up again when a publish finds none
 
@@ -87,7 +93,8 @@ class Mover:
         headers[contract.H_MSG_ID] = "due-" + contract.stored_message_key(
             meta.stream, meta.sequence.stream, meta.timestamp
         )
-        subject = contract.subject(self.queue, function or "_invalid")  # an unparsable one is dead-lettered there
+        partition = contract.choose_partition(function, self.partitions, headers.get(contract.H_PARTITION_KEY, ""))
+        subject = contract.subject(self.queue, function or "_invalid", partition)  # an unparsable one: dead-lettered
         try:
             await self.js.publish(subject, msg.data, headers=headers)
         except APIError as e:
