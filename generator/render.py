@@ -150,6 +150,7 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
             "stream": contract.stream_name(name),
             "durable": contract.durable_name(name),
             "deadLetterStream": contract.dlq_stream_name(name),
+            "partitions": q["partitions"],
             "mode": q["mode"],
             "streamReplicas": q["streamReplication"],
             "streamStorage": _storage(cfg),
@@ -202,17 +203,22 @@ def _autoscaling(cfg: dict[str, Any], name: str) -> dict[str, Any]:
         endpoint = f"{host}:8222"
     else:
         endpoint = f"{n['releaseName']}.{n['namespace']}.svc.cluster.local:8222"
-    if q["mode"] == "static":
-        consumers = [contract.durable_name(name)]
+    n = q["partitions"]
+    if q["mode"] == "static":  # the static consumer is on every partition
+        watched = [(p, contract.durable_name(name)) for p in range(n)]
     else:
-        consumers = [contract.function_consumer_name(name, fn) for fn in q["functions"]]
+        # A function's consumer exists only on the partition its calls go to (KEDA counts a consumer it does not find
+        # as the stream's last sequence): calls partitioned by X-Partition-Key in function mode want the HPA.
+        functions = q["functions"]
+        watched = [(contract.choose_partition(fn, n), contract.function_consumer_name(name, fn)) for fn in functions]
     return {
         "type": a["type"],
         "minReplicas": a["minReplicas"],
         "maxReplicas": a["maxReplicas"],
         "lagThreshold": a["lagThreshold"],
         "natsMonitoringEndpoint": endpoint,
-        "consumers": consumers,
+        # One KEDA trigger each; with partitions the chart scales on their sum (scalingModifiers).
+        "triggers": [{"stream": contract.stream_name(name, p), "consumer": c} for p, c in watched],
     }
 
 
@@ -238,6 +244,7 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
                     "streamStorage": _storage(cfg),
                     "maxQueueLength": q["maxQueueLength"],
                     "maxQueueBytes": _bytes(q["maxQueueBytes"]),
+                    "partitions": q["partitions"],
                 }
                 for name, q in sorted(cfg["queues"].items())
             },
@@ -251,20 +258,22 @@ def nack_resources(cfg: dict[str, Any], name: str) -> list[dict[str, Any]]:
     """NACK Stream and Consumer resources for a queue, from the same definitions the worker applies
     (`jetqueue.contract.jetstream`)."""
     q = cfg["queues"][name]
-    storage, replicas = _storage(cfg), q["streamReplication"]
-    specs: list[tuple[str, str, dict[str, Any]]] = [
-        (
-            "Stream",
-            f"{name}-stream",
-            jetstream.work_stream(name, replicas, storage, q["maxQueueLength"], _bytes(q["maxQueueBytes"])).to_nack(),
-        ),
-        ("Stream", f"{name}-dlq-stream", jetstream.dead_letter_stream(name, replicas, storage).to_nack()),
-    ]
-    if q["mode"] == "static":  # function mode creates its per-function consumers on demand
-        consumer = jetstream.static_consumer(
-            name, parse_duration(q["ackWait"]), q["maxAckPending"], q["maxWaiting"]
-        ).to_nack()
-        specs.append(("Consumer", contract.durable_name(name), consumer))
+    storage, replicas, n = _storage(cfg), q["streamReplication"], q["partitions"]
+    length, size = q["maxQueueLength"], _bytes(q["maxQueueBytes"])
+    specs: list[tuple[str, str, dict[str, Any]]] = []
+    for p in range(n):
+        # Partition 0 keeps the resource names of before partitions; a dot (no queue name has one) marks the others.
+        part = f".p{p}" if p else ""
+        stream = jetstream.work_stream(name, replicas, storage, length, size, p, n)
+        specs.append(("Stream", f"{name}{part}-stream", stream.to_nack()))
+        if p == 0:
+            dlq = jetstream.dead_letter_stream(name, replicas, storage)
+            specs.append(("Stream", f"{name}-dlq-stream", dlq.to_nack()))
+        if q["mode"] == "static":  # function mode creates its per-function consumers on demand
+            consumer = jetstream.static_consumer(
+                name, parse_duration(q["ackWait"]), q["maxAckPending"], q["maxWaiting"], p
+            ).to_nack()
+            specs.append(("Consumer", f"{contract.durable_name(name)}{part}", consumer))
     return [
         {
             "apiVersion": "jetstream.nats.io/v1beta2",

@@ -286,6 +286,22 @@ def check_autoscaling(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
             )
 
 
+def check_partitions(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
+    """Partitions lift a queue past one stream leader by spreading leaders over servers: more partitions than
+    servers put two partitions' leaders (and their disk writes) on one server."""
+    servers = model.nats_servers(model.fill_defaults(model.schema()["properties"]["nats"], data.get("nats") or {}))
+    for qname in _queues(data):
+        partitions, path = _effective(data, qname, "partitions")
+        if servers is not None and partitions > servers and path != ("queues", qname):
+            yield _at(
+                src,
+                path,
+                f"partitions {partitions} is more than the {servers} NATS server(s): some servers lead several of the "
+                "queue's partitions, which adds no server's disk to its intake (see docs/partitions.md)",
+                "warning",
+            )
+
+
 CHECKS: list[Check] = [
     check_queue_names,
     check_routing,
@@ -296,4 +312,5 @@ CHECKS: list[Check] = [
     check_urls,
     check_body_size,
     check_autoscaling,
+    check_partitions,
 ]

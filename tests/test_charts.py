@@ -387,6 +387,7 @@ def test_autoscaling_renders_keda_per_consumer_and_hpa():
     consumers = [t["metadata"]["consumer"] for t in scaled["spec"]["triggers"]]
     assert consumers == ["ml-batch-fn-train", "ml-batch-fn-infer"]
     assert scaled["spec"]["maxReplicaCount"] == 8 and scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] == "50"
+    assert "advanced" not in scaled["spec"] and all("name" not in t for t in scaled["spec"]["triggers"])  # one stream
     assert "replicas" not in deployment(docs)["spec"]  # the scaler owns the replica count
     hpa_values = {**values, "autoscaling": {**values["autoscaling"], "type": "hpa"}}
     hpa = next(d for d in manifests("queue-worker", hpa_values) if d["kind"] == "HorizontalPodAutoscaler")

@@ -100,9 +100,11 @@ class FunctionMode:
         provision_streams: Callable[[], Awaitable[object]],
         pause_until: Callable[[str], str | None] = lambda function: None,
         partition: int = 0,  # of the queue, whose stream is `s.stream` (one function mode per partition)
+        busy_elsewhere: Callable[[], bool] = lambda: False,  # another partition's has calls: no slot for watching
     ) -> None:
         self.s = s
         self.partition = partition
+        self.busy_elsewhere = busy_elsewhere
         self.js = js
         self.ctx = ctx
         self.processor = processor
@@ -271,7 +273,9 @@ class FunctionMode:
             room = self.share(fn)
             if room > 0:  # else queued again when one of its calls finishes
                 self._pull(fn, min(slots.free, room, FETCH_MAX))
-        if not (self.working or self.consumers.waiting or self.consumers.opening or self.surplus):
+        if not (
+            self.working or self.consumers.waiting or self.consumers.opening or self.surplus or self.busy_elsewhere()
+        ):
             self._watch()
 
     def _watch(self) -> None:

@@ -180,7 +180,16 @@ class Worker:
                 js, stream, s.durable, orphan=lambda m: loop.adopt(m)
             ).start()
             name = s.durable if partition == 0 else f"{s.durable} on {stream}"
-            loop = ConsumerLoop(name, pull, self.slots, self.processor, rebind=lambda: self._rebind(partition))
+            # Loops share the slots: an idle one waits for its next call holding one slot, not every free one (it
+            # would starve the other partitions' loops for its whole wait), and takes as many as are free once busy.
+            loop = ConsumerLoop(
+                name,
+                pull,
+                self.slots,
+                self.processor,
+                share=lambda: self.slots.limit,
+                rebind=lambda: self._rebind(partition),
+            )
             self._add_loop(loop)
             return
         function_mode = FunctionMode(
@@ -192,6 +201,7 @@ class Worker:
             self._provision,
             pause_until=self.pauses.until,
             partition=partition,
+            busy_elsewhere=lambda: any(f.working for f in self.function_modes if f is not function_mode),
         )
         await function_mode.start()
         self.function_modes.append(function_mode)
