@@ -164,7 +164,11 @@ async def test_a_call_sent_again_under_its_id_shows_as_queued_before_its_record_
     async with running_gateway(gateway_settings(nats_server.url)) as gw:
         base = f"http://127.0.0.1:{gw.s.http_port}"
         earlier = Call(call_id="again", queue="faas-request", function="echo", start_time_ns=1)
-        await gw.backend.status.update("again", callstatus.base_record(earlier, CallState.SUCCEEDED), None)
+        await (
+            gw.backend.queue_status("faas-request")
+            .store("again")
+            .update("again", callstatus.base_record(earlier, CallState.SUCCEEDED), None)
+        )
         r = await post(http, f"{base}/async-function/echo", b"", **{"X-Call-Id": "again"})
         assert r.status == 202
         async with http.get(f"{base}/async-calls/again") as s:
@@ -172,5 +176,5 @@ async def test_a_call_sent_again_under_its_id_shows_as_queued_before_its_record_
         assert record["state"] == "queued" and record["start"] == int(r.headers["X-Start-Time"])
         async with http.delete(f"{base}/async-calls/again") as d:
             assert d.status == 202 and (await d.json())["state"] == "cancelled"
-        entry = await gw.backend.status.get("again")
+        entry = await gw.backend.queue_status("faas-request").store("again").get("again")
         assert entry is not None and entry.record["state"] == "cancelled" and entry.record["start"] > 1

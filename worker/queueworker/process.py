@@ -74,6 +74,7 @@ class Worker:
         self.function_modes: list[FunctionMode] = []  # one per partition served
         self.pauses: PauseFollower | None = None
         self.pulls: dict[int, ConsumerPull] = {}  # static mode's sources, per partition
+        self.partition_loops: list[ConsumerLoop] = []  # static mode's loops, one per partition (sharing `slots`)
         self.partitions: Partitions | None = None
         self.ctx: Context | None = None
 
@@ -189,7 +190,9 @@ class Worker:
                 self.processor,
                 share=lambda: self.slots.limit,
                 rebind=lambda: self._rebind(partition),
+                contended=lambda: any(other.has_work for other in self.partition_loops if other is not loop),
             )
+            self.partition_loops.append(loop)
             self._add_loop(loop)
             return
         function_mode = FunctionMode(
