@@ -411,3 +411,27 @@ def test_the_dashboard_charts_only_what_the_worker_exports():
     assert queried <= exported, queried - exported
     assert {"queue_worker_paused", "queue_worker_scheduled_messages"} <= queried
     assert any('reason="expired"' in t["expr"] for p in dashboard["panels"] for t in p["targets"])
+
+
+def test_keda_scales_a_partitioned_queue_on_the_sum_of_its_partitions():
+    values = rendered_values("queues.yaml")["queues/faas-request.yaml"]  # 3 partitions, static mode
+    keda = {**values, "autoscaling": {**values["autoscaling"], "type": "keda"}}
+    scaled = next(d for d in manifests("queue-worker", keda) if d["kind"] == "ScaledObject")
+    triggers = scaled["spec"]["triggers"]
+    assert [(t["metadata"]["stream"], t["metadata"]["consumer"]) for t in triggers] == [
+        (f"OF_faas-request{suffix}", "faas-request-workers") for suffix in ("", "_P1", "_P2")
+    ]
+    modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
+    assert modifiers == {"formula": "t0 + t1 + t2", "target": "100", "metricType": "AverageValue"}
+    assert [t["name"] for t in triggers] == ["t0", "t1", "t2"]
+    hpa_values = {**values, "autoscaling": {**values["autoscaling"], "type": "hpa"}}
+    hpa = next(d for d in manifests("queue-worker", hpa_values) if d["kind"] == "HorizontalPodAutoscaler")
+    selector = hpa["spec"]["metrics"][0]["external"]["metric"]["selector"]
+    assert selector == {"matchLabels": {"queue_name": "faas-request"}}  # every partition's pending, summed
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+    gateway = rendered_values("queues.yaml")["gateway/values.yaml"]
+    assert gateway["gateway"]["queues"]["faas-request"]["partitions"] == 3
+    helm_python.Chart.load(CHARTS["gateway"]).validate_schema(gateway)
+    bad = {**values, "queue": {**values["queue"], "partitions": 33}}
+    with pytest.raises(Exception, match="partitions"):
+        helm_python.Chart.load(CHARTS["queue-worker"]).validate_schema(bad)

@@ -8,8 +8,8 @@ has none, so every routed queue's bucket is read at once (two reads each; measur
 What else is looked in, so no record is lost to a change:
 - the queue's other status buckets, when the call's own bucket has no record of the call, or only the gateway's
   submission record: a bucket of an earlier partition count (records written before the queue's `partitions`
-  changed, or by a worker still running with the old count). A bucket found missing is not asked again for
-  `MISSING_RECHECK` seconds, so this costs reads only where such buckets exist;
+  changed, or by a worker still running with the old count). Which buckets exist is listed (one request) at most
+  every `LIST_EVERY` seconds, so this costs reads only where such buckets exist;
 - the bucket of before partitions, `jetqueue-calls` (every queue's), while it exists and holds records: an
   upgrade keeps every record readable until it expires (its TTL) or the bucket is deleted.
 
@@ -27,10 +27,10 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.errors import NotFoundError
 
-from jetqueue import contract
+from jetqueue import contract, partitioned
 from jetqueue.callstatus import Entry, QueueStatus, StatusStore
 
-MISSING_RECHECK = 60.0  # a bucket found missing is looked for again after this
+LIST_EVERY = 60.0  # which status buckets exist beyond a queue's current count, listed this often
 LEGACY_RECHECK = 60.0  # whether the bucket of before partitions still holds records, asked this often
 
 
@@ -52,7 +52,8 @@ class StatusLookup:
         for queue in sorted(queues):
             self.hinted[contract.queue_hint(queue)].append(queue)
         self._others: dict[str, StatusStore] = {}  # buckets beyond a queue's current count, opened when found
-        self._missing: dict[str, float] = {}  # bucket -> when to look for it again
+        self._streams: set[str] = set()  # every stream's name, as last listed
+        self._listed = -LIST_EVERY
         self.legacy = StatusStore(js, KeyValueConfig(bucket=contract.LEGACY_STATUS_BUCKET), create=False)
         self._legacy_live = False
         self._legacy_checked = -LEGACY_RECHECK
@@ -72,27 +73,28 @@ class StatusLookup:
         entry = best(list(await asyncio.gather(*(self._read(s, call_id) for s in stores))))
         if entry is not None and entry.revision > 0:
             return entry
-        others = [s for q in queues for s in self._other_buckets(q, call_id)]
+        others = [s for q in queues for s in await self._other_buckets(q, call_id)]
         return best([entry, *await asyncio.gather(*(self._read(s, call_id) for s in others))])
 
-    def _other_buckets(self, queue: str, call_id: str) -> list[StatusStore]:
-        """The queue's status buckets other than the call's own, that exist or may."""
+    async def _other_buckets(self, queue: str, call_id: str) -> list[StatusStore]:
+        """The queue's status buckets other than the call's own: those of its current count, and those beyond it
+        that exist."""
         status = self.queues[queue]
         own = status.store(call_id)
         out = [s for s in status.stores if s is not own]
-        now = time.monotonic()
+        if time.monotonic() - self._listed >= LIST_EVERY:
+            self._streams = set(await partitioned.stream_names(self.js))
+            self._listed = time.monotonic()
         for shard in range(len(status.stores), contract.MAX_PARTITIONS):
             name = contract.status_bucket_name(queue, shard)
-            if self._missing.get(name, 0.0) > now:
-                continue
-            if name not in self._others:
-                self._others[name] = StatusStore(self.js, KeyValueConfig(bucket=name), create=False)
-            out.append(self._others[name])
+            if contract.kv_stream_name(name) in self._streams:
+                if name not in self._others:
+                    self._others[name] = StatusStore(self.js, KeyValueConfig(bucket=name), create=False)
+                out.append(self._others[name])
         return out
 
     async def _read(self, store: StatusStore, call_id: str) -> Entry | None:
-        if not store.create and await store.bucket() is None:  # missing: not asked again for a while
-            self._missing[store.name] = time.monotonic() + MISSING_RECHECK
+        if not store.create and await store.bucket() is None:  # removed since it was listed
             return None
         return await store.get(call_id)
 
