@@ -99,6 +99,7 @@ class Backend:
         self.acks: PubAcks | None = None
         self.status = StatusStore.off()
         self.ready_streams: set[str] = set()
+        self.reconnects = 0  # gateway_nats_reconnect_total
         self._cancels: KeyValue | None = None
 
     @property
@@ -117,7 +118,7 @@ class Backend:
         """Connect, open the status bucket and create the routed queues' streams; retries until NATS answers."""
         while self.nc is None:
             try:
-                self.nc = await connect(self.s, "jetqueue-gateway", connect_attempts=1)
+                self.nc = await connect(self.s, "jetqueue-gateway", self._reconnected, connect_attempts=1)
             except ConnectionError as e:
                 log.warning("%s; retrying", e)
                 await asyncio.sleep(1)
@@ -129,6 +130,9 @@ class Backend:
             await self.status.bucket()  # opened now if it can be; otherwise on first use
         for queue in sorted(self.routing.queues):
             await self.ensure_queue(queue)
+
+    async def _reconnected(self) -> None:
+        self.reconnects += 1
 
     async def cancel_requests(self) -> KeyValue:
         """The cancel-request bucket (cancels.py), opened (or created) on first use."""

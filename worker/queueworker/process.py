@@ -25,6 +25,7 @@ from jetqueue.cancels import CancelWatch
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
 from jetqueue.egress import Egress
+from jetqueue.openfaas import FunctionCatalog
 from jetqueue.probes import add_probes, serve
 from jetqueue.queueworker.callbacks import CallbackSender, CallbackStore
 from jetqueue.queueworker.fetch import ConsumerLoop, Slots
@@ -72,11 +73,16 @@ class Worker:
         self.function_mode: FunctionMode | None = None
         self.pauses: PauseFollower | None = None
         self.pull: ConsumerPull | None = None  # static mode's source
+        # The functions' OpenFaaS annotations (JETQUEUE_OPENFAAS_URL), read in the background for the policies.
+        self.catalog = FunctionCatalog.of(settings, self.policies.annotations_changed)
+        self.policies.catalog = self.catalog
 
     async def start(self) -> None:
         s = self.s
         log.info("starting worker for queue %s: %r", s.queue, s)
         self.http = await self._serve_http()
+        if self.catalog is not None:
+            self.catalog.start()
 
         async def reconnected() -> None:
             self.metrics.reconnects.inc()
@@ -251,6 +257,7 @@ class Worker:
             try:
                 info = await js.stream_info(self.s.stream, subjects_filter=contract.queue_subjects(self.s.queue))
                 counts = {subj.partition(".")[2]: n for subj, n in (info.state.subjects or {}).items()}
+                self.metrics.submitted.labels(self.s.queue).set(info.state.last_seq)
                 publish(self.metrics.pending, pending, counts)
                 publish(self.metrics.scheduled, scheduled, (await backlog.held(js, self.s.queue)).per_function)
                 if self.pauses is not None:
@@ -299,6 +306,8 @@ class Worker:
             await asyncio.gather(self._sender, return_exceptions=True)
         if self.invoker:
             await self.invoker.close()
+        if self.catalog is not None:
+            await self.catalog.close()
         for loop in self.loops:  # a pull subscription never drains by itself: it has no callback
             with contextlib.suppress(Exception):
                 await loop.psub.unsubscribe()
