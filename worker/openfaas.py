@@ -13,6 +13,7 @@ so once and queues.yaml alone decides.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -69,7 +70,10 @@ class FunctionCatalog:
 
     def __init__(self, url: str, user: str, password: str, refresh: float, listeners: list[Listener]) -> None:
         self.url = url.rstrip("/")
-        self.auth = aiohttp.BasicAuth(user, password) if user else None
+        # Basic auth, as the OpenFaaS gateway's API takes it (sent with every request of this session).
+        self.auth = (
+            {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()} if user else {}
+        )
         self.refresh = refresh
         self.listeners = listeners
         self.functions: dict[str, Function] = {}
@@ -103,7 +107,7 @@ class FunctionCatalog:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=LOOKUPS_AT_ONCE),
             timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
-            headers={"User-Agent": f"jetqueue/{__version__}", "Accept": "application/json"},
+            headers={"User-Agent": f"jetqueue/{__version__}", "Accept": "application/json", **self.auth},
         )
         self._task = asyncio.create_task(self.run(), name="openfaas-catalog")
 
@@ -176,7 +180,7 @@ class FunctionCatalog:
         url = self.url + path
         try:
             async with self._session.get(
-                url, params={"namespace": namespace} if namespace else None, auth=self.auth, allow_redirects=False
+                url, params={"namespace": namespace} if namespace else None, allow_redirects=False
             ) as r:
                 if r.status == 404 and missing_ok:
                     return {}
