@@ -28,7 +28,8 @@ def routing(strict: bool = False) -> Routing:
 
 def test_annotations_route_functions_queues_yaml_does_not_list(caplog):
     r = routing()
-    r.catalog = Catalog({"figlet", "train", "ghost", "plain"})  # type: ignore[assignment]
+    catalog = Catalog({"figlet", "train", "ghost", "plain"})
+    r.catalog = catalog  # type: ignore[assignment]
     caplog.set_level(logging.WARNING, logger="jetqueue.gateway")
     functions = {
         "figlet": Function({"com.openfaas.queue": "slow"}),
@@ -41,8 +42,8 @@ def test_annotations_route_functions_queues_yaml_does_not_list(caplog):
     assert r.queue_for("figlet") == "slow"
     assert r.queue_for("train") == "ml" and r.queue_for("train.team-a") == "ml"
     assert r.queue_for("ghost") == "faas-request" and r.queue_for("plain") == "faas-request"
-    assert r.catalog.asked == []
-    assert r.queue_for("brand-new") == "faas-request" and r.catalog.asked == ["brand-new"]
+    assert catalog.asked == []
+    assert r.queue_for("brand-new") == "faas-request" and catalog.asked == ["brand-new"]
     messages = [rec.getMessage() for rec in caplog.records]
     assert messages.count("function ghost: com.openfaas.queue=nowhere not followed: no such queue in queues.yaml") == 1
     assert messages.count("function train: com.openfaas.queue=slow not followed: queues.yaml routes it to 'ml'") == 1
@@ -50,7 +51,8 @@ def test_annotations_route_functions_queues_yaml_does_not_list(caplog):
 
 def test_strict_routing_takes_annotated_functions_and_refuses_the_rest():
     r = routing(strict=True)
-    r.catalog = Catalog({"figlet"})  # type: ignore[assignment]
+    catalog = Catalog({"figlet"})
+    r.catalog = catalog  # type: ignore[assignment]
     r.annotations_changed({"figlet": Function({"com.openfaas.queue": "slow"})})
     assert r.queue_for("figlet") == "slow"
-    assert r.queue_for("unknown") is None and r.catalog.asked == ["unknown"]
+    assert r.queue_for("unknown") is None and catalog.asked == ["unknown"]

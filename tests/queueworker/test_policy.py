@@ -67,7 +67,8 @@ def test_an_invalid_annotation_is_ignored_and_named(annotations, env, bad):
 
 def test_exec_timeout_in_seconds_and_no_limit():
     p = policies()
-    assert from_annotations(p.default, Function({}, {"exec_timeout": "30"}))[0].upstream_timeout == 31.0
+    seconds = from_annotations(p.default, Function({}, {"exec_timeout": "30"}))[0]
+    assert seconds is not None and seconds.upstream_timeout == 31.0
     assert from_annotations(p.default, Function({}, {"exec_timeout": "0"}))[0] is None  # 0: the watchdog has none
 
 
