@@ -222,8 +222,9 @@ async def test_annotations_tune_the_worker_and_route_in_the_gateway(nats_server,
     ws = worker_settings(nats_server.url, gw.function_url, initial_retry_wait=0.1, **openfaas_settings(gw))
     gs = gateway_settings(nats_server.url, routes_file=str(routes), **openfaas_settings(gw))
     async with running_worker(ws) as w, running_gateway(gs) as g, aiohttp.ClientSession() as http:
-        assert w.catalog is not None and g.catalog is not None
-        await eventually(lambda: w.catalog.refreshed_at > 0 and g.catalog.refreshed_at > 0)
+        worker_catalog, gateway_catalog = w.catalog, g.catalog
+        assert worker_catalog is not None and gateway_catalog is not None
+        await eventually(lambda: worker_catalog.refreshed_at > 0 and gateway_catalog.refreshed_at > 0)
         base = f"http://127.0.0.1:{gs.http_port}/async-function"
         async with http.post(f"{base}/tuned", headers={"X-Callback-Url": callbacks.url}) as r:
             assert r.status == 202 and r.headers["X-Queue"] == "faas-request"
@@ -233,7 +234,7 @@ async def test_annotations_tune_the_worker_and_route_in_the_gateway(nats_server,
         gw.deploy("late", annotations={"com.openfaas.queue": "slow"})  # deployed after the last refresh
         async with http.post(f"{base}/late") as r:
             assert r.headers["X-Queue"] == "faas-request"  # not known yet: as queues.yaml says, and looked up
-        await eventually(lambda: g.catalog.knows("late"))
+        await eventually(lambda: gateway_catalog.knows("late"))
         async with http.post(f"{base}/late") as r:
             assert r.headers["X-Queue"] == "slow"
     headers, _ = callbacks.received[0]
