@@ -82,7 +82,8 @@ app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
 {{- end -}}
 
 {{/* The pod spec's imagePullSecrets and topologySpreadConstraints (a map keyed by topologyKey, as the NATS chart
-takes it: each entry gets its topologyKey and, unless it has one, a labelSelector for the release's pods). */}}
+takes it: each entry gets its topologyKey, maxSkew 1 and whenUnsatisfiable ScheduleAnyway unless set, and, unless it
+has one, a labelSelector for the release's pods). */}}
 {{- define "jetqueue.podScheduling" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
@@ -92,7 +93,9 @@ imagePullSecrets:
 topologySpreadConstraints:
 {{- range $key, $c := . }}
   - topologyKey: {{ $key | quote }}
-    {{- with omit $c "topologyKey" }}
+    maxSkew: {{ $c.maxSkew | default 1 }}
+    whenUnsatisfiable: {{ $c.whenUnsatisfiable | default "ScheduleAnyway" }}
+    {{- with omit $c "topologyKey" "maxSkew" "whenUnsatisfiable" }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
     {{- if not (hasKey $c "labelSelector") }}
