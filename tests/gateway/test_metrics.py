@@ -76,3 +76,20 @@ def test_a_second_collector_with_the_same_names_is_refused():
     GatewayMetrics(registry)
     with pytest.raises(ValueError, match="Duplicated"):
         Counter("gateway_async_requests_total", "again", registry=registry)
+
+
+async def test_the_gateway_counts_its_reconnections_to_nats(nats_server, http):
+    """gateway_nats_reconnect_total, as OpenFaaS's gateway exports it: NATS restarts, the gateway is back."""
+    from tests.helpers import gateway_settings, running_gateway
+    from tests.servers import eventually
+
+    async with running_gateway(gateway_settings(nats_server.url)) as gw:
+        url = f"http://127.0.0.1:{gw.s.http_port}/metrics"
+        async with http.get(url) as r:
+            assert "gateway_nats_reconnect_total 0.0" in await r.text()
+        nats_server.stop()
+        await eventually(lambda: not gw.backend.connected)
+        nats_server.start()
+        await eventually(lambda: gw.backend.connected)
+        async with http.get(url) as r:
+            assert "gateway_nats_reconnect_total 1.0" in await r.text()
