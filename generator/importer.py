@@ -83,8 +83,8 @@ def convert(releases: list[tuple[str, list[dict[str, Any]]]], namespace: str = "
         data["nats"] = {"profile": "external", "url": nats["url"]}
         lines.append(
             "note: nats: jetqueue connects to the NATS OpenFaaS uses; its streams are OF_<queue> as OpenFaaS's are: "
-            "drain and remove OpenFaaS's stream of a queue before its jetqueue worker starts "
-            "(docs/migrating-from-openfaas.md)"
+            "drain and remove OpenFaaS's stream of a queue before its jetqueue worker starts, or give the jetqueue "
+            "queue another name (docs/migrating-from-openfaas.md)"
         )
     else:
         lines.append(

@@ -176,7 +176,7 @@ def _resources(r: Release, path: str) -> dict[str, Any]:
         if model.parse_quantity(str(requests["memory"])) >= model.parse_quantity(least):
             out["memory"] = str(requests["memory"])
         else:
-            why = f"jetqueue's memory request is also its limit, and {least} its least (OpenFaaS's is a request only)"
+            why = f"jetqueue's memory request is also its limit; below its {least} the worker may not fit"
             r.say(f"{path}.memory={requests['memory']}", "not carried", why)
     return out
 
