@@ -99,6 +99,28 @@ class Release:
             node = node.get(part) if isinstance(node, dict) else None
         return node
 
+    def number(self, path: str) -> int:
+        value = self.get(path)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ImportError_(f"{self.label}: {path}={_shown(value)}: not a whole number") from None
+
+    def duration(self, path: str) -> str:
+        value = self.get(path)
+        try:
+            return format_duration(parse_duration(str(value)))
+        except ValueError as e:
+            raise ImportError_(f"{self.label}: {path}={_shown(value)}: {e}") from None
+
+    def flag(self, path: str, template: bool = False) -> bool:
+        """A boolean as OpenFaaS reads it: a value its chart passes to the worker's environment is false as the
+        string "false" (or "0", or empty); one a template tests with `if` (`template`) is true when not empty."""
+        value = self.get(path)
+        if not isinstance(value, str):
+            return bool(value)
+        return bool(value) if template else value.strip().lower() not in ("", "false", "0", "no")
+
     def say(self, what: str, kind: str, why: str) -> None:
         """A line for the user: `kind` is `not carried`, `changed` or `note`."""
         self.lines.append(f"{self.label}: {what}: {kind}: {why}")
@@ -123,17 +145,24 @@ def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, node
 
 
+def one_line(text: str) -> str:
+    """`text` with what is not printable (line breaks above all: the lines head the queues.yaml as comments) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _shown(value: Any) -> str:
+    """A value for a line (which also heads the queues.yaml as a comment): one line, at most 80 characters."""
     text = str(value) if not isinstance(value, (dict, list)) else repr(value)
+    text = one_line(text)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _duration(value: Any) -> str:
-    return format_duration(parse_duration(str(value)))
-
-
-def _codes(value: Any) -> list[int]:
-    return [int(c) for c in re.split(r"[,\s]+", str(value)) if c]
+def _codes(r: Release, path: str) -> list[int]:
+    value = r.get(path)
+    try:
+        return [int(c) for c in re.split(r"[,\s]+", str(value)) if c]
+    except ValueError:
+        raise ImportError_(f"{r.label}: {path}={_shown(value)}: not comma-separated status codes") from None
 
 
 def kind_of(doc: dict[str, Any]) -> str | None:
@@ -207,11 +236,11 @@ def _retry(r: Release, prefix: str, pro: bool) -> dict[str, Any]:
         r.say("openfaasPro=false", "note", why)
         return {"maxAttempts": 1}
     out: dict[str, Any] = {
-        "maxAttempts": int(r.get(prefix + "maxRetryAttempts")),
-        "maxWait": _duration(r.get(prefix + "maxRetryWait")),
-        "httpCodes": _codes(r.get(prefix + "httpRetryCodes")),
+        "maxAttempts": r.number(prefix + "maxRetryAttempts"),
+        "maxWait": r.duration(prefix + "maxRetryWait"),
+        "httpCodes": _codes(r, prefix + "httpRetryCodes"),
     }
-    initial = parse_duration(str(r.get(prefix + "initialRetryWait")))
+    initial = parse_duration(r.duration(prefix + "initialRetryWait"))
     out["initialWait"] = format_duration(initial) if initial > 0 else "100ms"
     if initial <= 0:
         r.say(f"{prefix}initialRetryWait=0s", "changed", "to 100ms: jetqueue's first wait is also its least")
@@ -221,7 +250,7 @@ def _retry(r: Release, prefix: str, pro: bool) -> dict[str, Any]:
 
 
 def _insecure(r: Release, path: str) -> None:
-    if r.get(path):
+    if r.flag(path):
         r.drop(
             path,
             "OpenFaaS then skips verifying the certificates of callbacks (and functions); jetqueue always verifies "
@@ -236,52 +265,52 @@ def _pod(r: Release) -> None:
 
 
 def _logs(r: Release, prefix: str) -> dict[str, str]:
-    return {"format": str(r.get(prefix + "logs.format")), "level": "debug" if r.get(prefix + "logs.debug") else "info"}
+    return {"format": str(r.get(prefix + "logs.format")), "level": "debug" if r.flag(prefix + "logs.debug") else "info"}
 
 
 def from_openfaas(r: Release, namespace: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The openfaas chart's shared queue: its name, its queues.yaml entry, and the settings of the whole file."""
-    pro = bool(r.get("openfaasPro"))
-    if not r.get("async"):
+    pro = r.flag("openfaasPro", template=True)
+    if not r.flag("async", template=True):
         r.say("async=false", "note", "OpenFaaS runs no queue-worker; its shared queue is declared anyway")
     name = str(r.get("nats.channel"))
-    q: dict[str, Any] = {"replicas": int(r.get("queueWorker.replicas"))}
+    q: dict[str, Any] = {"replicas": r.number("queueWorker.replicas")}
     j = "jetstreamQueueWorker."
     if pro:
         q["mode"] = str(r.get(j + "mode"))
-        q["maxInflight"] = int(r.get("queueWorkerPro.maxInflight"))
-        q["adaptiveConcurrency"] = bool(r.get(j + "adaptiveConcurrency"))
-        q["inactiveThreshold"] = _duration(r.get(j + "consumer.inactiveThreshold"))
+        q["maxInflight"] = r.number("queueWorkerPro.maxInflight")
+        q["adaptiveConcurrency"] = r.flag(j + "adaptiveConcurrency")
+        q["inactiveThreshold"] = r.duration(j + "consumer.inactiveThreshold")
         r.drop(j + "consumer.pullMaxMessages", "jetqueue pulls as many calls as it has free slots")
         r.drop(
             j + "durableName", "only for migrating OpenFaaS's own old streams; jetqueue's consumer is <queue>-workers"
         )
         r.drop(j + "image", "jetqueue runs its own image (image.repository)")
-        if r.get(j + "pprof"):
+        if r.flag(j + "pprof", template=True):
             r.drop(j + "pprof", "jetqueue has no pprof endpoint (it is not a Go program)")
         q["logs"] = _logs(r, j)
         if spread := _spread(r, j + "topologySpreadConstraints"):
             q["topologySpreadConstraints"] = spread
         for key in ("printRequestBody", "printResponseBody"):
-            if r.get("queueWorkerPro." + key):
+            if r.flag("queueWorkerPro." + key):
                 r.drop("queueWorkerPro." + key, "jetqueue never logs bodies; dead letters keep them")
         _insecure(r, "queueWorkerPro.insecureTLS")
     else:
-        q["maxInflight"] = int(r.get("queueWorker.maxInflight") or 1)
+        q["maxInflight"] = r.number("queueWorker.maxInflight") if r.get("queueWorker.maxInflight") else 1
         r.get("jetstreamQueueWorker")  # the Pro worker's sections: not deployed by this release
         r.get("queueWorkerPro")
     q["retry"] = _retry(r, "queueWorkerPro.", pro)
     r.drop("queueWorker.image", "jetqueue runs its own image (image.repository)")
     r.drop("queueWorker.queueGroup", "a NATS Streaming queue group: JetStream has none")
-    q["ackWait"] = _duration(r.get("queueWorker.ackWait"))
-    q["upstreamTimeout"] = _duration(r.get("gateway.upstreamTimeout"))
-    q["streamReplication"] = int(r.get("nats.streamReplication"))
+    q["ackWait"] = r.duration("queueWorker.ackWait")
+    q["upstreamTimeout"] = r.duration("gateway.upstreamTimeout")
+    q["streamReplication"] = r.number("nats.streamReplication")
     if res := _resources(r, "queueWorker.resources.requests"):
         q["resources"] = res
     r.get("queueWorker.resources")
     top: dict[str, Any] = {"gateway": {"functionURL": f"http://gateway.{namespace}:8080/function/{{function}}"}}
     top["openfaas"] = {"url": f"http://gateway.{namespace}:8080"}
-    if r.get("nats.external.enabled"):
+    if r.flag("nats.external.enabled", template=True):
         top["nats"] = {"url": f"nats://{r.get('nats.external.host')}:{r.get('nats.external.port')}"}
         r.drop("nats.external.clusterName", "NATS Streaming's cluster name: JetStream needs none")
     for key in ("nats.image", "nats.resources", "nats.external"):
@@ -313,18 +342,18 @@ def from_queue_worker(r: Release, namespace: str) -> tuple[str, dict[str, Any], 
     durable = r.get("nats.consumer.durableName")
     if durable != contract.durable_name(name):
         r.drop("nats.consumer.durableName", f"jetqueue's consumer is {contract.durable_name(name)}")
-    if int(r.get("queuePartitions")) > 1:
+    if r.number("queuePartitions") > 1:
         r.drop("queuePartitions", "this queues.yaml has no queue partitions")
     r.get("partition")
     q: dict[str, Any] = {
-        "replicas": int(r.get("replicas")),
+        "replicas": r.number("replicas"),
         "mode": str(r.get("mode")),
-        "maxInflight": int(r.get("maxInflight")),
-        "adaptiveConcurrency": bool(r.get("adaptiveConcurrency")),
-        "inactiveThreshold": _duration(r.get("consumer.inactiveThreshold")),
-        "upstreamTimeout": _duration(r.get("upstreamTimeout")),
-        "ackWait": _duration(r.get("nats.consumer.ackWait")),
-        "streamReplication": int(r.get("nats.stream.replicas")),
+        "maxInflight": r.number("maxInflight"),
+        "adaptiveConcurrency": r.flag("adaptiveConcurrency"),
+        "inactiveThreshold": r.duration("consumer.inactiveThreshold"),
+        "upstreamTimeout": r.duration("upstreamTimeout"),
+        "ackWait": r.duration("nats.consumer.ackWait"),
+        "streamReplication": r.number("nats.stream.replicas"),
         "retry": _retry(r, "", True),
         "logs": _logs(r, ""),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 import pytest
 
@@ -27,7 +27,8 @@ class Seen:
     def __init__(self) -> None:
         self.published: list[Mapping[str, Function]] = []
 
-    def __call__(self, functions: Mapping[str, Function]) -> None:
+    def __call__(self, functions: Mapping[str, Function], changed: Set[str]) -> None:
+        assert changed  # only told of a change
         self.published.append(dict(functions))
 
     @property

@@ -17,7 +17,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +53,8 @@ class Function:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-Listener = Callable[[Mapping[str, Function]], None]
+# Told what the catalog now holds and which names changed (added, changed or gone): it updates only those.
+Listener = Callable[[Mapping[str, Function], Set[str]], None]
 
 
 def _function(status: Any) -> Function | None:
@@ -128,9 +129,10 @@ class FunctionCatalog:
             self._wake.clear()
             names = list(self._wanted)[:LOOKUPS_AT_ONCE]
             if names:
-                await asyncio.gather(*(self.look_up(n) for n in names))
+                found = await asyncio.gather(*(self.look_up(n) for n in names))
                 for n in names:
                     self._wanted.pop(n, None)
+                self._publish({**self.functions, **{n: f for n, f in zip(names, found, strict=True) if f}})
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_refresh - time.monotonic()))
@@ -153,8 +155,8 @@ class FunctionCatalog:
         self.absent.clear()
         self._publish(found)
 
-    async def look_up(self, name: str) -> None:
-        """One function, at once: called before it was known."""
+    async def look_up(self, name: str) -> Function | None:
+        """One function, at once: called before it was known. None when there is none (or the look-up failed)."""
         base, _, namespace = name.partition(".")
         if namespace and len(self._namespaces) < MAX_NAMESPACES:
             self._namespaces.add(namespace)
@@ -164,15 +166,16 @@ class FunctionCatalog:
             if len(self.absent) >= MAX_FUNCTIONS:
                 self.absent.clear()
             self.absent.add(name)
-            return
-        self._publish({**self.functions, name: function})
+        return function
 
     def _publish(self, found: dict[str, Function]) -> None:
-        if found == self.functions:
+        old = self.functions
+        changed = {n for n, f in found.items() if old.get(n) != f} | (old.keys() - found.keys())
+        if not changed:
             return
         self.functions = found
         for listener in self.listeners:
-            listener(found)
+            listener(found, changed)
 
     async def _get(self, path: str, namespace: str, missing_ok: bool = False) -> Any:
         """The JSON answer; {} for a 404 when `missing_ok` (no such function); None when it failed (logged)."""

@@ -4,6 +4,7 @@ files (tests/data/openfaas/, copied from faas-netes at 662ce9ce): valid queues f
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,21 @@ def test_the_migration_page_shows_what_the_command_prints_on_the_charts_own_file
     command = f"$ jetqueue import openfaas {VALUES},{PRO} {QUEUE_WORKER} -o queues.yaml\n"
     shown = page[page.index(command) + len(command) :].split("```", 1)[0].splitlines()
     assert shown == convert(releases(f"{VALUES},{PRO}", QUEUE_WORKER)).lines
+
+
+def test_a_value_cannot_break_out_of_the_header_comment_nor_crash_the_import():
+    sneaky = {"jetstreamQueueWorker": {"image": "x\nqueues: {evil: {}}"}, "openfaasPro": True}
+    imported = convert(releases(f"{VALUES},sneaky.yaml", extra={"sneaky.yaml": sneaky}))
+    assert list(yaml.safe_load(imported.text)["queues"]) == ["faas-request"]
+    assert "image=x\\nqueues: {evil: {}}: not carried" in imported.text
+    for bad, message in (
+        ({"queueWorkerPro": {"maxRetryAttempts": "ten"}}, "queueWorkerPro.maxRetryAttempts=ten: not a whole number"),
+        ({"gateway": {"upstreamTimeout": "a while"}}, "gateway.upstreamTimeout=a while: 'a while' is not a duration"),
+        ({"queueWorkerPro": {"httpRetryCodes": "429;503"}}, "not comma-separated status codes"),
+    ):
+        with pytest.raises(ImportError_, match=re.escape(message)):
+            convert(releases(f"{VALUES},bad.yaml", extra={"bad.yaml": {"openfaasPro": True, **bad}}))
+    quoted = {"openfaasPro": "true", "jetstreamQueueWorker": {"adaptiveConcurrency": "false"}}
+    doc = yaml.safe_load(convert(releases(f"{VALUES},quoted.yaml", extra={"quoted.yaml": quoted})).text)
+    assert doc["queues"]["faas-request"]["adaptiveConcurrency"] is False  # "false" in the worker's env is false
+    assert doc["queues"]["faas-request"]["retry"]["maxAttempts"] == 100  # openfaasPro "true": the Pro worker

@@ -88,13 +88,16 @@ def test_overrides_win_annotations_apply_to_the_rest_and_unknown_functions_ask(t
     annotated = {"com.openfaas.retry.attempts": "30"}
     functions = {"pinned": Function(annotated, {}), "annotated": Function(annotated, {}), "plain": Function()}
     functions["odd"] = Function({"com.openfaas.retry.attempts": "x"}, {})
-    p.annotations_changed(functions)
-    p.annotations_changed(functions)  # read again: nothing logged twice
+    p.annotations_changed(functions, set(functions))
+    p.annotations_changed(functions, set(functions))  # read again: nothing logged twice
     assert p("pinned").retry.max_attempts == 3  # queues.yaml functionOverrides: authoritative
     assert p("annotated").retry.max_attempts == 30
     assert p("plain") is p.default and p("odd") is p.default
     assert asked == []
     assert p("new-one") is p.default and asked == ["new-one"]  # not known: the queue's policy, and a look-up
+    del functions["annotated"]  # removed at the gateway: the catalog names it as changed
+    p.annotations_changed(functions, {"annotated"})
+    assert p("annotated") is p.default and p("pinned").retry.max_attempts == 3
     messages = [r.getMessage() for r in caplog.records]
     assert sum("annotation com.openfaas.retry.attempts='x' ignored" in m for m in messages) == 1
     assert sum("its queues.yaml functionOverrides apply" in m for m in messages) == 1
