@@ -203,11 +203,9 @@ class FunctionCatalog:
         if trouble == self._trouble:
             return
         self._trouble = trouble
-        since = time.strftime("%H:%M:%S UTC", time.gmtime(self.refreshed_at)) if self.refreshed_at else "never read"
-        log.error(
-            "function annotations: %s; queues.yaml alone decides for functions not read before (annotations in use: "
-            "%s, %d function(s))",
-            trouble,
-            since,
-            len(self.functions),
-        )
+        if self.refreshed_at:
+            since = time.strftime("%H:%M:%S UTC", time.gmtime(self.refreshed_at))
+            then = f"the annotations read at {since} ({len(self.functions)} function(s)) stay in use until it answers"
+        else:
+            then = "queues.yaml alone decides until it answers"
+        log.error("function annotations: %s; %s", trouble, then)
