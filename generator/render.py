@@ -121,6 +121,7 @@ def _nats_client(cfg: dict[str, Any]) -> dict[str, Any]:
             "secretName": n["tls"]["secretName"],
             "caKey": n["tls"]["caKey"],
             "clientCert": n["tls"]["verifyClients"],
+            **({"insecure": True} if n["tls"]["insecure"] else {}),
         },
     }
 
@@ -135,7 +136,30 @@ def _bytes(quantity: str) -> int:
 
 
 def _retry(r: dict[str, Any]) -> dict[str, Any]:
-    return {k: r[k] for k in ("maxAttempts", "initialWait", "maxWait", "httpCodes", "backoff", "maxRetryAfter")}
+    keys = ("maxAttempts", "initialWait", "maxWait", "httpCodes", "backoff", "maxRetryAfter", "openfaasInternal")
+    return {k: r[k] for k in keys}
+
+
+def _image(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: cfg["image"][k] for k in ("repository", "tag", "pullPolicy")}
+
+
+def _pod(cfg: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """The pod values both charts take, set only when queues.yaml sets them (the charts' defaults are empty)."""
+    out: dict[str, Any] = {}
+    if cfg["image"]["pullSecrets"]:
+        out["imagePullSecrets"] = [{"name": name} for name in cfg["image"]["pullSecrets"]]
+    if block["podAnnotations"]:
+        out["podAnnotations"] = dict(block["podAnnotations"])
+    if block["topologySpreadConstraints"]:
+        out["topologySpreadConstraints"] = {k: dict(v) for k, v in block["topologySpreadConstraints"].items()}
+    if cfg["openfaas"]["url"]:
+        out["openfaas"] = {
+            "url": cfg["openfaas"]["url"],
+            "refreshInterval": cfg["openfaas"]["refreshInterval"],
+            "auth": dict(cfg["openfaas"]["auth"]),
+        }
+    return out
 
 
 def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -144,7 +168,7 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     grace = parse_duration(q["shutdownTimeout"]) + 15
     return {
         "replicaCount": q["replicas"],
-        "image": dict(cfg["image"]),
+        "image": _image(cfg),
         "queue": {
             "name": name,
             "stream": contract.stream_name(name),
@@ -191,6 +215,7 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
         "metrics": {"port": 8081},
         "terminationGracePeriodSeconds": int(grace),
         "autoscaling": _autoscaling(cfg, name),
+        **_pod(cfg, q),
     }
 
 
@@ -227,7 +252,7 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
     routes = {fn: name for name, q in sorted(cfg["queues"].items()) for fn in q["functions"]}
     return {
         "replicaCount": g["replicas"],
-        "image": dict(cfg["image"]),
+        "image": _image(cfg),
         "gateway": {
             "port": 8080,
             "defaultQueue": g["defaultQueue"],
@@ -251,6 +276,7 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
         },
         "nats": _nats_client(cfg),
         "logs": dict(cfg["defaults"]["logs"]),
+        **_pod(cfg, g),
     }
 
 

@@ -62,6 +62,12 @@ ALL_FEATURES = {
             "tls": {"enabled": True, "secretName": "nats-tls", "clientCert": True},
         },
         "queue": {"functions": {"train": {"upstreamTimeout": "10m"}}},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "podAnnotations": {"example.com/team": "platform"},
+        "topologySpreadConstraints": {
+            "kubernetes.io/hostname": {"maxSkew": 1, "whenUnsatisfiable": "ScheduleAnyway"},
+            "topology.kubernetes.io/zone": {"maxSkew": 2, "labelSelector": {"matchLabels": {"team": "a"}}},
+        },
     },
     "gateway": {
         "metrics": {"serviceMonitor": {"enabled": True}},
@@ -72,6 +78,8 @@ ALL_FEATURES = {
             "routes": {"a": "q"},
             "queues": {"q": {"streamReplicas": 3, "streamStorage": "file"}},
         },
+        "imagePullSecrets": [{"name": "regcred"}],
+        "topologySpreadConstraints": {"kubernetes.io/hostname": {"maxSkew": 1}},
     },
 }
 
@@ -80,7 +88,7 @@ CASES = (
     + [(c, ALL_FEATURES[c], f"{c} every feature") for c in CHARTS]
     + [
         (chart_for(rel), v, f"{src}:{rel}")
-        for src in ("queues.yaml", "tests/data/dev.yaml", "tests/data/external.yaml")
+        for src in ("queues.yaml", "tests/data/dev.yaml", "tests/data/external.yaml", "tests/data/openfaas.yaml")
         for rel, v in rendered_values(src).items()
     ]
 )
@@ -115,6 +123,63 @@ def test_pods_are_locked_down():
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+def test_pods_take_pull_secrets_spread_and_annotations_as_the_openfaas_charts_do():
+    """imagePullSecrets and podAnnotations as given; topologySpreadConstraints a map keyed by topologyKey (the NATS
+    chart's form): each entry gets its topologyKey and, unless it has one, a labelSelector for the release's pods."""
+    for chart in CHARTS:
+        docs = manifests(chart, ALL_FEATURES[chart], name="rel")
+        pod = deployment(docs)["spec"]["template"]
+        spec = pod["spec"]
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+        selector = deployment(docs)["spec"]["selector"]["matchLabels"]
+        spread = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}
+        assert spread["kubernetes.io/hostname"]["labelSelector"] == {"matchLabels": selector}
+        assert spread["kubernetes.io/hostname"]["maxSkew"] == 1
+        test_pod = next(d for d in docs if d["kind"] == "Pod")
+        assert test_pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    worker = deployment(manifests("queue-worker", ALL_FEATURES["queue-worker"]))["spec"]["template"]
+    zone = {c["topologyKey"]: c for c in worker["spec"]["topologySpreadConstraints"]}["topology.kubernetes.io/zone"]
+    assert zone == {
+        "topologyKey": "topology.kubernetes.io/zone",
+        "maxSkew": 2,
+        "whenUnsatisfiable": "ScheduleAnyway",  # the default, as OpenFaaS's chart spreads its queue-worker
+        "labelSelector": {"matchLabels": {"team": "a"}},  # given: kept
+    }
+    assert worker["metadata"]["annotations"]["example.com/team"] == "platform"
+    for chart in CHARTS:
+        spec = deployment(manifests(chart, None))["spec"]["template"]["spec"]
+        assert "imagePullSecrets" not in spec and "topologySpreadConstraints" not in spec
+
+
+def test_queues_yaml_pod_settings_and_openfaas_reach_both_charts():
+    values = rendered_values("tests/data/openfaas.yaml")
+    worker, gateway = values["queues/faas-request.yaml"], values["gateway/values.yaml"]
+    for v in (worker, gateway):
+        assert v["imagePullSecrets"] == [{"name": "regcred"}]
+        assert v["openfaas"] == {
+            "url": "http://gateway.openfaas:8080",
+            "refreshInterval": "10s",
+            "auth": {"secretName": "basic-auth", "userKey": "basic-auth-user", "passwordKey": "basic-auth-password"},
+        }
+        assert v["nats"]["tls"]["insecure"] is True
+    assert worker["podAnnotations"] == {"prometheus.io/scrape": "true"}
+    assert worker["topologySpreadConstraints"]["topology.kubernetes.io/zone"] == {
+        "maxSkew": 2,
+        "whenUnsatisfiable": "DoNotSchedule",
+    }
+    assert gateway["topologySpreadConstraints"] == {
+        "kubernetes.io/hostname": {"maxSkew": 1, "whenUnsatisfiable": "ScheduleAnyway"}
+    }
+    assert worker["queue"]["retry"]["openfaasInternal"] is False
+    env = envmap.chart_env("queue-worker", helm_python.Chart.load(CHARTS["queue-worker"]).merge_values(worker))
+    assert (
+        env[0]["JETQUEUE_OPENFAAS_URL"] == "http://gateway.openfaas:8080"
+        and env[0]["JETQUEUE_NATS_TLS_INSECURE"] == "true"
+    )
+    assert env[1]["JETQUEUE_OPENFAAS_PASSWORD"] == ("basic-auth", "basic-auth-password")
+    assert env[0]["JETQUEUE_RETRY_OPENFAAS_INTERNAL"] == "false"
+
+
 def test_the_gateway_keeps_serving_until_endpoints_update_then_drains():
     """preStop before SIGTERM (Services stop sending first), and a grace period that covers it and the drain."""
     from jetqueue.settings import GatewaySettings
@@ -139,7 +204,13 @@ def values_files() -> dict[str, tuple[str, dict[str, Any]]]:
         if path.parent.name in ("queues", "gateway"):
             chart = "gateway" if path.parent.name == "gateway" else "queue-worker"
             files[str(path.relative_to(ROOT))] = (chart, yaml.safe_load(path.read_text()))
-    for src in ("queues.yaml", "examples/dev.yaml", "tests/data/dev.yaml", "tests/data/external.yaml"):
+    for src in (
+        "queues.yaml",
+        "examples/dev.yaml",
+        "tests/data/dev.yaml",
+        "tests/data/external.yaml",
+        "tests/data/openfaas.yaml",
+    ):
         files |= {f"{src}:{rel}": (chart_for(rel), v) for rel, v in rendered_values(src).items()}
     return files
 
@@ -155,6 +226,8 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         {"nats": {"auth": {"method": "creds", "secretName": "c", "credsKey": "u.creds"}}},
         {"queue": {"maxAckPending": 2000000, "retry": {"httpCodes": [503]}, "functions": {}}},
         {"queue": {"callbackSigning": {"secretName": "signing", "key": "keys"}}},
+        {"openfaas": {"url": "http://gateway.openfaas:8080", "auth": {"secretName": "basic-auth"}}},
+        {"nats": {"tls": {"insecure": True}}},
     ],
     "gateway": [
         {},
@@ -163,6 +236,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
             "gateway": {"auth": {"method": "basic", "secretName": "b"}, "callbackHosts": ["a.example", "b.example"]},
             "nats": {"auth": {"method": "userPassword", "secretName": "u"}, "tls": {"enabled": True}},
         },
+        {"openfaas": {"url": "http://gateway.openfaas:8080", "auth": {"secretName": "of", "userKey": "u"}}},
     ],
 }
 

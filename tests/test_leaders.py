@@ -60,9 +60,9 @@ async def test_a_worker_spreads_its_partitions_leaders_over_the_servers(nats3, f
     target = next(p.leader for p in await leaders.placement(js, streams) if p.leader)
     deadline = time.monotonic() + 30
     while {p.leader for p in await leaders.placement(js, streams)} != {target}:
-        for p in await leaders.placement(js, streams):
-            if p.leader and p.leader != target:
-                await leaders.step_down(js, p.stream, target)
+        for placed in await leaders.placement(js, streams):
+            if placed.leader and placed.leader != target:
+                await leaders.step_down(js, placed.stream, target)
         assert time.monotonic() < deadline, "could not put every leader on one server"
         await asyncio.sleep(0.5)
     settings = worker_settings(urls, functions.url_template, queue="lq", partitions=3, stream_replicas=3)

@@ -75,6 +75,7 @@ async def test_lowering_partitions_drains_the_ones_beyond(nats_server, slow, tmp
         before = {p: (await js.stream_info(contract.stream_name(Q, p))).state.last_seq for p in (1, 2)}
         one = worker_settings(nats_server.url, slow.url_template, queue=Q, partitions=1, max_inflight=4)
         async with running_worker(one) as w:
+            assert w.partitions is not None
             assert set(w.partitions.served) == {0, 1, 2}  # found on the server at start
             await submit(http, gw, ids, "one", 30)  # all into partition 0 now
             await eventually(lambda: set(done(slow)) == set(ids), timeout=60)
@@ -94,7 +95,9 @@ async def test_raising_partitions_while_the_old_worker_runs(nats_server, slow, t
             await submit(http, gw, ids, "one", 40)
         async with running_gateway(gateway_settings(nats_server.url, routes_file=routes(tmp_path, 3))) as gw:
             await submit(http, gw, ids, "three", 60)  # the gateway first: new partitions, old worker still at 1
-            await eventually(lambda: set(old.partitions.served) == {0, 1, 2}, timeout=10)  # it found them
+            await eventually(
+                lambda: old.partitions is not None and set(old.partitions.served) == {0, 1, 2}, timeout=10
+            )  # it found them
             await eventually(lambda: len(done(slow)) >= 60, timeout=60)
             three = worker_settings(nats_server.url, slow.url_template, queue=Q, partitions=3, max_inflight=4)
             async with running_worker(three):  # then the workers, beside the old one

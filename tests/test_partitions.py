@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,14 @@ async def test_a_partitioned_queue_end_to_end(nats_server, functions, tmp_path, 
             async with http.delete(f"{base}/async-calls/{cancelled}") as r:
                 assert r.status == 202
             assert await ops_pauses.resume(js, Q, "", io.StringIO()) == 0
+
+            def finished(c: str) -> bool:
+                return any(c in functions.completed[fn] for fn in FUNCTIONS)
+
             others = [f"paused-{fn}" for fn in FUNCTIONS if f"paused-{fn}" != cancelled]
+
             for call_id in others:
-                await eventually(lambda c=call_id: any(c in functions.completed[fn] for fn in FUNCTIONS), timeout=20)
+                await eventually(partial(finished, call_id), timeout=20)
             assert cancelled not in [c for fn in FUNCTIONS for c in functions.calls[fn]]
             assert await state(cancelled) == "cancelled" and {await state(c) for c in others} == {"succeeded"}
 

@@ -20,9 +20,12 @@ MAX_OUTSTANDING_PINGS = 2
 
 
 def tls_context(s: SharedSettings) -> ssl.SSLContext | None:
-    if not (s.nats_tls_ca or s.nats_tls_cert):
+    if not (s.nats_tls_ca or s.nats_tls_cert or s.nats_tls_insecure):
         return None
     ctx = ssl.create_default_context(cafile=s.nats_tls_ca or None)
+    if s.nats_tls_insecure:  # a dev NATS with a self-signed certificate: encrypted, but to whoever answers
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     if s.nats_tls_cert:
         ctx.load_cert_chain(s.nats_tls_cert, s.nats_tls_key)
     return ctx
@@ -85,6 +88,11 @@ async def connect(
     ctx = tls_context(s)
     if ctx is not None:
         opts["tls"] = ctx
+    if s.nats_tls_insecure:
+        log.warning(
+            "INSECURE: TLS to NATS without verifying the server's certificate (JETQUEUE_NATS_TLS_INSECURE); anyone "
+            "on the path can read and change every call. For a development NATS only, never in production."
+        )
     last: BaseException | None = None
     deadline = asyncio.get_running_loop().time() + max(1, connect_attempts)
     while asyncio.get_running_loop().time() < deadline:

@@ -121,11 +121,14 @@ async def ensure_consumer(js: JetStreamContext, want: ConsumerSpec, pause_until:
             info = await js.add_consumer(stream, want.to_nats(), pause_until=pause_until)
         except BadRequestError as e:
             if e.err_code in (10100, 10099):  # overlapping / non-unique consumers on a work queue
+                others = await _consumer_names(js, stream)
                 raise StreamSetupError(
-                    f"cannot add consumer {name} to {stream}: {e.description}. A work queue takes either one "
-                    "static consumer or per-function consumers, never both: static and function mode must not "
-                    f"run on the same queue. See `nats consumer ls {stream}`; stop the other mode's workers and "
-                    "remove its consumers."
+                    f"cannot add consumer {name} to {stream}: {e.description}. A work queue gives each call to one "
+                    f"consumer, and {stream} has {', '.join(others) or 'others'}. If they are this queue's "
+                    "function-mode consumers: static and function mode must not run on the same queue; stop the "
+                    "other mode's workers and remove its consumers. If another queue-worker (OpenFaaS's) takes "
+                    "this stream's calls: drain it and remove its consumer first, or give the jetqueue queue another "
+                    "name (docs/migrating-from-openfaas.md)."
                 ) from None
             raise
         log.info("created consumer %s on %s", name, stream)
@@ -144,6 +147,13 @@ async def ensure_consumer(js: JetStreamContext, want: ConsumerSpec, pause_until:
             f"(nats consumer rm {stream} {name}) and the worker recreates it as a pull consumer."
         )
     return await _reconcile(js, want, info.config)
+
+
+async def _consumer_names(js: JetStreamContext, stream: str) -> list[str]:
+    try:
+        return sorted(c.name for c in await js.consumers_info(stream) if c.name)
+    except Exception:  # only for the message
+        return []
 
 
 def _differs(a: float | int | None, b: float | int | None) -> bool:

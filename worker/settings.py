@@ -19,6 +19,7 @@ from jetqueue.settingfields import (
     DEFAULT,
     GATEWAY_AUTH,
     NATS,
+    OPENFAAS_AUTH,
     PREFIX,
     EnvSettings,
     SettingsError,
@@ -32,6 +33,7 @@ __all__ = [
     "CHARTS",
     "GATEWAY_AUTH",
     "NATS",
+    "OPENFAAS_AUTH",
     "PREFIX",
     "GatewaySettings",
     "SettingsError",
@@ -65,6 +67,13 @@ class SharedSettings(EnvSettings):
     )
     nats_tls_cert: str = _f("", "Path of the client certificate (mutual TLS).", values="nats.tls", helper=NATS)
     nats_tls_key: str = _f("", "Path of the client key (mutual TLS).", values="nats.tls", helper=NATS)
+    nats_tls_insecure: bool = _f(
+        False,
+        "Use TLS to NATS without verifying the server's certificate, for a dev NATS with a self-signed one. Never in "
+        "production: anyone on the path can read and change every call; logged as a warning at start.",
+        values="nats.tls",
+        helper=NATS,
+    )
     callback_hosts: str = _f(
         "",
         "Comma-separated host names callback URLs may point at (empty = any host); checked by both processes.",
@@ -94,6 +103,23 @@ class SharedSettings(EnvSettings):
         values={"queue-worker": "queue.streamStorage"},
         not_in_chart="per queue, in `gateway.queues`",
     )
+    openfaas_url: str = _f(
+        "",
+        "The OpenFaaS gateway (e.g. http://gateway.openfaas:8080) whose function annotations apply: "
+        "`com.openfaas.retry.*` and `exec_timeout` (worker), `com.openfaas.queue` (gateway). Empty = not read.",
+        values="openfaas.url",
+    )
+    openfaas_user: str = _f(
+        "", "Basic-auth user of the OpenFaaS gateway's API.", values="openfaas.auth", helper=OPENFAAS_AUTH
+    )
+    openfaas_password: str = _f("", "Its password.", secret=True, values="openfaas.auth", helper=OPENFAAS_AUTH)
+    openfaas_refresh: float = _f(
+        30.0,
+        "How often every function's annotations are read again; a function not yet read is looked up at its first "
+        "call (which runs by queues.yaml meanwhile).",
+        kind="duration",
+        values="openfaas.refreshInterval",
+    )
     log_format: str = _f("console", "Log format.", choices=("console", "json"), values="logs.format")
     log_level: str = _f(
         "info", "Minimum log level.", choices=("debug", "info", "warning", "error"), values="logs.level"
@@ -107,6 +133,10 @@ class SharedSettings(EnvSettings):
             raise SettingsError(f"{PREFIX}CALLBACK_BLOCKED_NETWORKS: {e}") from None
         if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
             raise SettingsError(f"{PREFIX}NATS_TLS_CERT and {PREFIX}NATS_TLS_KEY go together")
+        if self.openfaas_url and not self.openfaas_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{PREFIX}OPENFAAS_URL={self.openfaas_url!r}: an http:// or https:// URL")
+        if self.openfaas_refresh < 1:
+            raise SettingsError(f"{PREFIX}OPENFAAS_REFRESH: at least 1s")
 
     @property
     def nats_servers(self) -> list[str]:
@@ -178,6 +208,12 @@ class WorkerSettings(SharedSettings):
     )
     backoff: str = _f(
         "exponential", "Backoff jitter.", choices=("exponential", "full", "equal"), values="queue.retry.backoff"
+    )
+    retry_openfaas_internal: bool = _f(
+        True,
+        "Retry an error answer that carries `X-OpenFaaS-Internal` (the OpenFaaS gateway's own, e.g. its 404 or 503 "
+        "while a function scales from zero) whatever its status, as OpenFaaS does; attempts and waits as any retry.",
+        values="queue.retry.openfaasInternal",
     )
     max_retry_after: float = _f(
         0.0,

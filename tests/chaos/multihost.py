@@ -204,7 +204,7 @@ async def scenario(
                 timeout = aiohttp.ClientTimeout(total=PUBLISH_TIMEOUT + 10)
                 async with aiohttp.ClientSession(timeout=timeout) as http:
                     posts = [f"{base}/{fn}" for fn in submitted]
-                    run = Run(lab, servers, nc, http, posts, ledger, gw.backend.nc, notes, partitions=partitions)
+                    run = Run(lab, servers, nc, http, posts, ledger, gw.backend.nc, partitions=partitions, notes=notes)
                     stop = asyncio.Event()
                     clients = [asyncio.create_task(steady(run, stop, n, tag)) for n in range(CLIENTS)]
                     try:

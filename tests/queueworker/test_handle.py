@@ -48,9 +48,9 @@ async def test_success_with_callback_and_request_fidelity(nats_server, functions
     headers, body = callbacks.received[0]
     assert body == b"\x00\x01binary\xff"
     assert headers["X-Call-Id"] == call_id and headers["X-Function-Name"] == "echo"
-    assert headers["X-Function-Status"] == "200" and headers["X-Retry"] == "1" and headers["X-Retry-Max"] == "10"
+    assert headers["X-Function-Status"] == "200" and headers["X-Retry"] == "0" and headers["X-Retry-Max"] == "9"
     assert headers["Content-Type"] == "application/x-thing"
-    assert headers["User-Agent"].startswith("jetqueue/")
+    assert headers["User-Agent"].startswith("queue-worker/")  # as OpenFaaS sends
     assert float(headers["X-Duration-Seconds"]) >= 0 and int(headers["X-Start-Time"]) > 0
     await nc.close()
 
@@ -65,7 +65,7 @@ async def test_retries_then_success_with_backoff(nats_server, functions, callbac
     assert functions.calls["flaky"] == [call_id] * 3
     assert t[1] - t[0] >= 0.35 and t[2] - t[1] >= 0.75  # 0.4s then 0.8s (exponential, no jitter)
     headers, body = callbacks.received[0]
-    assert headers["X-Function-Status"] == "200" and headers["X-Retry"] == "3" and body == b"done"
+    assert headers["X-Function-Status"] == "200" and headers["X-Retry"] == "2" and body == b"done"
     await nc.close()
 
 
@@ -96,7 +96,7 @@ async def test_exhausted_goes_to_dead_letters_with_final_callback(nats_server, f
     assert len(functions.calls["broken"]) == 3
     (headers, body) = callbacks.received[0]
     assert b"database unavailable" in body
-    assert headers["X-Retry"] == headers["X-Retry-Max"] == "3" and headers["X-Function-Status"] == "500"
+    assert headers["X-Retry"] == headers["X-Retry-Max"] == "2" and headers["X-Function-Status"] == "500"
     (dl,) = await dead_letters(nc)
     assert dl.data == b"payload" and dl.headers["X-Call-Id"] == call_id
     assert dl.headers[contract.H_DLQ_REASON] == "exhausted" and dl.headers[contract.H_DLQ_ATTEMPTS] == "3"
@@ -132,7 +132,7 @@ async def test_platform_errors_are_retried(nats_server, callbacks):
         await enqueue(nc, "nowhere", callback_url=callbacks.url)
         await eventually(lambda: len(callbacks.received) == 1)
     headers, body = callbacks.received[0]
-    assert headers["X-Retry"] == "2" and headers["X-Function-Status"] == "503"
+    assert headers["X-Retry"] == headers["X-Retry-Max"] == "1" and headers["X-Function-Status"] == "503"
     assert b"Connect" in body or b"refused" in body
     await nc.close()
 

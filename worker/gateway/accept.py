@@ -41,47 +41,47 @@ class Accept:
         self.s = s
         self.routing = routing
         self.backend = backend
-        self.metrics = GatewayMetrics(registry)
+        self.metrics = GatewayMetrics(registry, lambda: backend.reconnects)
         self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
         self._recent: OrderedDict[str, tuple[float, callstatus.Record]] = OrderedDict()
 
     async def submit(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if not contract.FUNCTION_NAME.match(name) or len(name) > MAX_FUNCTION_NAME:
-            self.metrics.count("_invalid", "", 400)
+            self.metrics.count("_invalid", "", 400, request.method)
             return problem(400, "function name must be a DNS-1123 name, optionally with .namespace")
         queue = self.routing.queue_for(name)
         if queue is None:
-            self.metrics.count("_unrouted", "", 404)
+            self.metrics.count("_unrouted", "", 404, request.method)
             return problem(404, f"function {name!r} is not routed to any queue (strict routing)")
         given = request.headers.get("X-Call-Id")
         if given and not contract.CALL_ID.match(given):
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
             return problem(
                 400, "X-Call-Id must be 1-128 characters of [A-Za-z0-9_=.-], starting with a letter or digit"
             )
         call_id = given or contract.new_call_id(queue)  # ours carry the queue's hint: status finds it by id alone
         key = request.headers.get(contract.PARTITION_KEY, "")
         if key and (reason := contract.partition_key_problem(key)):
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
             return problem(400, reason)
         callback = request.headers.get("X-Callback-Url", "")
         if callback and (reason := self.egress.url_problem(callback)):
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
             return problem(400, reason)
         # The path as the client sent it (still percent-encoded): what the worker will send on, unchanged.
         raw_path, own = request.rel_url.raw_path, PREFIX + name
         if not raw_path.startswith(own):
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
             return problem(400, "the function name in the path must not be percent-encoded")
         path, query = raw_path[len(own) :], request.rel_url.raw_query_string
         if (path or query) and (reason := contract.path_problem(path) or contract.query_problem(query)) is not None:
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
             return problem(400, reason)
         try:
             when = not_before(request.headers, time.time(), self.s.max_delay)
         except BadSchedule as e:
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
             return problem(400, str(e))
         body = await request.read()
         headers = contract.forwardable(request.headers)
@@ -146,22 +146,22 @@ class Accept:
             subject, headers = contract.held_message(call, headers, call.not_before, call.call_id)
         too_large = self._too_large(len(call.body), headers) or self._over_queue_bytes(call, headers, stored_on)
         if too_large is not None:
-            self.metrics.count(name, queue, 413)
+            self.metrics.count(name, queue, 413, call.method)
             return too_large
         # The set looked up here first: ensure_queue is a coroutine, and the queue is nearly always ready.
         if b.acks is None or not b.connected or (queue not in b.ready_streams and not await b.ensure_queue(queue)):
-            self.metrics.count(name, queue, 503)
+            self.metrics.count(name, queue, 503, call.method)
             return problem(503, "NATS is unavailable; nothing was stored, retry later", **{"Retry-After": RETRY_AFTER})
         t0 = time.perf_counter()
         try:
             duplicate = await self._publish(b.acks, call, subject, headers, partition)
         except Exception as e:
-            self.metrics.count(name, queue, 503)
+            self.metrics.count(name, queue, 503, call.method)
             return self._not_accepted(call, e)
         self.metrics.observe(time.perf_counter() - t0)
         if not duplicate and b.status_enabled:
             await self._record_queued(call)
-        self.metrics.count(name, queue, 202)
+        self.metrics.count(name, queue, 202, call.method)
         answer = {"X-Call-Id": call.call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
         if call.not_before:
             answer[NOT_BEFORE] = datetime.fromtimestamp(math.ceil(call.not_before), UTC).isoformat()

@@ -107,6 +107,7 @@ class Backend:
         self._cancels: dict[str, KeyValue] = {}
         self._legacy_cancels: KeyValue | None = None
         self._legacy_checked = -LEGACY_RECHECK
+        self.reconnects = 0  # gateway_nats_reconnect_total
 
     @property
     def status_enabled(self) -> bool:
@@ -132,7 +133,7 @@ class Backend:
         """Connect, open the status bucket and create the routed queues' streams; retries until NATS answers."""
         while self.nc is None:
             try:
-                self.nc = await connect(self.s, "jetqueue-gateway", connect_attempts=1)
+                self.nc = await connect(self.s, "jetqueue-gateway", self._reconnected, connect_attempts=1)
             except ConnectionError as e:
                 log.warning("%s; retrying", e)
                 await asyncio.sleep(1)
@@ -162,6 +163,9 @@ class Backend:
             self._legacy_cancels = await cancels.open_legacy(self.js)
             self._legacy_checked = time.monotonic()
         return [self._cancels[queue], *([self._legacy_cancels] if self._legacy_cancels else [])]
+
+    async def _reconnected(self) -> None:
+        self.reconnects += 1
 
     def partitions(self, queue: str) -> int:
         info = self.routing.queues.get(queue)

@@ -16,6 +16,7 @@ from jetqueue.gateway.auth import auth_middleware, errors_middleware
 from jetqueue.gateway.backend import Backend
 from jetqueue.gateway.calls import Calls
 from jetqueue.gateway.routing import Routing
+from jetqueue.openfaas import FunctionCatalog
 from jetqueue.probes import add_probes, serve
 from jetqueue.settings import GatewaySettings
 
@@ -28,6 +29,8 @@ class Gateway:
         self.s = settings
         self.registry = registry or CollectorRegistry()
         routing = Routing.from_settings(settings)
+        # com.openfaas.queue of each function (JETQUEUE_OPENFAAS_URL), read in the background for the routing.
+        self.catalog = routing.catalog = FunctionCatalog.of(settings, routing.annotations_changed)
         self.backend = Backend(settings, routing)
         self.accept = Accept(settings, routing, self.backend, self.registry)
         self.calls = Calls(settings, self.backend, self.accept.recent)
@@ -57,6 +60,8 @@ class Gateway:
     async def start(self) -> None:
         self.runner = await serve(self.app(), self.s.http_host, self.s.http_port, self.s.shutdown_timeout)
         self._connector = asyncio.create_task(self.backend.connect())
+        if self.catalog is not None:
+            self.catalog.start()
         log.info("gateway listening on %s:%d: %r", self.s.http_host, self.s.http_port, self.s)
 
     def request_stop(self) -> None:
@@ -74,6 +79,8 @@ class Gateway:
             await self.runner.shutdown()
             await self.runner.cleanup()
         await self.backend.close()
+        if self.catalog is not None:
+            await self.catalog.close()
 
 
 async def run(settings: GatewaySettings) -> int:

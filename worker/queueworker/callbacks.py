@@ -38,7 +38,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from jetqueue import __version__, contract, signing
+from jetqueue import contract, openfaas, signing
 from jetqueue.egress import Egress, EgressRefused
 from jetqueue.queueworker.deadletter import dead_letter
 from jetqueue.queueworker.heartbeat import AckExtender
@@ -254,7 +254,7 @@ class CallbackSender:
             await self._give_up(msg, headers, "refused", refused, attempt)
             return
         sent = {k: v for k, v in headers.items() if not k.startswith(("Jq-", "Nats-"))}
-        sent.setdefault("User-Agent", f"jetqueue/{__version__}")
+        sent.setdefault("User-Agent", openfaas.USER_AGENT)
         if self.signing_keys:  # signed at each attempt: the timestamp says when it was sent
             sent[signing.HEADER] = signing.signature(msg.data, self.signing_keys)
         try:

@@ -275,8 +275,9 @@ class Processor:
             "X-Function-Status": str(status if status is not None else 503),
             "X-Duration-Seconds": f"{outcome.duration:.6f}",
             "X-Start-Time": str(call.start_time_ns),
-            "X-Retry": str(attempt),
-            "X-Retry-Max": str(max_attempts),
+            # As OpenFaaS documents them: retries made, and retries allowed (equal: this was the last attempt).
+            "X-Retry": str(attempt - 1),
+            "X-Retry-Max": str(max_attempts - 1),
         }
         if state in (CallState.CANCELLED, CallState.EXPIRED):
             headers["X-Call-Status"] = state.value

@@ -26,6 +26,7 @@ from jetqueue.cancels import CancelWatch
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
 from jetqueue.egress import Egress
+from jetqueue.openfaas import FunctionCatalog
 from jetqueue.probes import add_probes, serve
 from jetqueue.queueworker.callbacks import CallbackSender, CallbackStore
 from jetqueue.queueworker.fetch import ConsumerLoop, Slots
@@ -77,11 +78,16 @@ class Worker:
         self.partition_loops: list[ConsumerLoop] = []  # static mode's loops, one per partition (sharing `slots`)
         self.partitions: Partitions | None = None
         self.ctx: Context | None = None
+        # The functions' OpenFaaS annotations (JETQUEUE_OPENFAAS_URL), read in the background for the policies.
+        self.catalog = FunctionCatalog.of(settings, self.policies.annotations_changed)
+        self.policies.catalog = self.catalog
 
     async def start(self) -> None:
         s = self.s
         log.info("starting worker for queue %s: %r", s.queue, s)
         self.http = await self._serve_http()
+        if self.catalog is not None:
+            self.catalog.start()
 
         async def reconnected() -> None:
             self.metrics.reconnects.inc()
@@ -307,6 +313,7 @@ class Worker:
         while True:
             try:
                 counts: dict[str, int] = {}
+                submitted = 0
                 assert self.partitions is not None
                 for partition, stream in list(self.partitions.served.items()):  # every partition's, summed
                     subjects = contract.queue_subjects(self.s.queue, partition)
@@ -314,6 +321,8 @@ class Worker:
                     for subj, n in (info.state.subjects or {}).items():
                         fn = contract.function_of_subject(subj)
                         counts[fn] = counts.get(fn, 0) + n
+                    submitted += info.state.last_seq
+                self.metrics.submitted.labels(self.s.queue).set(submitted)
                 publish(self.metrics.pending, pending, counts)
                 publish(self.metrics.scheduled, scheduled, (await backlog.held(js, self.s.queue)).per_function)
                 if self.pauses is not None:
@@ -363,6 +372,8 @@ class Worker:
             await asyncio.gather(self._sender, return_exceptions=True)
         if self.invoker:
             await self.invoker.close()
+        if self.catalog is not None:
+            await self.catalog.close()
         for loop in self.loops:  # a pull subscription never drains by itself: it has no callback
             with contextlib.suppress(Exception):
                 await loop.psub.unsubscribe()
