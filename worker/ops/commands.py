@@ -241,6 +241,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from jetqueue.queueworker.policy import Policies
 
         Policies.from_settings(settings)  # a bad overrides file fails now, not at the first call
+        if settings.schedules_file:
+            from jetqueue.schedules import ScheduleError, load_file
+
+            try:
+                load_file(settings.schedules_file)
+            except (OSError, ValueError, ScheduleError) as e:
+                raise SettingsError(f"JETQUEUE_SCHEDULES_FILE: {e}") from None
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

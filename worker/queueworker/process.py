@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import Gauge
 
-from jetqueue import backlog, contract, provision
+from jetqueue import backlog, contract, provision, schedules
 from jetqueue.callstatus import StatusStore
 from jetqueue.cancels import CancelWatch
 from jetqueue.connection import connect
@@ -38,6 +38,7 @@ from jetqueue.queueworker.pullrequests import ConsumerPull
 from jetqueue.queueworker.ratelimit import DispatchRate
 from jetqueue.queueworker.schedule import Holder, Mover
 from jetqueue.queueworker.statuswriter import StatusWriter
+from jetqueue.queueworker.ticks import Ticks
 from jetqueue.settings import WorkerSettings
 from jetqueue.signing import signing_keys
 
@@ -96,11 +97,12 @@ class Worker:
         self.status = status = StatusWriter(store)
         await status.start()
         self.invoker = Invoker(s.function_url, s.max_inflight)
+        egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
         self.callbacks = CallbackSender(
             js,
             s.queue,
             self.metrics,
-            Egress.parse(s.callback_hosts, s.callback_blocked_networks),
+            egress,
             self.nc.max_payload,
             attempts=s.callback_attempts,
             max_wait=s.callback_max_wait,
@@ -144,7 +146,8 @@ class Worker:
                 s, js, ctx, self.processor, self.slots, self._provision, pause_until=self.pauses.until
             )
             await self.function_mode.start()
-        mover = Mover(js, s.queue, self._restore_work_stream)
+        ticks = Ticks(js, s.queue, jetstream.schedule_bucket(s.stream_replicas, s.stream_storage), self.metrics, store)
+        mover = Mover(js, s.queue, self._restore_work_stream, ticks)
         self._add_loop(
             ConsumerLoop(
                 contract.due_durable_name(s.queue),
@@ -154,6 +157,9 @@ class Worker:
                 rebind=self._bind_due,
             )
         )
+        if s.schedules_file:  # queues.yaml's schedules of this queue: the schedule stream exists now
+            done = await schedules.apply(js, s.queue, schedules.load_file(s.schedules_file), egress)
+            log.info("schedules from %s: %s", s.schedules_file, {k: v for k, v in done.items() if v} or "unchanged")
         self._mover_beat = asyncio.create_task(mover.extender.run())
         self._timer = asyncio.create_task(self._refresh_pending(js))
         self._beat = asyncio.create_task(self.processor.extender.run())
@@ -317,7 +323,7 @@ async def run(settings: WorkerSettings) -> int:
         loop.add_signal_handler(sig, worker.request_stop)
     try:
         await worker.start()
-    except (provision.StreamSetupError, ConnectionError, OSError) as e:
+    except (provision.StreamSetupError, schedules.ScheduleError, ConnectionError, OSError) as e:
         log.error("cannot start: %s", e)
         await worker.stop()
         return 1
