@@ -202,7 +202,7 @@ async def test_ticks_the_server_fires_are_the_ticks_cron_computes(nats_server):
             except TimeoutError:
                 continue
             for m in msgs:
-                nxt = datetime.fromisoformat(m.headers["Nats-Schedule-Next"]).timestamp()
+                nxt = datetime.fromisoformat((m.headers or {})["Nats-Schedule-Next"]).timestamp()
                 seen[m.subject.rpartition(".")[2]].append((nxt, m.metadata.timestamp.timestamp()))
                 await m.ack()
     finally:

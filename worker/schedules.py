@@ -30,6 +30,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from jetqueue import contract, cron, provision
 from jetqueue.contract import jetstream
+from jetqueue.cron import Cron
 from jetqueue.egress import Egress
 
 log = logging.getLogger("jetqueue.schedules")
@@ -86,7 +87,9 @@ class Schedule:
         if not NAME.match(self.name) or len(self.name) > contract.MAX_SCHEDULE_NAME:
             most = contract.MAX_SCHEDULE_NAME
             out.append(("name", f"schedule name {self.name!r} must be a DNS-1123 label of at most {most} characters"))
-        if not contract.FUNCTION_NAME.match(self.function):
+        if not self.function:
+            out.append(("function", "function is missing: name the function called at every tick"))
+        elif not contract.FUNCTION_NAME.match(self.function):
             out.append(("function", f"function {self.function!r} must be a DNS-1123 name, optionally with .namespace"))
         try:
             cron.zone(self.time_zone)
@@ -96,7 +99,7 @@ class Schedule:
             try:
                 cron.parse(self.cron, self.time_zone)
             except cron.CronError as e:
-                out.append(("cron", str(e)))
+                out.append(("cron", str(e) if self.cron else "cron is missing: say when, e.g. 0 0 2 * * *"))
         if len(self.body) > MAX_BODY:
             out.append(("body", f"the body is {len(self.body)} bytes; a schedule's body is at most {MAX_BODY}"))
         for k, v in self.headers.items():
@@ -108,14 +111,14 @@ class Schedule:
             if any(c in v for c in "\r\n\0"):
                 out.append(("headers", f"header {k!r} has a line break in its value"))
         for key, url, header in (
-            ("callbackUrl", self.callback_url, "X-Callback-Url"),
-            ("failureCallbackUrl", self.failure_callback_url, "X-Failure-Callback-Url"),
+            ("callbackUrl", self.callback_url, "the callback URL"),
+            ("failureCallbackUrl", self.failure_callback_url, "the failure callback URL"),
         ):
             if url and (reason := (egress or Egress()).url_problem(url, header)):
                 out.append((key, reason))
         return out
 
-    def check(self, egress: Egress | None = None) -> cron.Cron:
+    def check(self, egress: Egress | None = None) -> Cron:
         """The parsed expression; ScheduleError naming every problem."""
         if problems := self.problems(egress):
             raise ScheduleError("; ".join(f"{key}: {message}" for key, message in problems))
@@ -185,6 +188,8 @@ def load_file(path: str) -> list[Schedule]:
         data = json.load(f)
     if not isinstance(data, dict):
         raise ScheduleError(f"{path}: expected a JSON object of schedules by name")
+    if bad := [name for name, spec in data.items() if not isinstance(spec, dict | None)]:
+        raise ScheduleError(f"{path}: schedule {bad[0]!r} is not an object")
     return [Schedule.from_json(name, spec or {}) for name, spec in sorted(data.items())]
 
 

@@ -8,6 +8,8 @@ import json
 import os
 import signal
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 from nats.js.api import DiscardPolicy, RetentionPolicy, StreamConfig
 
@@ -22,7 +24,7 @@ from tests.servers import eventually
 Q = contract.DEFAULT_QUEUE
 
 
-async def record(js, name: str, queue: str = Q) -> dict:
+async def record(js, name: str, queue: str = Q) -> dict[str, Any]:
     found = await keyvalue.latest(js, contract.SCHEDULE_BUCKET, contract.cron_key(queue, name))
     return json.loads(found[0]) if found else {}
 
@@ -62,7 +64,7 @@ async def test_each_tick_is_one_call_with_its_own_id_status_and_count(nats_serve
         ids = await expected_ids(js, sch) if await record(js, "every-second") else None
         ran = list(functions.calls["echo"])
         status = await js.key_value(contract.STATUS_BUCKET)
-        first = json.loads((await status.get(ran[0])).value)
+        first = json.loads((await status.get(ran[0])).value or b"{}")
         ticks = w.metrics.registry.get_sample_value(
             "queue_worker_schedule_ticks_total", {"queue_name": Q, "schedule_name": "every-second", "outcome": "called"}
         )
@@ -84,7 +86,7 @@ async def _due_messages(js, queue: str, name: str, n: int):
     sch = await schedules.put(js, queue, schedules.Schedule(name, "echo", "* * * * * *"))
     stream = contract.schedule_stream_name(queue)
     psub = await js.pull_subscribe_bind(durable=contract.due_durable_name(queue), stream=stream)
-    got = []
+    got: list[Any] = []
     while len(got) < n:
         try:
             got += await psub.fetch(n - len(got), timeout=3)
@@ -193,15 +195,17 @@ async def test_a_worker_restarted_across_ticks_loses_and_doubles_none(nats_serve
         await eventually(lambda: log.read_bytes().count(b"worker ready") >= started, timeout=30)
         return p
 
-    def ran() -> int:
+    def done() -> int:
         return len(functions.completed["echo"])
+
+    def at_least(n: int) -> Callable[[], bool]:
+        return lambda: done() >= n
 
     proc = await start()
     sch = await schedules.put(js, Q, schedules.Schedule("restart", "echo", "* * * * * *"))
     try:
         for _ in range(2):  # clean: ticks fire meanwhile and wait in the schedule stream
-            target = ran() + 2
-            await eventually(lambda t=target: ran() >= t, timeout=30)
+            await eventually(at_least(done() + 2), timeout=30)
             assert await _stopped(proc) == 0
             await asyncio.sleep(2.5)
             proc = await start()
@@ -212,7 +216,7 @@ async def test_a_worker_restarted_across_ticks_loses_and_doubles_none(nats_serve
             proc.wait()
             await asyncio.sleep(1.2)
             proc = await start()
-        await eventually(lambda: ran() >= clean + 3, timeout=60)
+        await eventually(lambda: done() >= clean + 3, timeout=60)
         await stop_ticks(js, "restart")
         await eventually(lambda: not functions.concurrent, timeout=30)
         want = await expected_ids(js, sch)

@@ -157,9 +157,6 @@ class Worker:
                 rebind=self._bind_due,
             )
         )
-        if s.schedules_file:  # queues.yaml's schedules of this queue: the schedule stream exists now
-            done = await schedules.apply(js, s.queue, schedules.load_file(s.schedules_file), egress)
-            log.info("schedules from %s: %s", s.schedules_file, {k: v for k, v in done.items() if v} or "unchanged")
         self._mover_beat = asyncio.create_task(mover.extender.run())
         self._timer = asyncio.create_task(self._refresh_pending(js))
         self._beat = asyncio.create_task(self.processor.extender.run())
@@ -185,11 +182,16 @@ class Worker:
         return await provision.ensure_consumer(js, durable, self.pauses.until())
 
     async def _bind_due(self) -> JetStreamContext.PullSubscription:
-        """The schedule stream and the consumer that moves due calls into the queue (at start, and when deleted)."""
+        """The schedule stream, the consumer that moves due calls into the queue and the schedules queues.yaml
+        declares (at start, and when deleted)."""
         s, js = self.s, self.js
         assert js is not None
         await provision.ensure_stream(js, jetstream.schedule_stream(s.queue, s.stream_replicas, s.stream_storage))
         await provision.ensure_consumer(js, jetstream.due_consumer(s.queue, s.max_waiting))
+        if s.schedules_file:  # queues.yaml's schedules of this queue, in the stream just ensured (again after a reset)
+            egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
+            done = await schedules.apply(js, s.queue, schedules.load_file(s.schedules_file), egress)
+            log.info("schedules from %s: %s", s.schedules_file, {k: v for k, v in done.items() if v} or "unchanged")
         return await js.pull_subscribe_bind(
             durable=contract.due_durable_name(s.queue), stream=contract.schedule_stream_name(s.queue)
         )
