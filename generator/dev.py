@@ -139,7 +139,7 @@ class Dev:
                 env["JETQUEUE_FUNCTIONS_FILE"] = str(path)
             if "JETQUEUE_SCHEDULES_FILE" in env:  # queues.yaml's cron schedules of the queue, as the chart mounts them
                 path = self.tmp / f"schedules-{name}.json"
-                path.write_text(json.dumps(values["queue"]["schedules"]))
+                path.write_text(json.dumps({"revision": 0, "schedules": values["queue"]["schedules"]}))
                 env["JETQUEUE_SCHEDULES_FILE"] = str(path)
             proc = self._spawn(f"worker {name}", [sys.executable, "-m", "jetqueue", "worker"], env)
             proc.http = f"http://127.0.0.1:{env['JETQUEUE_HTTP_PORT']}"

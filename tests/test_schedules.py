@@ -47,13 +47,17 @@ async def test_apply_reconciles_what_queues_yaml_owns_and_leaves_the_rest(nats_s
 
 async def test_the_worker_applies_its_schedules_file(nats_server, functions, tmp_path):
     path = tmp_path / "schedules.json"
-    path.write_text(json.dumps({"tick": {"function": "echo", "cron": "* * * * * *", "body": "hi"}}))
+    tick = {"function": "echo", "cron": "* * * * * *", "body": "hi"}
+    path.write_text(json.dumps({"revision": 2, "schedules": {"tick": tick}}))
     nc = await connect(nats_server.url)
     js = nc.jetstream()
     async with running_worker(worker_settings(nats_server.url, functions.url_template, schedules_file=str(path))):
         await eventually(lambda: len(functions.completed["echo"]) >= 2, timeout=30)
         assert (await schedules.stored(js, Q))["tick"].owner == FROM_FILE
-    path.write_text("{}")  # removed from queues.yaml: the next worker start removes it
+    path.write_text(json.dumps({"revision": 1, "schedules": {}}))  # a worker of the release before: leaves them
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, schedules_file=str(path))):
+        assert set(await schedules.stored(js, Q)) == {"tick"}
+    path.write_text(json.dumps({"revision": 3, "schedules": {}}))  # removed from queues.yaml: removed at start
     async with running_worker(worker_settings(nats_server.url, functions.url_template, schedules_file=str(path))):
         assert await schedules.stored(js, Q) == {}
     await nc.close()

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.api import KeyValueConfig
+from nats.js.errors import APIError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
 
-from jetqueue import contract, cron, provision
+from jetqueue import contract, cron, keyvalue, provision
 from jetqueue.contract import jetstream
 from jetqueue.cron import Cron
 from jetqueue.egress import Egress
@@ -181,16 +183,18 @@ def _float(text: str) -> float:
         return 0.0
 
 
-def load_file(path: str) -> list[Schedule]:
-    """The schedules file the generator renders for a queue's workers (JETQUEUE_SCHEDULES_FILE): queues.yaml's
-    `schedules:` of that queue, `{"<name>": {"function": ..., "cron": ..., ...}}`."""
+def load_file(path: str) -> tuple[int, list[Schedule]]:
+    """The schedules file the queue-worker chart mounts (JETQUEUE_SCHEDULES_FILE): queues.yaml's `schedules:` of
+    the queue and the Helm release's revision, `{"revision": 7, "schedules": {"<name>": {"function": ...}}}`."""
     with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise ScheduleError(f"{path}: expected a JSON object of schedules by name")
+        top = json.load(f)
+    data = top.get("schedules") if isinstance(top, dict) else None
+    revision = top.get("revision", 0) if isinstance(top, dict) else None
+    if not isinstance(data, dict) or not isinstance(revision, int):
+        raise ScheduleError(f'{path}: expected {{"revision": <number>, "schedules": {{<name>: {{...}}}}}}')
     if bad := [name for name, spec in data.items() if not isinstance(spec, dict | None)]:
         raise ScheduleError(f"{path}: schedule {bad[0]!r} is not an object")
-    return [Schedule.from_json(name, spec or {}) for name, spec in sorted(data.items())]
+    return revision, [Schedule.from_json(name, spec or {}) for name, spec in sorted(data.items())]
 
 
 async def stored(js: JetStreamContext, queue: str) -> dict[str, Schedule]:
@@ -233,13 +237,41 @@ async def remove(js: JetStreamContext, queue: str, name: str) -> None:
         log.debug("schedule record of %s.%s not removed: %r", queue, name, e)
 
 
+async def _claim(js: JetStreamContext, kv: KeyValue, queue: str, revision: int) -> int | None:
+    """Record that workers of release `revision` apply queue's schedules now; None when a newer revision's workers
+    did already (a worker of the release before restarting during a rollout must not bring back the old ones).
+    Returns the revision it replaced."""
+    key = contract.cron_applied_key(queue)
+    for _ in range(5):
+        found = await keyvalue.latest(js, contract.SCHEDULE_BUCKET, key)
+        applied = int(json.loads(found[0]).get("revision", 0)) if found else 0
+        if applied > revision:
+            return None
+        value = json.dumps({"revision": revision, "at": round(time.time(), 3)}).encode()
+        try:
+            await (kv.create(key, value) if found is None else kv.update(key, value, last=found[1]))
+            return applied
+        except KeyWrongLastSequenceError:  # another worker claimed meanwhile: read again
+            continue
+    raise ScheduleError(f"the schedules of queue {queue} kept being claimed by other workers")
+
+
 async def apply(
-    js: JetStreamContext, queue: str, wanted: list[Schedule], egress: Egress | None = None
+    js: JetStreamContext,
+    queue: str,
+    wanted: list[Schedule],
+    egress: Egress | None = None,
+    revision: int = 0,
+    bucket: KeyValueConfig | None = None,
 ) -> dict[str, list[str]]:
     """Bring the schedules queues.yaml owns in `queue` to `wanted`: create the missing, replace the changed,
     remove those no longer declared; schedules added by `jetqueue schedule add` are left alone (one of the same
-    name is taken over). Idempotent: an unchanged schedule is not stored again, so its ticks run on. Returns
-    the names created, replaced, removed and refused (a refused one is logged with why; the others still apply)."""
+    name is taken over). Idempotent: an unchanged schedule is not stored again, so its ticks run on. With the
+    schedules `bucket`, only if no workers of a later Helm `revision` applied theirs already. Returns the names
+    created, replaced, removed and refused (a refused one is logged with why; the others still apply)."""
+    if bucket is not None and await _claim(js, await provision.ensure_bucket(js, bucket), queue, revision) is None:
+        log.warning("schedules of queue %s: a later release's workers applied theirs; left as they are", queue)
+        return {"kept": sorted(await stored(js, queue))}
     have = await stored(js, queue)
     done: dict[str, list[str]] = {"created": [], "replaced": [], "removed": [], "refused": []}
     for s in wanted:

@@ -73,7 +73,8 @@ async def test_worker_applies_what_nack_renders(nats_server, functions, tmp_path
     cfg = result.config
     values = worker_values(cfg, "billing")
     env = envmap.worker_env(values)
-    (tmp_path / "schedules.json").write_text(json.dumps(values["queue"]["schedules"]))  # the chart mounts it
+    schedules = {"revision": 1, "schedules": values["queue"]["schedules"]}
+    (tmp_path / "schedules.json").write_text(json.dumps(schedules))  # the chart mounts it
     env.update(
         JETQUEUE_SCHEDULES_FILE=str(tmp_path / "schedules.json"),
         JETQUEUE_NATS_URL=nats_server.url,

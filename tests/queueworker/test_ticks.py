@@ -150,6 +150,34 @@ async def test_ticks_the_server_missed_are_made_up_once(nats_server):
     assert sch.name == "gap"
 
 
+async def test_a_catch_up_the_full_queue_interrupts_goes_on_where_it_stopped(nats_server):
+    """The queue refuses the third made-up call: the two stored are recorded one by one, so the due message offered
+    again stores the rest only, however long after (no duplicate window needed)."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    _, due = await _due_messages(js, Q, "full", 1)
+    tick = Tick("full", 10_000.0, cron.parse("*/10 * * * * *"), since=0.0)
+    kv = await provision.ensure_bucket(js, jetstream.schedule_bucket())
+    await kv.put(contract.cron_key(Q, "full"), json.dumps({"last": 9_950.0}).encode())
+    stored: list[str] = []
+    room = [2]
+
+    async def publish(h):
+        if not room[0]:
+            return False  # as the Mover does: the due message was put back
+        room[0] -= 1
+        stored.append(h[contract.H_CALL_ID])
+        return True
+
+    ticks = Ticks(js, Q, jetstream.schedule_bucket(), WorkerMetrics())
+    await ticks.move(due[0], tick, "echo", {}, publish)
+    assert (await record(js, "full"))["last"] == 9_970.0
+    room[0] = 10
+    await ticks.move(due[0], tick, "echo", {}, publish)
+    await nc.close()
+    assert stored == [contract.cron_call_id(Q, "full", t) for t in (9_960, 9_970, 9_980, 9_990, 10_000)]
+
+
 async def test_two_workers_make_each_tick_once(nats_server, functions):
     nc = await connect(nats_server.url)
     js = nc.jetstream()

@@ -185,6 +185,12 @@ def cron_key(queue: str, name: str) -> str:
     return f"{queue}.{name}"
 
 
+def cron_applied_key(queue: str) -> str:
+    """The schedules bucket's record of the Helm revision whose workers last applied queue's schedules (a schedule
+    name is a DNS-1123 label, so `_applied` is no schedule's key)."""
+    return f"{queue}._applied"
+
+
 def cron_call_id(queue: str, name: str, tick: float) -> str:
     """The call of one tick: the same for every delivery of the tick (at most 5 + 40 + 63 + 16 + 2 = 126
     characters, within CALL_ID), readable: `cron.<queue>.<schedule>.<UTC time, whole seconds>`."""

@@ -190,7 +190,9 @@ class Worker:
         await provision.ensure_consumer(js, jetstream.due_consumer(s.queue, s.max_waiting))
         if s.schedules_file:  # queues.yaml's schedules of this queue, in the stream just ensured (again after a reset)
             egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
-            done = await schedules.apply(js, s.queue, schedules.load_file(s.schedules_file), egress)
+            revision, wanted = schedules.load_file(s.schedules_file)
+            bucket = jetstream.schedule_bucket(s.stream_replicas, s.stream_storage)
+            done = await schedules.apply(js, s.queue, wanted, egress, revision, bucket)
             log.info("schedules from %s: %s", s.schedules_file, {k: v for k, v in done.items() if v} or "unchanged")
         return await js.pull_subscribe_bind(
             durable=contract.due_durable_name(s.queue), stream=contract.schedule_stream_name(s.queue)
