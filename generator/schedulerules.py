@@ -19,7 +19,18 @@ def check_schedules(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
     routed = {fn: q for q, spec in queues.items() for fn in spec.get("functions") or []}
     hosts = ",".join((data.get("gateway") or {}).get("callbackHosts") or [])
     egress = Egress.parse(hosts, "")  # blocked networks are the runtime's setting: checked there, on connecting
+    defaults = (data.get("defaults") or {}).get("autoscaling") or {}
     for qname, q in queues.items():
+        scaling = {**defaults, **(q.get("autoscaling") or {})}
+        if q.get("schedules") and scaling.get("type") == "keda" and scaling.get("minReplicas", 1) == 0:
+            path = ("queues", qname, "schedules")
+            yield Problem(
+                *src.where(path, key=True),
+                path,
+                "autoscaling may scale this queue to zero workers, and KEDA scales on the queue's pending calls, not "
+                "on due ticks: with no worker, no tick becomes a call. Keep autoscaling.minReplicas at 1 or more",
+                "warning",
+            )
         for name, spec in (q.get("schedules") or {}).items():
             base: Path = ("queues", qname, "schedules", name)
             schedule = Schedule.from_json(name, spec or {})

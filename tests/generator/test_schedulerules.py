@@ -63,6 +63,18 @@ def test_every_schedule_problem_at_its_place():
     ]
 
 
+def test_a_queue_that_may_scale_to_zero_is_warned():
+    text = (
+        "queues:\n  faas-request:\n    autoscaling: {type: keda, minReplicas: 0}\n"
+        "    schedules:\n      tick: {function: echo, cron: '@hourly'}\n"
+    )
+    result = validate_text(text)
+    assert result.config is not None
+    (warning,) = result.problems
+    assert warning.severity == "warning" and warning.path == ("queues", "faas-request", "schedules")
+    assert "no tick becomes a call" in warning.message
+
+
 def test_a_good_schedule_resolves_with_its_defaults():
     text = "queues:\n  faas-request:\n    schedules:\n      tick: {function: echo, cron: '*/10 * * * *'}\n"
     result = validate_text(text)

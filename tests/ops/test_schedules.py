@@ -52,10 +52,12 @@ async def test_add_list_rm(nats_server):
         refused = await run(url, "schedule", *args)
         assert refused.returncode == 1 and "declared in queues.yaml (queues.jobs.schedules.daily)" in refused.stderr
 
+    forced = await run(url, "schedule", "rm", Q, "daily", "--force")  # a queue gone from queues.yaml: its schedules
+    assert forced.returncode == 0 and "removed schedule daily" in forced.stdout
     assert (await run(url, "schedule", "rm", Q, "nightly")).returncode == 0
     missing = await run(url, "schedule", "rm", Q, "nightly")
     assert missing.returncode == 1 and "has no schedule 'nightly'" in missing.stderr
-    assert set(await schedules.stored(js, Q)) == {"daily"}
+    assert await schedules.stored(js, Q) == {}
     await nc.close()
 
 

@@ -163,11 +163,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     a.add_argument("queue", nargs="?", help="one queue (default: every queue)")
     nats_args(a)
     a.set_defaults(func=lambda x: _ops(x, lambda nc: schedules.schedule_list(nc.jetstream(), x.queue)))
-    a = actions.add_parser("rm", help="remove a schedule (not one queues.yaml declares)")
+    a = actions.add_parser("rm", help="remove a schedule (not one queues.yaml declares, unless --force)")
     a.add_argument("queue", type=pauses.queue_argument)
     a.add_argument("name")
+    a.add_argument(
+        "--force",
+        action="store_true",
+        help="remove it even if queues.yaml declares it (a queue removed from queues.yaml keeps its schedules; "
+        "a worker applying a queues.yaml that still declares it makes it again)",
+    )
     nats_args(a)
-    a.set_defaults(func=lambda x: _ops(x, lambda nc: schedules.schedule_rm(nc.jetstream(), x.queue, x.name)))
+    a.set_defaults(func=lambda x: _ops(x, lambda nc: schedules.schedule_rm(nc.jetstream(), x.queue, x.name, x.force)))
 
 
 def _settings_for_cli(nats_url: str | None) -> SharedSettings:

@@ -78,6 +78,7 @@ def _owned(queue: str, name: str, verb: str) -> OpsError:
     return OpsError(
         f"schedule {name!r} of queue {queue!r} is declared in queues.yaml (queues.{queue}.schedules.{name}) and "
         f"applied by the queue's workers at every start: {verb} it there and roll the workers out"
+        + (" (or, for a queue that has no workers any more, --force)" if verb == "remove" else "")
     )
 
 
@@ -103,11 +104,13 @@ async def schedule_add(
     return 0
 
 
-async def schedule_rm(js: JetStreamContext, queue: str, name: str, out: TextIO = sys.stdout) -> int:
+async def schedule_rm(
+    js: JetStreamContext, queue: str, name: str, force: bool = False, out: TextIO = sys.stdout
+) -> int:
     have = (await schedules.stored(js, queue)).get(name)
     if have is None:
         raise OpsError(f"queue {queue!r} has no schedule {name!r} (see `jetqueue schedule list {queue}`)")
-    if have.owner == schedules.FROM_FILE:
+    if have.owner == schedules.FROM_FILE and not force:
         raise _owned(queue, name, "remove")
     await schedules.remove(js, queue, name)
     out.write(f"removed schedule {name} from queue {queue}: no tick after now makes a call\n")
