@@ -23,10 +23,10 @@ def check_schedules(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
     for qname, q in queues.items():
         scaling = {**defaults, **(q.get("autoscaling") or {})}
         if q.get("schedules") and scaling.get("type") == "keda" and scaling.get("minReplicas", 1) == 0:
-            path = ("queues", qname, "schedules")
+            at: Path = ("queues", qname, "schedules")
             yield Problem(
-                *src.where(path, key=True),
-                path,
+                *src.where(at, key=True),
+                at,
                 "autoscaling may scale this queue to zero workers, and KEDA scales on the queue's pending calls, not "
                 "on due ticks: with no worker, no tick becomes a call. Keep autoscaling.minReplicas at 1 or more",
                 "warning",

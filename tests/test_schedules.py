@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -19,6 +20,12 @@ Q = contract.DEFAULT_QUEUE
 
 def declared(name: str, cron: str = "@hourly", **kw) -> Schedule:
     return Schedule(name, kw.pop("function", "report"), cron, owner=FROM_FILE, **kw)
+
+
+async def applied(worker) -> None:
+    """The worker applies its schedules beside its start: wait until it did."""
+    assert worker._schedules is not None
+    await asyncio.wait_for(worker._schedules, 30)
 
 
 async def seq(js, name: str) -> int:
@@ -55,10 +62,12 @@ async def test_the_worker_applies_its_schedules_file(nats_server, functions, tmp
         await eventually(lambda: len(functions.completed["echo"]) >= 2, timeout=30)
         assert (await schedules.stored(js, Q))["tick"].owner == FROM_FILE
     path.write_text(json.dumps({"revision": 1, "schedules": {}}))  # a worker of the release before: leaves them
-    async with running_worker(worker_settings(nats_server.url, functions.url_template, schedules_file=str(path))):
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, schedules_file=str(path))) as w:
+        await applied(w)
         assert set(await schedules.stored(js, Q)) == {"tick"}
     path.write_text(json.dumps({"revision": 3, "schedules": {}}))  # removed from queues.yaml: removed at start
-    async with running_worker(worker_settings(nats_server.url, functions.url_template, schedules_file=str(path))):
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, schedules_file=str(path))) as w:
+        await applied(w)
         assert await schedules.stored(js, Q) == {}
     await nc.close()
     assert functions.requests[0]["body"] == b"hi"

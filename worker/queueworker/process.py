@@ -46,6 +46,7 @@ log = logging.getLogger("jetqueue.worker")
 PENDING_REFRESH = 5.0
 CANCELS_READY_WAIT = 10.0
 MOVE_AT_ONCE = 64  # due calls moved into the work stream at once
+SCHEDULES_RETRY = 5.0  # seconds between attempts to apply queues.yaml's schedules
 
 
 class Worker:
@@ -64,6 +65,7 @@ class Worker:
         self._sender: asyncio.Task[None] | None = None
         self._mover_beat: asyncio.Task[None] | None = None
         self._cancel_watch: asyncio.Task[None] | None = None
+        self._schedules: asyncio.Task[None] | None = None  # applying queues.yaml's schedules
         self.cancels: CancelWatch | None = None
         self.status: StatusWriter | None = None
         self._stop = asyncio.Event()
@@ -97,12 +99,11 @@ class Worker:
         self.status = status = StatusWriter(store)
         await status.start()
         self.invoker = Invoker(s.function_url, s.max_inflight)
-        egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
         self.callbacks = CallbackSender(
             js,
             s.queue,
             self.metrics,
-            egress,
+            Egress.parse(s.callback_hosts, s.callback_blocked_networks),
             self.nc.max_payload,
             attempts=s.callback_attempts,
             max_wait=s.callback_max_wait,
@@ -188,15 +189,27 @@ class Worker:
         assert js is not None
         await provision.ensure_stream(js, jetstream.schedule_stream(s.queue, s.stream_replicas, s.stream_storage))
         await provision.ensure_consumer(js, jetstream.due_consumer(s.queue, s.max_waiting))
-        if s.schedules_file:  # queues.yaml's schedules of this queue, in the stream just ensured (again after a reset)
-            egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
-            revision, wanted = schedules.load_file(s.schedules_file)
-            bucket = jetstream.schedule_bucket(s.stream_replicas, s.stream_storage)
-            done = await schedules.apply(js, s.queue, wanted, egress, revision, bucket)
-            log.info("schedules from %s: %s", s.schedules_file, {k: v for k, v in done.items() if v} or "unchanged")
+        if s.schedules_file and (self._schedules is None or self._schedules.done()):  # in the stream just ensured
+            self._schedules = asyncio.create_task(self._apply_schedules(js), name="schedules")
         return await js.pull_subscribe_bind(
             durable=contract.due_durable_name(s.queue), stream=contract.schedule_stream_name(s.queue)
         )
+
+    async def _apply_schedules(self, js: JetStreamContext) -> None:
+        """queues.yaml's schedules of this queue (schedules.apply), beside the start: calls flow meanwhile, and a
+        failure (NATS, the bucket) is tried again until they are applied."""
+        s = self.s
+        egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
+        bucket = jetstream.schedule_bucket(s.stream_replicas, s.stream_storage)
+        while True:
+            try:
+                revision, wanted = schedules.load_file(s.schedules_file)
+                done = await schedules.apply(js, s.queue, wanted, egress, revision, bucket)
+                log.info("schedules from %s: %s", s.schedules_file, {k: v for k, v in done.items() if v} or "unchanged")
+                return
+            except Exception as e:
+                log.warning("cannot apply the schedules of %s yet: %r", s.schedules_file, e)
+                await asyncio.sleep(SCHEDULES_RETRY)
 
     async def _restore_work_stream(self) -> None:
         """A due call found no work stream (deleted underneath): set the queue up again."""
@@ -298,7 +311,7 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
         if self.status is not None:  # the last records, before the connection goes
             await self.status.close(timeout=5.0)
-        for timer in (self._timer, self._beat, self._mover_beat, self._cancel_watch):
+        for timer in (self._timer, self._beat, self._mover_beat, self._cancel_watch, self._schedules):
             if timer:
                 timer.cancel()
         if self.pauses:
@@ -327,7 +340,7 @@ async def run(settings: WorkerSettings) -> int:
         loop.add_signal_handler(sig, worker.request_stop)
     try:
         await worker.start()
-    except (provision.StreamSetupError, schedules.ScheduleError, ConnectionError, OSError) as e:
+    except (provision.StreamSetupError, ConnectionError, OSError) as e:
         log.error("cannot start: %s", e)
         await worker.stop()
         return 1
