@@ -137,6 +137,10 @@ class Dev:
                 path = self.tmp / f"functions-{name}.json"
                 path.write_text(json.dumps(values["queue"]["functions"]))
                 env["JETQUEUE_FUNCTIONS_FILE"] = str(path)
+            if "JETQUEUE_SCHEDULES_FILE" in env:  # queues.yaml's cron schedules of the queue, as the chart mounts them
+                path = self.tmp / f"schedules-{name}.json"
+                path.write_text(json.dumps({"revision": 0, "schedules": values["queue"]["schedules"]}))
+                env["JETQUEUE_SCHEDULES_FILE"] = str(path)
             proc = self._spawn(f"worker {name}", [sys.executable, "-m", "jetqueue", "worker"], env)
             proc.http = f"http://127.0.0.1:{env['JETQUEUE_HTTP_PORT']}"
         gw_values = gateway_values(cfg)

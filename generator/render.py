@@ -205,6 +205,7 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
                 }
                 for fn, ov in sorted(q["functionOverrides"].items())
             },
+            "schedules": {name: dict(spec) for name, spec in sorted(q["schedules"].items())},
         },
         "nats": _nats_client(cfg),
         "logs": dict(q["logs"]),

@@ -11,6 +11,7 @@ from jetqueue.contract import jetstream
 from jetqueue.durations import format_duration, parse_duration
 from jetqueue.generator import model
 from jetqueue.generator.problems import Path, Problem
+from jetqueue.generator.schedulerules import check_schedules
 from jetqueue.generator.source import Source
 
 MIN_ACK_WAIT = 2.0
@@ -328,4 +329,5 @@ CHECKS: list[Check] = [
     check_body_size,
     check_autoscaling,
     check_partitions,
+    check_schedules,
 ]

@@ -442,7 +442,9 @@ def test_generated_values_match_chart_values_shape():
         for k, v in d.items():
             p = f"{prefix}.{k}" if prefix else k
             out.add(p)
-            if k not in ("functions", "routes", "queues", "resources") or not prefix.startswith(("queue", "gateway")):
+            if k not in ("functions", "schedules", "routes", "queues", "resources") or not prefix.startswith(
+                ("queue", "gateway")
+            ):
                 out |= keys(v, p)
         return out
 

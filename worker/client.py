@@ -34,6 +34,7 @@ async def submit_http(
     session: aiohttp.ClientSession | None = None,
     attempts: int = 3,
     delay: float = 0.0,
+    failure_callback_url: str = "",
 ) -> str:
     """POST /async-function/<function>; returns the call id once the gateway stored the call (202).
 
@@ -46,6 +47,8 @@ async def submit_http(
         h["X-Not-Before"] = f"{time.time() + delay:.3f}"
     if callback_url:
         h["X-Callback-Url"] = callback_url
+    if failure_callback_url:  # called only when the call ends failed
+        h["X-Failure-Callback-Url"] = failure_callback_url
     if token:
         h["Authorization"] = f"Bearer {token}"
     url = f"{gateway.rstrip('/')}/async-function/{function}"
@@ -86,6 +89,7 @@ async def submit_nats(
     delay: float = 0.0,
     partitions: int = 1,
     partition_key: str = "",
+    failure_callback_url: str = "",
 ) -> str:
     """Publish by the message contract and wait for JetStream's PubAck; returns the call id. With `delay`
     (seconds), the call is held in the queue's schedule stream until then (the queue's worker must have set it
@@ -101,6 +105,7 @@ async def submit_nats(
         function=function,
         body=body,
         callback_url=callback_url,
+        failure_callback_url=failure_callback_url,
         headers=dict(headers or {}),
         not_before=time.time() + delay if delay > 0 else 0.0,
         partition_key=partition_key,

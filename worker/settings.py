@@ -241,6 +241,13 @@ class WorkerSettings(SharedSettings):
         file="/etc/jetqueue/functions.json",
         if_set=True,
     )
+    schedules_file: str = _f(
+        "",
+        "JSON file of the queue's cron schedules (queues.yaml `schedules:`), from the generator: applied at start, "
+        "each created, replaced or removed to match. Empty = the schedules stored are left as they are.",
+        values="queue.schedules",
+        file="/etc/jetqueue/schedules.json",
+    )
     callback_attempts: int = _f(
         20,
         "Attempts to deliver a callback (stored in JetStream) before it becomes a dead letter.",

@@ -309,3 +309,10 @@ def rate_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
     (queueworker/ratelimit.py). No TTL: a key is a few bytes, and one expired while it points ahead would let a
     burst through."""
     return _bucket(names.RATE_BUCKET, "jetqueue dispatch rates", None, replicas, storage)
+
+
+def schedule_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
+    """Each cron schedule's last tick that became a call, key `<queue>.<schedule>` (queueworker/ticks.py): what
+    makes a tick delivered twice, or fired twice by the server, one call. No TTL: a record is a few bytes, and one
+    expired would let a late duplicate of its tick through."""
+    return _bucket(names.SCHEDULE_BUCKET, "jetqueue cron schedules", None, replicas, storage)

@@ -5,10 +5,10 @@ Anyone with a NATS client can enqueue a call by following it (README, "Message c
 * subject ``<queue>.<function>``; ``function`` is ``name`` or ``name.namespace``;
 * payload: the raw request body, byte for byte;
 * headers: ``Nats-Msg-Id`` and ``X-Call-Id`` (the call id), ``X-Start-Time`` (unix ns),
-  ``Jq-Method``, ``Jq-Path``, ``Jq-Query``, ``Jq-Callback-Url``, ``Jq-Partition-Key`` (the caller's
-  ``X-Partition-Key``), and each original HTTP header that should reach the function as ``Jq-Header-<Name>``; a
-  call that waited for its time carries ``Jq-Not-Before`` (unix seconds) and, as a retry, ``Jq-Attempts`` (the
-  attempts already made).
+  ``Jq-Method``, ``Jq-Path``, ``Jq-Query``, ``Jq-Callback-Url``, ``Jq-Failure-Callback-Url``, ``Jq-Partition-Key``
+  (the caller's ``X-Partition-Key``), and each original HTTP header that should reach the function as
+  ``Jq-Header-<Name>``; a call that waited for its time carries ``Jq-Not-Before`` (unix seconds) and, as a retry,
+  ``Jq-Attempts`` (the attempts already made).
 
 A partitioned queue's calls of partition p >= 1 are on ``<queue>_P<p>.<function>`` (contract/partitions.py).
 
@@ -40,6 +40,7 @@ H_PATH = "Jq-Path"
 H_QUERY = "Jq-Query"
 H_CALLBACK = "Jq-Callback-Url"
 H_PARTITION_KEY = "Jq-Partition-Key"  # the caller's X-Partition-Key: a due or replayed call finds its partition again
+H_FAILURE_CALLBACK = "Jq-Failure-Callback-Url"  # called only when the call ends failed (dead letter or expired)
 H_CALLBACK_ATTEMPT = "Jq-Callback-Attempt"  # on a stored callback: the delivery attempt it is waiting for
 H_CALLBACK_KEY = "Jq-Callback-Key"  # on a stored callback, every attempt: its one dead letter's id
 H_CALLBACK_BUSY = "Jq-Callback-Busy"  # on a stored callback: times in a row its receiver did not answer
@@ -85,6 +86,7 @@ _NOT_FORWARDED = frozenset(
         "Proxy-Connection",
         "Content-Length",
         "X-Callback-Url",
+        "X-Failure-Callback-Url",
         "X-Call-Id",
         "X-Start-Time",
         "X-Delay",
@@ -140,6 +142,7 @@ class Call:
     path: str = ""
     query: str = ""
     callback_url: str = ""
+    failure_callback_url: str = ""
     start_time_ns: int = field(default_factory=time.time_ns)
     headers: dict[str, str] = field(default_factory=dict)
     not_before: float = 0.0  # unix seconds; 0: not scheduled
@@ -166,6 +169,8 @@ class Call:
             h[H_CALLBACK] = self.callback_url
         if self.partition_key:
             h[H_PARTITION_KEY] = self.partition_key
+        if self.failure_callback_url:
+            h[H_FAILURE_CALLBACK] = self.failure_callback_url
         for k, v in self.headers.items():
             h[H_FORWARD + k] = v
         return h
@@ -278,6 +283,7 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_i
         path=path,
         query=query,
         callback_url=h.get(H_CALLBACK, ""),
+        failure_callback_url=h.get(H_FAILURE_CALLBACK, ""),
         start_time_ns=start,
         headers=forwarded,
         not_before=not_before,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 
 DEFAULT_QUEUE = "faas-request"
 STREAM_PREFIX = "OF_"
@@ -34,6 +35,9 @@ LEGACY_STATUS_BUCKET = "jetqueue-calls"
 LEGACY_CANCEL_BUCKET = "jetqueue-cancels"
 PAUSE_BUCKET = "jetqueue-pauses"  # pause records, keyed by `pause_key` (jetqueue/pauses.py)
 RATE_BUCKET = "jetqueue-rates"  # dispatch-rate state, keyed by `rate_key` (queueworker/ratelimit.py)
+SCHEDULE_BUCKET = "jetqueue-schedules"  # each cron schedule's last tick, keyed by `cron_key` (queueworker/ticks.py)
+CRON_CALL_PREFIX = "cron"  # a tick's call id: `cron_call_id`
+MAX_SCHEDULE_NAME = 63  # a DNS-1123 label: it names the schedule's subject, record key, metric label and call ids
 MAX_QUEUE_NAME = 40  # it names the stream, the consumers and the Helm release
 PARTITION_MARK = "_P"  # partition p >= 1 of queue q: `q_P<p>` (stream OF_q_P<p>, subjects q_P<p>.<function>)
 MAX_PARTITIONS = 32  # partitions of one queue, at most (queues.yaml `partitions`)
@@ -205,6 +209,39 @@ def function_of_held(queue: str, subject: str) -> str:
     """The function of a held call's subject (`schedule_subject`), or '' for another subject."""
     prefix = f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.at."
     return subject[len(prefix) :].rpartition(".")[0] if subject.startswith(prefix) else ""
+
+
+def cron_subject(queue: str, name: str) -> str:
+    """A cron schedule (a repeating message schedule): the server fires it onto a due subject at every tick."""
+    return f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.cron.{name}"
+
+
+def cron_subjects(queue: str) -> str:
+    return f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.cron.>"
+
+
+def schedule_of_cron(queue: str, subject: str) -> str:
+    """The schedule name of a cron schedule's subject (`cron_subject`; the `Nats-Scheduler` of its ticks), or ''."""
+    prefix = f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.cron."
+    return subject[len(prefix) :] if subject.startswith(prefix) else ""
+
+
+def cron_key(queue: str, name: str) -> str:
+    """A cron schedule's record in the schedules bucket: its last tick made a call."""
+    return f"{queue}.{name}"
+
+
+def cron_applied_key(queue: str) -> str:
+    """The schedules bucket's record of the Helm revision whose workers last applied queue's schedules (a schedule
+    name is a DNS-1123 label, so `_applied` is no schedule's key)."""
+    return f"{queue}._applied"
+
+
+def cron_call_id(queue: str, name: str, tick: float) -> str:
+    """The call of one tick: the same for every delivery of the tick (at most 5 + 40 + 63 + 16 + 2 = 126
+    characters, within CALL_ID), readable: `cron.<queue>.<schedule>.<UTC time, whole seconds>`."""
+    when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(int(tick)))
+    return f"{CRON_CALL_PREFIX}.{queue}.{name}.{when}"
 
 
 def due_durable_name(queue: str) -> str:

@@ -29,6 +29,7 @@ log = logging.getLogger("jetqueue.gateway")
 RETRY_AFTER = "5"
 MAX_FUNCTION_NAME = 253  # a DNS-1123 subdomain
 PREFIX = "/async-function/"
+FAILURE_CALLBACK = "X-Failure-Callback-Url"  # called only when the call ends failed (QStash's Upstash-Failure-Callback)
 # Room kept in every stored call for the metadata a dead letter adds (deadletter.py fits it in this).
 DEAD_LETTER_ROOM = 1024
 STORED_OVERHEAD = 64  # what JetStream adds to a stored message's size beyond subject, headers and body (bound)
@@ -69,6 +70,10 @@ class Accept:
         if callback and (reason := self.egress.url_problem(callback)):
             self.metrics.count(name, queue, 400, request.method)
             return problem(400, reason)
+        failure_callback = request.headers.get(FAILURE_CALLBACK, "")
+        if failure_callback and (reason := self.egress.url_problem(failure_callback, FAILURE_CALLBACK)):
+            self.metrics.count(name, queue, 400, request.method)
+            return problem(400, reason)
         # The path as the client sent it (still percent-encoded): what the worker will send on, unchanged.
         raw_path, own = request.rel_url.raw_path, PREFIX + name
         if not raw_path.startswith(own):
@@ -96,6 +101,7 @@ class Accept:
             path=path,
             query=query,
             callback_url=callback,
+            failure_callback_url=failure_callback,
             headers=headers,
             not_before=when,
             partition_key=key,

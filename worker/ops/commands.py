@@ -11,7 +11,7 @@ from typing import Any
 
 from jetqueue import contract, logs
 from jetqueue.durations import parse_duration
-from jetqueue.ops import deadletters, pauses, queues, status
+from jetqueue.ops import deadletters, pauses, queues, schedules, status
 from jetqueue.settings import GatewaySettings, SettingsError, SharedSettings, WorkerSettings
 
 ENV_HELP = "Every setting is an environment variable; see README.md, 'Runtime settings'."
@@ -50,6 +50,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("function", help="function name (name or name.namespace)")
     p.add_argument("--data", default="", help="body: text, @FILE, or - for standard input")
     p.add_argument("--callback", default="", help="callback URL")
+    p.add_argument("--failure-callback", default="", metavar="URL", help="callback URL called only if the call fails")
     p.add_argument("--header", action="append", default=[], metavar="K=V", help="a header for the function")
     p.add_argument("--call-id", default="", help="call id (default: a new UUID)")
     p.add_argument(
@@ -149,6 +150,43 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     nats_args(p)
     p.set_defaults(func=cmd_dlq)
 
+    p = sub.add_parser(
+        "schedule",
+        help="add, list or remove cron schedules (a call at every tick, exactly once)",
+        description=schedules.HELP,
+        epilog=schedules.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="{add,list,rm}")
+    a = actions.add_parser("add", help="add a schedule (or replace one with --replace)", description=schedules.HELP)
+    a.add_argument("queue", type=pauses.queue_argument, help="the queue whose worker makes the calls")
+    a.add_argument("name", help="a DNS-1123 label; it names the calls: cron.<queue>.<name>.<UTC time>")
+    a.add_argument("--function", required=True, help="function to call (name or name.namespace)")
+    a.add_argument("--cron", required=True, metavar="EXPR", help='cron expression, e.g. "0 0 2 * * *" or "@hourly"')
+    a.add_argument("--time-zone", default="UTC", metavar="ZONE", help="IANA time zone of the expression (default UTC)")
+    a.add_argument("--data", default="", help="body of every call: text, @FILE, or - for standard input")
+    a.add_argument("--header", action="append", default=[], metavar="K=V", help="a header for the function")
+    a.add_argument("--callback", default="", metavar="URL", help="callback URL of every call")
+    a.add_argument("--failure-callback", default="", metavar="URL", help="called only when a call ends failed")
+    a.add_argument("--replace", action="store_true", help="replace a schedule of that name added before")
+    nats_args(a)
+    a.set_defaults(func=cmd_schedule_add)
+    a = actions.add_parser("list", help="every schedule: function, cron, zone, next run, last run")
+    a.add_argument("queue", nargs="?", help="one queue (default: every queue)")
+    nats_args(a)
+    a.set_defaults(func=lambda x: _ops(x, lambda nc: schedules.schedule_list(nc.jetstream(), x.queue)))
+    a = actions.add_parser("rm", help="remove a schedule (not one queues.yaml declares, unless --force)")
+    a.add_argument("queue", type=pauses.queue_argument)
+    a.add_argument("name")
+    a.add_argument(
+        "--force",
+        action="store_true",
+        help="remove it even if queues.yaml declares it (a queue removed from queues.yaml keeps its schedules; "
+        "a worker applying a queues.yaml that still declares it makes it again)",
+    )
+    nats_args(a)
+    a.set_defaults(func=lambda x: _ops(x, lambda nc: schedules.schedule_rm(nc.jetstream(), x.queue, x.name, x.force)))
+
 
 def _settings_for_cli(nats_url: str | None) -> SharedSettings:
     s = SharedSettings.from_env()
@@ -184,6 +222,37 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             args, lambda nc: deadletters.dlq_replay(nc, args.queue, args.function, args.call_id, queues.ask(args.yes))
         )
     return _ops(args, lambda nc: deadletters.dlq_purge(nc.jetstream(), args.queue, args.function, queues.ask(args.yes)))
+
+
+def cmd_schedule_add(args: argparse.Namespace) -> int:
+    from jetqueue.egress import Egress
+    from jetqueue.schedules import Schedule
+
+    try:
+        headers = dict(h.split("=", 1) for h in args.header)
+        body = _body(args.data)
+        shared = _settings_for_cli(args.nats_url)
+        egress = Egress.parse(shared.callback_hosts, shared.callback_blocked_networks)
+    except (OSError, ValueError, SettingsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    schedule = Schedule(
+        name=args.name,
+        function=args.function,
+        cron=args.cron,
+        time_zone=args.time_zone,
+        body=body,
+        headers=headers,
+        callback_url=args.callback,
+        failure_callback_url=args.failure_callback,
+    )
+    if problems := schedule.problems(egress):
+        flags = {"name": "NAME", "timeZone": "--time-zone", "callbackUrl": "--callback", "body": "--data"}
+        flags |= {"failureCallbackUrl": "--failure-callback", "headers": "--header"}
+        for key, message in problems:
+            print(f"error: {flags.get(key, '--' + key)}: {message}", file=sys.stderr)
+        return 2
+    return _ops(args, lambda nc: schedules.schedule_add(nc.jetstream(), args.queue, schedule, egress, args.replace))
 
 
 def _body(data: str) -> bytes:
@@ -223,6 +292,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 args.call_id,
                 token=os.environ.get("JETQUEUE_AUTH_TOKEN", ""),
                 delay=delay,
+                failure_callback_url=args.failure_callback,
             )
         from jetqueue.connection import connect
 
@@ -239,6 +309,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 delay=delay,
                 partitions=args.partitions,
                 partition_key=args.partition_key,
+                failure_callback_url=args.failure_callback,
             )
         finally:
             await nc.close()
@@ -268,6 +339,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from jetqueue.queueworker.policy import Policies
 
         Policies.from_settings(settings)  # a bad overrides file fails now, not at the first call
+        if settings.schedules_file:
+            from jetqueue.schedules import ScheduleError, load_file
+
+            try:
+                load_file(settings.schedules_file)
+            except (OSError, ValueError, ScheduleError) as e:
+                raise SettingsError(f"JETQUEUE_SCHEDULES_FILE: {e}") from None
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -36,42 +36,52 @@ async def _queued(js: JetStreamContext, queue: str) -> tuple[list[str], int]:
         raise OpsError(f"a stream of queue {queue!r} was deleted meanwhile; try again") from None
 
 
-async def _held(js: JetStreamContext, queue: str) -> int:
-    """Calls held for later in the queue's schedule stream (scheduled calls and waiting retries)."""
+async def _held(js: JetStreamContext, queue: str) -> tuple[int, int]:
+    """Calls held for later in the queue's schedule stream (scheduled calls, waiting retries, due calls), and the
+    cron schedules kept there (jetqueue/schedules.py)."""
     try:
-        return (await js.stream_info(contract.schedule_stream_name(queue))).state.messages
+        info = await js.stream_info(contract.schedule_stream_name(queue), subjects_filter=contract.cron_subjects(queue))
     except NotFoundError:
-        return 0
+        return 0, 0
+    crons = len(info.state.subjects or {})
+    return info.state.messages - crons, crons
 
 
 async def purge(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO = sys.stdout) -> int:
     streams, n = await _queued(js, queue)
-    held = await _held(js, queue)
+    held, crons = await _held(js, queue)
     later, names = contract.schedule_stream_name(queue), ", ".join(streams)
     if not confirm(f"Purge {n} queued call(s) from {names} and {held} held for later in {later}? They will not run."):
         out.write("nothing done\n")
         return 1
     for stream in streams:
         await js.purge_stream(stream)
-    if held:
-        await js.purge_stream(later)
-    out.write(f"purged {n} call(s) from {names} and {held} from {later}; streams and consumers kept\n")
+    if held:  # the calls only: cron schedules are definitions, not calls (`jetqueue schedule rm` ends one)
+        for subjects in (contract.held_subjects(queue), contract.due_subjects(queue)):
+            await js.purge_stream(later, subject=subjects)
+    kept = f"; {crons} cron schedule(s) kept" if crons else ""
+    out.write(f"purged {n} call(s) from {names} and {held} from {later}; streams and consumers kept{kept}\n")
     return 0
 
 
 async def reset(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO = sys.stdout) -> int:
     streams, n = await _queued(js, queue)
-    held = await _held(js, queue)
+    held, crons = await _held(js, queue)
     later, names = contract.schedule_stream_name(queue), ", ".join(streams)
+    schedules = (
+        f" and its {crons} cron schedule(s) (queues.yaml's come back when a worker starts; added ones do not)"
+        if crons
+        else ""
+    )
     if not confirm(
         f"Delete streams {names} and {later} and their consumers, losing {n} queued call(s) and {held} held for "
-        "later? Running gateways and workers set them up again by themselves."
+        f"later{schedules}? Running gateways and workers set them up again by themselves."
     ):
         out.write("nothing done\n")
         return 1
     for stream in streams:
         await js.delete_stream(stream)
-    if held:
+    if held or crons:
         await js.delete_stream(later)
     out.write(
         f"deleted {names} and {later} ({n + held} call(s) lost); running gateways and workers set them up again "

@@ -62,6 +62,13 @@ class WorkerMetrics:
             ["queue_name", "result"],
             registry=r,
         )
+        self.schedule_ticks = Counter(
+            "queue_worker_schedule_ticks_total",
+            "Cron schedule ticks: called (became a call; missed ticks made up included) or skipped (missed, beyond "
+            "the latest 100 made up).",
+            ["queue_name", "schedule_name", "outcome"],
+            registry=r,
+        )
         self.duration = Histogram(
             "queue_worker_invocation_duration_seconds",
             "Duration of one invocation.",

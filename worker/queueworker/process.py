@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import Gauge
 
-from jetqueue import backlog, contract, provision
+from jetqueue import backlog, contract, provision, schedules
 from jetqueue.callstatus import QueueStatus
 from jetqueue.cancels import CancelWatch
 from jetqueue.connection import connect
@@ -41,6 +41,7 @@ from jetqueue.queueworker.pullrequests import ConsumerPull
 from jetqueue.queueworker.ratelimit import DispatchRate
 from jetqueue.queueworker.schedule import Holder, Mover
 from jetqueue.queueworker.statuswriter import StatusWriter
+from jetqueue.queueworker.ticks import Ticks
 from jetqueue.settings import WorkerSettings
 from jetqueue.signing import signing_keys
 
@@ -48,6 +49,7 @@ log = logging.getLogger("jetqueue.worker")
 PENDING_REFRESH = 5.0
 CANCELS_READY_WAIT = 10.0
 MOVE_AT_ONCE = 64  # due calls moved into the work stream at once
+SCHEDULES_RETRY = 5.0  # seconds between attempts to apply queues.yaml's schedules
 
 
 class Worker:
@@ -66,6 +68,7 @@ class Worker:
         self._sender: asyncio.Task[None] | None = None
         self._mover_beat: asyncio.Task[None] | None = None
         self._cancel_watch: asyncio.Task[None] | None = None
+        self._schedules: asyncio.Task[None] | None = None  # applying queues.yaml's schedules
         self.cancels: CancelWatch | None = None
         self.status: StatusWriter | None = None
         self._stop = asyncio.Event()
@@ -151,7 +154,8 @@ class Worker:
             with contextlib.suppress(TimeoutError):  # know the calls cancelled while queued before taking any
                 await asyncio.wait_for(self.cancels.ready.wait(), CANCELS_READY_WAIT)
         await partitions.start()  # a consumer loop (or a function mode) for each partition: _consume
-        mover = Mover(js, s.queue, self._restore_work_stream, s.partitions)
+        ticks = Ticks(js, s.queue, jetstream.schedule_bucket(s.stream_replicas, s.stream_storage), self.metrics, store)
+        mover = Mover(js, s.queue, self._restore_work_stream, s.partitions, ticks)
         self._add_loop(
             ConsumerLoop(
                 contract.due_durable_name(s.queue),
@@ -243,14 +247,33 @@ class Worker:
         return await provision.ensure_consumer(js, durable, self.pauses.until())
 
     async def _bind_due(self) -> JetStreamContext.PullSubscription:
-        """The schedule stream and the consumer that moves due calls into the queue (at start, and when deleted)."""
+        """The schedule stream, the consumer that moves due calls into the queue and the schedules queues.yaml
+        declares (at start, and when deleted)."""
         s, js = self.s, self.js
         assert js is not None
         await provision.ensure_stream(js, jetstream.schedule_stream(s.queue, s.stream_replicas, s.stream_storage))
         await provision.ensure_consumer(js, jetstream.due_consumer(s.queue, s.max_waiting))
+        if s.schedules_file and (self._schedules is None or self._schedules.done()):  # in the stream just ensured
+            self._schedules = asyncio.create_task(self._apply_schedules(js), name="schedules")
         return await js.pull_subscribe_bind(
             durable=contract.due_durable_name(s.queue), stream=contract.schedule_stream_name(s.queue)
         )
+
+    async def _apply_schedules(self, js: JetStreamContext) -> None:
+        """queues.yaml's schedules of this queue (schedules.apply), beside the start: calls flow meanwhile, and a
+        failure (NATS, the bucket) is tried again until they are applied."""
+        s = self.s
+        egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
+        bucket = jetstream.schedule_bucket(s.stream_replicas, s.stream_storage)
+        while True:
+            try:
+                revision, wanted = schedules.load_file(s.schedules_file)
+                done = await schedules.apply(js, s.queue, wanted, egress, revision, bucket)
+                log.info("schedules from %s: %s", s.schedules_file, {k: v for k, v in done.items() if v} or "unchanged")
+                return
+            except Exception as e:
+                log.warning("cannot apply the schedules of %s yet: %r", s.schedules_file, e)
+                await asyncio.sleep(SCHEDULES_RETRY)
 
     async def _restore_work_stream(self) -> None:
         """A due call found no work stream (deleted underneath): set the queue up again."""
@@ -361,7 +384,7 @@ class Worker:
                 await asyncio.gather(*pending, return_exceptions=True)
         if self.status is not None:  # the last records, before the connection goes
             await self.status.close(timeout=5.0)
-        for timer in (self._timer, self._beat, self._mover_beat, self._cancel_watch):
+        for timer in (self._timer, self._beat, self._mover_beat, self._cancel_watch, self._schedules):
             if timer:
                 timer.cancel()
         if self.pauses:
