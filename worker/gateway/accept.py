@@ -47,7 +47,12 @@ class Accept:
         self._recent: OrderedDict[str, tuple[float, callstatus.Record]] = OrderedDict()
 
     async def submit(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+        """The submission routes' handler (server.py); most submissions come by the front door instead (front.py)."""
+        url = request.rel_url
+        return await self.submit_as(request, request.match_info["name"], url.raw_path, url.raw_query_string)
+
+    async def submit_as(self, request: web.BaseRequest, name: str, raw_path: str, query: str) -> web.Response:
+        """A submission to function `name` at `raw_path`?`query` (still percent-encoded, as the client sent them)."""
         if not contract.FUNCTION_NAME.match(name) or len(name) > MAX_FUNCTION_NAME:
             self.metrics.count("_invalid", "", 400, request.method)
             return problem(400, "function name must be a DNS-1123 name, optionally with .namespace")
@@ -75,11 +80,11 @@ class Accept:
             self.metrics.count(name, queue, 400, request.method)
             return problem(400, reason)
         # The path as the client sent it (still percent-encoded): what the worker will send on, unchanged.
-        raw_path, own = request.rel_url.raw_path, PREFIX + name
+        own = PREFIX + name
         if not raw_path.startswith(own):
             self.metrics.count(name, queue, 400, request.method)
             return problem(400, "the function name in the path must not be percent-encoded")
-        path, query = raw_path[len(own) :], request.rel_url.raw_query_string
+        path = raw_path[len(own) :]
         if (path or query) and (reason := contract.path_problem(path) or contract.query_problem(query)) is not None:
             self.metrics.count(name, queue, 400, request.method)
             return problem(400, reason)

@@ -1,5 +1,8 @@
 """The gateway process: the HTTP app (routes → accept.py, calls.py; auth.py in front), NATS in the
-background (backend.py), SIGTERM. The API is described in schemas/gateway.openapi.json."""
+background (backend.py), SIGTERM. The API is described in schemas/gateway.openapi.json.
+
+Requests meet front.py first: plain submissions go from there to accept.py directly, everything else through the
+app's router and middlewares below (same answers; the app stays the whole API, and the only one described)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from functools import partial
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -15,13 +19,13 @@ from jetqueue.gateway.accept import Accept
 from jetqueue.gateway.auth import auth_middleware, errors_middleware
 from jetqueue.gateway.backend import Backend
 from jetqueue.gateway.calls import Calls
+from jetqueue.gateway.front import SUBMIT_METHODS, front
 from jetqueue.gateway.routing import Routing
 from jetqueue.openfaas import FunctionCatalog
 from jetqueue.probes import add_probes, serve
 from jetqueue.settings import GatewaySettings
 
 log = logging.getLogger("jetqueue.gateway")
-INVOKE_METHODS = ("POST", "PUT", "PATCH", "GET")
 
 
 class Gateway:
@@ -44,7 +48,7 @@ class Gateway:
             middlewares.insert(0, auth_middleware(self.s))
         app = web.Application(client_max_size=self.s.max_body_size, middlewares=middlewares)
         r = app.router
-        for method in INVOKE_METHODS:
+        for method in SUBMIT_METHODS:
             r.add_route(method, "/async-function/{name}", self.accept.submit)
             r.add_route(method, "/async-function/{name}/{path:.*}", self.accept.submit)
         r.add_delete("/async-function/{name}", self.calls.cancel)  # OpenFaaS form: the segment is the call id
@@ -58,7 +62,9 @@ class Gateway:
         return "shutting down" if self._stop.is_set() else self.backend.not_ready()
 
     async def start(self) -> None:
-        self.runner = await serve(self.app(), self.s.http_host, self.s.http_port, self.s.shutdown_timeout)
+        s = self.s
+        door = partial(front, s, self.accept)
+        self.runner = await serve(self.app(), s.http_host, s.http_port, s.shutdown_timeout, front=door)
         self._connector = asyncio.create_task(self.backend.connect())
         if self.catalog is not None:
             self.catalog.start()
