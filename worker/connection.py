@@ -17,6 +17,7 @@ from jetqueue.settings import SharedSettings
 log = logging.getLogger("jetqueue.nats")
 PING_INTERVAL = 5
 MAX_OUTSTANDING_PINGS = 2
+DRAIN_TIMEOUT = 5
 
 
 def tls_context(s: SharedSettings) -> ssl.SSLContext | None:
@@ -78,6 +79,9 @@ async def connect(
         "error_cb": error,
         # Publishes (acks included) made while reconnecting are buffered and flushed after.
         "pending_size": 64 * 1024 * 1024,
+        # A drain waits until every subscription is read empty; one nobody reads would hold it for nats-py's 30 s,
+        # past the pod's grace. What is sent is flushed after the drain either way.
+        "drain_timeout": DRAIN_TIMEOUT,
     }
     if s.nats_user:
         opts["user"], opts["password"] = s.nats_user, s.nats_password

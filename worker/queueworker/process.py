@@ -50,6 +50,7 @@ PENDING_REFRESH = 5.0
 CANCELS_READY_WAIT = 10.0
 MOVE_AT_ONCE = 64  # due calls moved into the work stream at once
 SCHEDULES_RETRY = 5.0  # seconds between attempts to apply queues.yaml's schedules
+FLUSH_TIMEOUT = 5.0  # on shutdown, for the last status records and the callbacks being sent
 
 
 class Worker:
@@ -382,15 +383,17 @@ class Worker:
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        if self.status is not None:  # the last records, before the connection goes
-            await self.status.close(timeout=5.0)
         for timer in (self._timer, self._beat, self._mover_beat, self._cancel_watch, self._schedules):
             if timer:
                 timer.cancel()
+        # The last status records and the callbacks being sent, at once, before the connection goes: with the
+        # drain (DRAIN_TIMEOUT) the worker is gone within shutdown_timeout + about 10 s (the chart's grace: + 15 s).
+        await asyncio.gather(
+            *([self.status.close(timeout=FLUSH_TIMEOUT)] if self.status else []),
+            *([self.callbacks.close(timeout=FLUSH_TIMEOUT)] if self.callbacks else []),
+        )
         if self.pauses:
             await self.pauses.stop()
-        if self.callbacks:
-            await self.callbacks.close(timeout=5.0)
         if self._sender:
             await asyncio.gather(self._sender, return_exceptions=True)
         if self.invoker:

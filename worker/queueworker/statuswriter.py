@@ -330,6 +330,8 @@ class StatusWriter:
                     for call_id in list(self._pending):
                         self._ready_now(call_id)
                     await asyncio.sleep(0.05)
+        if self._pending or self._writing:
+            log.warning("stopping with %d status records not written", len(self._pending) + len(self._writing))
         for t in [*self._tasks, *self._helpers]:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._helpers, return_exceptions=True)
