@@ -45,9 +45,9 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 {{- if .Values.queue.functions }}
 - {name: JETQUEUE_FUNCTIONS_FILE, value: /etc/jetqueue/functions.json}
 {{- end }}
+- {name: JETQUEUE_SCHEDULES_FILE, value: /etc/jetqueue/schedules.json}
 - {name: JETQUEUE_OPENFAAS_URL, value: {{ .Values.openfaas.url | quote }}}
 - {name: JETQUEUE_OPENFAAS_REFRESH, value: {{ .Values.openfaas.refreshInterval | quote }}}
-- {name: JETQUEUE_SCHEDULES_FILE, value: /etc/jetqueue/schedules.json}
 - {name: JETQUEUE_LOG_FORMAT, value: {{ .Values.logs.format | quote }}}
 - {name: JETQUEUE_LOG_LEVEL, value: {{ .Values.logs.level | quote }}}
 - {name: JETQUEUE_HTTP_PORT, value: {{ .Values.metrics.port | int64 | toString | quote }}}
