@@ -5,6 +5,7 @@ with the reason, or 503 with Retry-After when the call could not be stored."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -44,7 +45,7 @@ class Accept:
         self.backend = backend
         self.metrics = GatewayMetrics(registry, lambda: backend.reconnects)
         self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
-        self._recent: OrderedDict[str, tuple[float, callstatus.Record]] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # encoded records
 
     async def submit(self, request: web.Request) -> web.Response:
         """The submission routes' handler (server.py); most submissions come by the front door instead (front.py)."""
@@ -185,23 +186,30 @@ class Accept:
         behind the call on the same connection without waiting, costing no round trip (the worker's own records
         follow if it is lost). Until it can be read back, `recent()` answers for it, so a status or cancel
         request right after the 202 finds it."""
-        record = callstatus.base_record(call, CallState.SCHEDULED if call.not_before else CallState.QUEUED)
-        self._recent[call.call_id] = (time.monotonic(), record)
-        if len(self._recent) > MAX_RECENT:
-            self._recent.popitem(last=False)
         store = self.backend.queue_status(call.queue).store(call.call_id)
         if call.not_before:  # rare, and followed by no worker's record for a while: written and confirmed
+            record = callstatus.base_record(call, CallState.SCHEDULED)
+            self._remember(call.call_id, json.dumps(record).encode())
             with contextlib.suppress(Exception):
                 await store.submitted_confirmed(record)
-        elif self.backend.nc is not None:
-            await store.submitted(self.backend.nc, record)
+            return
+        encoded = callstatus.queued_record(call)
+        self._remember(call.call_id, encoded)
+        if self.backend.nc is not None:
+            await store.submitted(self.backend.nc, call.call_id, encoded)
+
+    def _remember(self, call_id: str, record: bytes) -> None:
+        self._recent[call_id] = (time.monotonic(), record)
+        if len(self._recent) > MAX_RECENT:
+            self._recent.popitem(last=False)
 
     def recent(self, call_id: str) -> callstatus.Record | None:
         """The record of a call accepted here RECENT_FOR seconds ago at most (its own may not be readable yet)."""
         found = self._recent.get(call_id)
         if found is None or time.monotonic() - found[0] > RECENT_FOR:
             return None
-        return found[1]
+        record: callstatus.Record = json.loads(found[1])  # kept encoded: read back for a few calls only
+        return record
 
     def _not_accepted(self, call: contract.Call, e: Exception) -> web.Response:
         """The 503 for a publish that got no PubAck, saying only what is known about the call."""
