@@ -60,6 +60,7 @@ class StatusStore:
         self.create = create
         self.kv: KeyValue | None = None
         self._lock = asyncio.Lock()
+        self._submitted = contract.kv_subject(self.name, contract.submission_key(""))  # + the call id: its subject
 
     @classmethod
     def off(cls) -> StatusStore:
@@ -131,7 +132,7 @@ class StatusStore:
         if not self.enabled:
             return
         with contextlib.suppress(Exception):
-            await nc.publish(contract.kv_subject(self.name, contract.submission_key(call_id)), record)
+            await nc.publish(self._submitted + call_id, record)
 
     async def submitted_confirmed(self, record: Record) -> None:
         """Put a call's submission record and wait until it is stored."""
