@@ -22,6 +22,7 @@ from jetqueue.egress import Egress
 from jetqueue.gateway.auth import problem
 from jetqueue.gateway.backend import Backend, PubAcks
 from jetqueue.gateway.metrics import GatewayMetrics
+from jetqueue.gateway.records import SubmissionRecords
 from jetqueue.gateway.routing import Routing
 from jetqueue.gateway.scheduling import NOT_BEFORE, BadSchedule, not_before
 from jetqueue.settings import GatewaySettings
@@ -45,6 +46,7 @@ class Accept:
         self.backend = backend
         self.metrics = GatewayMetrics(registry, lambda: backend.reconnects)
         self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
+        self.records = SubmissionRecords(lambda: backend.nc)  # sent with the next call
         self._recent: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # encoded records
 
     async def submit(self, request: web.Request) -> web.Response:
@@ -164,6 +166,8 @@ class Accept:
         if b.acks is None or not b.connected or (queue not in b.ready_streams and not await b.ensure_queue(queue)):
             self.metrics.count(name, queue, 503, call.method)
             return problem(503, "NATS is unavailable; nothing was stored, retry later", **{"Retry-After": RETRY_AFTER})
+        if self.records.held:  # the records of calls just accepted go out in this call's write
+            await self.records.send()
         t0 = time.perf_counter()
         try:
             duplicate = await self._publish(b.acks, call, subject, headers, partition)
@@ -183,9 +187,9 @@ class Accept:
 
     async def _record_queued(self, call: contract.Call) -> None:
         """Write the call's submission record, `queued` (or `scheduled`), under its own key (callstatus.py): sent
-        behind the call on the same connection without waiting, costing no round trip (the worker's own records
-        follow if it is lost). Until it can be read back, `recent()` answers for it, so a status or cancel
-        request right after the 202 finds it."""
+        with the next call on the same connection without waiting (records.py), costing no round trip (the
+        worker's own records follow if it is lost). Until it can be read back, `recent()` answers for it, so a
+        status or cancel request right after the 202 finds it."""
         store = self.backend.queue_status(call.queue).store(call.call_id)
         if call.not_before:  # rare, and followed by no worker's record for a while: written and confirmed
             record = callstatus.base_record(call, CallState.SCHEDULED)
@@ -195,8 +199,7 @@ class Accept:
             return
         encoded = callstatus.queued_record(call)
         self._remember(call.call_id, encoded)
-        if self.backend.nc is not None:
-            await store.submitted(self.backend.nc, call.call_id, encoded)
+        self.records.add(store, call.call_id, encoded)
 
     def _remember(self, call_id: str, record: bytes) -> None:
         self._recent[call_id] = (time.monotonic(), record)
