@@ -35,6 +35,7 @@ from jetqueue.contract import CallState, jetstream
 
 log = logging.getLogger("jetqueue.status")
 Record = dict[str, Any]
+_QUEUED = CallState.QUEUED.value  # looked up once: an enum member's value is a descriptor call
 _PLAIN = re.compile(r"[ !#-\[\]-~]*")  # printable ASCII but quote and backslash: what JSON writes as it is
 
 
@@ -226,7 +227,7 @@ def queued_record(call: contract.Call) -> bytes:
         return json.dumps(base_record(call)).encode()
     start = call.start_time_ns
     return (
-        f'{{"call_id": "{call.call_id}", "state": "{CallState.QUEUED.value}", "function": "{call.function}", '
+        f'{{"call_id": "{call.call_id}", "state": "{_QUEUED}", "function": "{call.function}", '
         f'"queue": "{call.queue}", "start": {start}, "submitted_at": {round(start / 1e9, 3)!r}, '
         f'"updated_at": {now()!r}, "attempt": 0}}'
     ).encode()
