@@ -187,6 +187,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     nats_args(a)
     a.set_defaults(func=lambda x: _ops(x, lambda nc: schedules.schedule_rm(nc.jetstream(), x.queue, x.name, x.force)))
 
+    from jetqueue.dashboard.command import add_command as add_dashboard
+
+    add_dashboard(sub)
+
 
 def _settings_for_cli(nats_url: str | None) -> SharedSettings:
     s = SharedSettings.from_env()

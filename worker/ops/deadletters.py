@@ -44,8 +44,10 @@ class DeadLetter:
 
 
 async def dead_letters(
-    js: JetStreamContext, queue: str, function: str | None = None, call_id: str | None = None
+    js: JetStreamContext, queue: str, function: str | None = None, call_id: str | None = None, latest: int = 0
 ) -> list[DeadLetter]:
+    """The queue's dead letters (of `function`, of `call_id`), oldest first; `latest`: only among the last `latest`
+    messages the stream stored (the dashboard's pages, bounded however many the stream holds)."""
     stream = contract.dlq_stream_name(queue)
     try:
         info = await js.stream_info(stream)
@@ -56,7 +58,7 @@ async def dead_letters(
         return out
     # next_by_subj needs a subject; the wildcard walks every function's dead letters.
     subject = contract.dlq_subject(queue, function) if function else contract.dlq_subject(queue, ">")
-    seq = info.state.first_seq
+    seq = max(info.state.first_seq, info.state.last_seq - latest + 1) if latest else info.state.first_seq
     while seq <= info.state.last_seq:
         try:
             m = await js.get_msg(stream, seq=seq, next=True, subject=subject)
