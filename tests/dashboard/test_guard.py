@@ -5,6 +5,7 @@ with the operation's error as its message, one refused by the guard 401 or 403."
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -61,7 +62,9 @@ async def test_pages_need_the_api_credentials(site: tuple[str, aiohttp.ClientSes
         assert r.status == 303 and r.headers["Location"] == "/dashboard/login"
     async with http.get(base + "/dashboard/live") as r:
         assert r.status == 401
-    async with http.get(base + "/dashboard/calls", headers={"Authorization": "Bearer wrong"}, allow_redirects=False) as r:
+    async with http.get(
+        base + "/dashboard/calls", headers={"Authorization": "Bearer wrong"}, allow_redirects=False
+    ) as r:
         assert r.status == 303
     async with http.get(base + "/dashboard/calls", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
         assert r.status == 200
@@ -134,7 +137,10 @@ async def test_a_tampered_cookie_is_refused_and_replicas_share_sessions(
     await sign_in(base, http)
     cookie = http.cookie_jar.filter_cookies(URL(base + "/dashboard/"))[COOKIE].value
     nonce, expires, flag, mac = cookie.split(".")
-    other = await serve(standalone_app(Dashboard(settings(), lambda: None)))  # another replica, same token
+    replica = Dashboard(settings(), lambda: None)  # another replica, same token
+    other = await serve(standalone_app(replica))
+    past = f"{nonce}.{int(time.time()) - 1}.1"
+    expired = f"{past}.{replica.guard._mac(past)}"  # signed right, but over
     rotated = await serve(standalone_app(Dashboard(settings(auth_token=TOKEN + "-new"), lambda: None)))
     try:
         async with aiohttp.ClientSession() as fresh:
@@ -143,6 +149,7 @@ async def test_a_tampered_cookie_is_refused_and_replicas_share_sessions(
                 (rotated, cookie, False),  # the credentials changed: every session ends
                 (other, f"{nonce}.{int(expires) + 9999}.{flag}.{mac}", False),
                 (other, f"{nonce}.{expires}.{flag}.{'0' * 64}", False),
+                (other, expired, False),
             ):
                 headers = {"Cookie": f"{COOKIE}={value}"}
                 async with fresh.get(server.make_url("/dashboard/calls"), headers=headers, allow_redirects=False) as r:
@@ -173,3 +180,21 @@ async def test_the_gateway_leaves_only_the_dashboard_prefix_to_it(nats_server) -
     ):
         async with http.get(f"http://127.0.0.1:{gw.s.http_port}/dashboard/login") as r:
             assert r.status == 401  # off by default: nothing there, and the API's auth answers first
+
+
+async def test_without_credentials_on_loopback_only_loopback_names_are_answered() -> None:
+    """DNS rebinding: a site whose name resolves to 127.0.0.1 would be same-origin with an open local dashboard."""
+    server = await serve(standalone_app(Dashboard(GatewaySettings(), lambda: None, local_only=True)))
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = server.make_url("/dashboard/calls")
+            for host, answered in (
+                ("127.0.0.1:1234", True),
+                ("localhost", True),
+                ("[::1]:80", True),
+                ("evil.example", False),
+            ):
+                async with http.get(url, headers={"Host": host}, allow_redirects=False) as r:
+                    assert (r.status == 200) is answered, host
+    finally:
+        await server.close()

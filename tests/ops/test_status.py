@@ -63,7 +63,7 @@ async def test_status_shows_pending_scheduled_expired_and_paused(nats_server, fu
     assert (table[(q, "*")]["PENDING"], table[(q, "*")]["SCHEDULED"], table[(q, "*")]["EXPIRED"]) == ("2", "1", "1")
     assert table[(q, "echo")]["PENDING"] == "2" and table[(q, "echo")]["PAUSED"].startswith("until 20")
     assert table[(q, "later")]["SCHEDULED"] == "1" and table[(q, "later")]["PENDING"] == "0"
-    assert table[(q, "old")]["EXPIRED"] == "1" and table[(q, "old")]["DEAD LETTERS"] == ""
+    assert table[(q, "old")]["EXPIRED"] == "1" and table[(q, "old")]["DEAD LETTERS"] == "1"
     assert table[("fnq", "*")]["PAUSED"] == "-"  # one function paused, not the queue
     assert table[("fnq", "slow")]["PAUSED"] == "until resumed" and table[("fnq", "slow")]["PENDING"] == "1"
     assert "note:" not in text

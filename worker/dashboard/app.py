@@ -7,8 +7,10 @@ may do what, and why a forged POST fails: guard.py.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +31,10 @@ from jetqueue.settings import GatewaySettings
 log = logging.getLogger("jetqueue.dashboard")
 PREFIX = "/dashboard"
 HERE = Path(__file__).parent
-REFRESH_MS = 2000  # the overview's live part is fetched again this often (static/live.js)
+REFRESH_MS = 3000  # the overview's live part is fetched again this often (static/live.js)
+# Every viewer's refresh within this long shares one read of the queues (ops/status.collect: stream and consumer
+# info, and a pass over up to 10,000 dead letters' headers per queue), so viewers do not multiply the load on NATS.
+SHARED_FOR = 2.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FORM = web.RequestKey("form", dict[str, str])  # a POST's fields, read (and checked) by the guard middleware
 
@@ -44,11 +49,19 @@ def see_other(location: str) -> web.Response:
 
 
 class Dashboard:
-    def __init__(self, settings: GatewaySettings, nats: Callable[[], Client | None], prefix: str = PREFIX) -> None:
-        self.guard = Guard(settings, prefix)
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        nats: Callable[[], Client | None],
+        prefix: str = PREFIX,
+        local_only: bool = False,
+    ) -> None:
+        self.guard = Guard(settings, prefix, local_only)
         self.prefix = prefix
         self.nats = nats  # the process's NATS connection (None while not connected)
         self.rates = Rates()
+        self._shared: tuple[float, list[status.QueueReport], dict[str, Any]] | None = None
+        self._reading = asyncio.Lock()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,  # every value a page shows is escaped: names, errors and headers come from callers
@@ -81,6 +94,8 @@ class Dashboard:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if (why := self.guard.wrong_host(request)) is not None:
+            return web.Response(status=403, text=why + "\n")
         public = request.path.startswith(self.prefix + "/static/") or request.path == self.prefix + "/login"
         if not public and not self.guard.signed_in(request):
             if request.method == "GET" and request.path != self.prefix + "/live":
@@ -126,8 +141,11 @@ class Dashboard:
         return self._page(request, "error.html", 503, title="Unavailable", error=f"{e}; retry in a moment")
 
     async def _reports(self) -> tuple[list[status.QueueReport], dict[str, Any]]:
-        reports = await status.collect(self._js(), None)
-        return reports, dict(self.rates.update(reports))
+        async with self._reading:
+            if self._shared is None or time.monotonic() - self._shared[0] >= SHARED_FOR:
+                reports = await status.collect(self._js(), None)
+                self._shared = (time.monotonic(), reports, dict(self.rates.update(reports)))
+            return self._shared[1], self._shared[2]
 
     # -- pages
     async def overview(self, request: web.Request) -> web.Response:
@@ -226,6 +244,7 @@ class Dashboard:
         self, request: web.Request, back: str, action: Callable[[io.StringIO], Awaitable[int]]
     ) -> web.Response:
         out = io.StringIO()
+        self._shared = None  # the page this sends the browser to shows the action's effect
         try:
             ok = await action(out) == 0
             text = out.getvalue().strip()

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 
 from jetqueue import logs
 from jetqueue.dashboard.app import PREFIX, Dashboard, see_other
+from jetqueue.dashboard.guard import LOOPBACK
 from jetqueue.settings import GatewaySettings, SettingsError
 
 log = logging.getLogger("jetqueue.dashboard")
@@ -68,10 +69,11 @@ def standalone_app(dashboard: Dashboard) -> web.Application:
 async def run(settings: GatewaySettings, host: str, port: int) -> int:
     from jetqueue.connection import connect
 
-    if not (settings.auth_token or settings.auth_user) and host not in ("127.0.0.1", "::1", "localhost"):
+    open_door = not (settings.auth_token or settings.auth_user)
+    if open_door and host not in LOOPBACK:
         log.warning("dashboard on %s without credentials: anyone who reaches it can pause and purge", host)
     found: list[Client] = []
-    dashboard = Dashboard(settings, lambda: found[0] if found else None)
+    dashboard = Dashboard(settings, lambda: found[0] if found else None, local_only=open_door and host in LOOPBACK)
     runner = web.AppRunner(standalone_app(dashboard), access_log=None, handle_signals=False)
     await runner.setup()
     try:

@@ -34,6 +34,7 @@ COOKIE = "jetqueue-dashboard"
 FLASH = "jetqueue-dashboard-flash"
 SESSION_TTL = 12 * 3600.0
 CSRF_FIELD = "csrf"
+LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -52,15 +53,27 @@ class Session:
 
 
 class Guard:
-    def __init__(self, settings: GatewaySettings, prefix: str) -> None:
+    def __init__(self, settings: GatewaySettings, prefix: str, local_only: bool = False) -> None:
         self.s = settings
         self.prefix = prefix
+        self.local_only = local_only
         self.required = bool(settings.auth_token or settings.auth_user)
         if self.required:
             material = "\0".join((settings.auth_token, settings.auth_user, settings.auth_password)).encode()
             self.key = hmac.new(material, b"jetqueue-dashboard-session", hashlib.sha256).digest()
         else:
             self.key = os.urandom(32)
+
+    def wrong_host(self, request: web.Request) -> str | None:
+        """Without credentials on loopback (`local_only`), a request must name a loopback host: a page of another
+        site whose name an attacker pointed at 127.0.0.1 (DNS rebinding) would be same-origin with the dashboard
+        and could read its CSRF token."""
+        if not self.local_only:
+            return None
+        host = urlsplit("//" + request.headers.get("Host", "")).hostname or ""
+        if host in LOOPBACK:
+            return None
+        return f"without credentials this dashboard answers only at localhost, not {host!r}"
 
     def _mac(self, text: str) -> str:
         return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()

@@ -22,10 +22,10 @@ ERROR_EXCERPT = 300
 
 
 def when(seconds: float | None) -> str:
-    """A time as the pages show it: UTC, to the second."""
+    """A time as the pages show it: UTC, to the millisecond (a call's steps are often within one second)."""
     if not seconds:
         return ""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
 def shown_headers(headers: dict[str, str]) -> list[tuple[str, str]]:

@@ -52,6 +52,8 @@ class Gateway:
         if self.s.dashboard:
             from jetqueue.dashboard.app import Dashboard
 
+            if not (self.s.auth_token or self.s.auth_user):
+                log.warning("the dashboard is on without API credentials: whoever reaches the gateway can use it")
             app.add_subapp(DASHBOARD, Dashboard(self.s, lambda: self.backend.nc, DASHBOARD).app())
         r = app.router
         for method in SUBMIT_METHODS:

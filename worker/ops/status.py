@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from jetqueue import backlog, contract, partitioned, pauses
-from jetqueue.ops.deadletters import count_reason
+from jetqueue.ops.deadletters import count_reason, function_of
 from jetqueue.ops.queues import OpsError, table
 from jetqueue.pauses import Pause
 
@@ -49,6 +49,7 @@ class FunctionReport:
     name: str
     pending: int
     scheduled: int
+    dead_letters: int
     expired: int
     paused: str  # "" when not paused, else until when (pauses.describe)
 
@@ -107,11 +108,13 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
     consumers = [c for s in streams.values() for c in await pauses.all_consumers(js, s)]
     declared = await partitioned.declared(js, q)
     draining = {p: i.state.messages for p, i in infos.items() if p >= declared}
-    dlq = 0
+    dlq: Counter[str] = Counter()  # per function (a callback's: contract.CALLBACK_DLQ_FUNCTION)
     try:
-        dlq = (await js.stream_info(contract.dlq_stream_name(q))).state.messages
+        dlq_info = await js.stream_info(contract.dlq_stream_name(q), subjects_filter=contract.dlq_subject(q, ">"))
+        dlq.update({function_of(subj): n for subj, n in (dlq_info.state.subjects or {}).items()})
+        dlq_total = dlq_info.state.messages
     except NotFoundError:
-        pass
+        dlq_total = 0
     held = await backlog.held(js, q)
     expired = await count_reason(js, q, EXPIRED)
     pending: Counter[str] = Counter()
@@ -127,7 +130,7 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
         scheduled_complete=held.complete,
         in_flight=sum(c.num_ack_pending or 0 for c in consumers),
         redelivered=sum(c.num_redelivered or 0 for c in consumers),
-        dead_letters=dlq,
+        dead_letters=dlq_total,
         expired=sum(expired.per_function.values()),
         consumers=len(consumers),
         partitions=len(streams) - len(draining),
@@ -138,13 +141,14 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
         stored=sum(i.state.last_seq for i in infos.values()),
         static=static,
     )
-    functions = set(pending) | set(held.per_function) | set(expired.per_function) | paused_functions
+    functions = set(pending) | set(held.per_function) | set(dlq) | set(expired.per_function) | paused_functions
     for fn in sorted(functions):
         report.functions.append(
             FunctionReport(
                 fn,
                 pending.get(fn, 0),
                 held.per_function.get(fn, 0),
+                dlq.get(fn, 0),
                 expired.per_function.get(fn, 0),
                 _paused(records, q, None if static else fn, now),
             )
@@ -186,7 +190,9 @@ def rows(reports: list[QueueReport]) -> list[list[str]]:
             ]
         )
         for f in r.functions:
-            out.append(["", f.name, str(f.pending), f"{f.scheduled}{more}", "", "", "", str(f.expired)])
+            out.append(
+                ["", f.name, str(f.pending), f"{f.scheduled}{more}", "", "", str(f.dead_letters), str(f.expired)]
+            )
             out[-1] += ["", "", "", "", f.paused or "-"]
     return out
 
