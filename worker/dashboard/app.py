@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 from nats.aio.client import Client
+from nats.errors import Error as NatsError
 
 from jetqueue import __version__, contract
 from jetqueue.dashboard import views
@@ -250,6 +251,8 @@ class Dashboard:
             text = out.getvalue().strip()
         except (OpsError, ValueError, ConnectionError, TimeoutError, Unavailable) as e:
             ok, text = False, f"error: {e}"
+        except NatsError as e:  # e.g. the gateway's NATS user may not purge or pause: say NATS's reason
+            ok, text = False, f"error: NATS refused: {getattr(e, 'description', None) or e!r}"
         log.info("dashboard: %s %s: %s", request.path, "done" if ok else "failed", text.splitlines()[:1])
         response = see_other(back)
         self.guard.flash(response, request, text or "done", ok)
