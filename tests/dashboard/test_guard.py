@@ -180,6 +180,15 @@ async def test_the_gateway_leaves_only_the_dashboard_prefix_to_it(nats_server) -
     ):
         async with http.get(f"http://127.0.0.1:{gw.s.http_port}/dashboard/login") as r:
             assert r.status == 401  # off by default: nothing there, and the API's auth answers first
+    async with (  # `jetqueue dev`'s: on loopback, no credentials
+        running_gateway(gateway_settings(nats_server.url, dashboard=True)) as gw,
+        aiohttp.ClientSession() as http,
+    ):
+        url = f"http://127.0.0.1:{gw.s.http_port}/dashboard/calls"
+        async with http.get(url) as r:
+            assert r.status == 200
+        async with http.get(url, headers={"Host": "rebound.example"}) as r:
+            assert r.status == 403 and "only at localhost" in await r.text()
 
 
 async def test_without_credentials_on_loopback_only_loopback_names_are_answered() -> None:

@@ -51,10 +51,13 @@ class Gateway:
         app = web.Application(client_max_size=self.s.max_body_size, middlewares=middlewares)
         if self.s.dashboard:
             from jetqueue.dashboard.app import Dashboard
+            from jetqueue.dashboard.guard import LOOPBACK
 
-            if not (self.s.auth_token or self.s.auth_user):
+            open_door = not (self.s.auth_token or self.s.auth_user)
+            if open_door:
                 log.warning("the dashboard is on without API credentials: whoever reaches the gateway can use it")
-            app.add_subapp(DASHBOARD, Dashboard(self.s, lambda: self.backend.nc, DASHBOARD).app())
+            local = open_door and self.s.http_host in LOOPBACK  # `jetqueue dev`: answers only to loopback names
+            app.add_subapp(DASHBOARD, Dashboard(self.s, lambda: self.backend.nc, DASHBOARD, local).app())
         r = app.router
         for method in SUBMIT_METHODS:
             r.add_route(method, "/async-function/{name}", self.accept.submit)
