@@ -51,6 +51,7 @@ class FunctionReport:
     scheduled: int
     dead_letters: int
     expired: int
+    running: int | None  # delivered and not yet settled, on the function's own consumers; None in static mode
     paused: str  # "" when not paused, else until when (pauses.describe)
 
 
@@ -123,6 +124,10 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
     # A static consumer serves every function: only the whole queue's pause holds them back.
     static = any(c.name == contract.durable_name(q) for c in consumers)
     paused_functions = {p.function for p in records if p.queue == q and p.function and p.active(now)}
+    running: Counter[str] = Counter()  # function mode: each function's consumers, on every partition
+    for c in consumers:
+        if fn := pauses.consumer_function(q, c, contract.durable_name(q)):
+            running[fn] += c.num_ack_pending or 0
     report = QueueReport(
         queue=q,
         pending=sum(i.state.messages for i in infos.values()),
@@ -142,6 +147,7 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
         static=static,
     )
     functions = set(pending) | set(held.per_function) | set(dlq) | set(expired.per_function) | paused_functions
+    functions |= {fn for fn, n in running.items() if n}
     for fn in sorted(functions):
         report.functions.append(
             FunctionReport(
@@ -150,6 +156,7 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
                 held.per_function.get(fn, 0),
                 dlq.get(fn, 0),
                 expired.per_function.get(fn, 0),
+                None if static else running.get(fn, 0),
                 _paused(records, q, None if static else fn, now),
             )
         )
@@ -190,10 +197,9 @@ def rows(reports: list[QueueReport]) -> list[list[str]]:
             ]
         )
         for f in r.functions:
-            out.append(
-                ["", f.name, str(f.pending), f"{f.scheduled}{more}", "", "", str(f.dead_letters), str(f.expired)]
-            )
-            out[-1] += ["", "", "", "", f.paused or "-"]
+            running = "" if f.running is None else str(f.running)  # static mode: the queue's row says
+            out.append(["", f.name, str(f.pending), f"{f.scheduled}{more}", running, "", str(f.dead_letters)])
+            out[-1] += [str(f.expired), "", "", "", "", f.paused or "-"]
     return out
 
 
