@@ -11,7 +11,8 @@ window.addEventListener("DOMContentLoaded", () => {
   const every = Number(live.dataset.every) || 2000;
   const refresh = async () => {
     // Never swap under a visitor typing into a pause form.
-    if (!live.contains(document.activeElement) || document.activeElement === document.body) {
+    const typing = document.activeElement && document.activeElement.tagName === "INPUT";
+    if (!(typing && live.contains(document.activeElement))) {
       try {
         const r = await fetch(live.dataset.src, { credentials: "same-origin", cache: "no-store" });
         if (r.ok) {
