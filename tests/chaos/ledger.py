@@ -21,6 +21,7 @@ from jetqueue.contract import FINAL
 from jetqueue.statuslookup import StatusLookup
 
 T = TypeVar("T")
+FINAL_WAIT = 30.0  # seconds a call's final status record may take to land after its last attempt
 
 
 @dataclass
@@ -36,10 +37,19 @@ class Ledger:
         js = nc.jetstream()
         lookup = StatusLookup(js, {self.queue: QueueStatus.of(js, self.queue, self.partitions, 3600.0)})
         counts = Counter(invoked)
-        finals: Counter[str | None] = Counter()
         missing = [c for c in self.accepted if counts[c] == 0]
-        for call_id in self.accepted:
-            finals[await asked_again(functools.partial(state_of, lookup, call_id))] += 1
+        states: dict[str, str | None] = {}
+        # Status records are written off the call's slot, after it ends (statuswriter.py): on a loaded machine
+        # the last ones land a while after the function saw the call. Asked again until final, within a bound.
+        deadline = time.monotonic() + FINAL_WAIT
+        while True:
+            for call_id in self.accepted:
+                if states.get(call_id) not in FINAL:
+                    states[call_id] = await asked_again(functools.partial(state_of, lookup, call_id))
+            if all(v in FINAL for v in states.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        finals: Counter[str | None] = Counter(states.values())
         duplicates = sum(counts[c] - 1 for c in self.accepted if counts[c] > 1)
         report = {
             "accepted": len(self.accepted),
