@@ -107,7 +107,7 @@ async def test_static_pause_keeps_calls_until_resumed(nats_server, functions):
         await asyncio.sleep(1.0)
         assert functions.calls["echo"] == ["before"]
         assert "resumed queue faas-request" in await resume(js)
-        await eventually(lambda: len(functions.completed["echo"]) == 4, timeout=15)
+        await eventually(lambda: len(functions.completed["echo"]) == 4, timeout=60)
     await nc.close()
 
 
