@@ -83,6 +83,18 @@ def function_consumer_name(queue: str, function: str) -> str:
     return f"{name[: MAX_CONSUMER_NAME - len(digest) - 1]}-{digest}"
 
 
+def shared_consumer_name(queue: str) -> str:
+    """Function mode's shared consumer: every function's calls while none needs a consumer of its own
+    (queueworker/sharedconsumer.py). No function consumer is named so: theirs start `<queue>-fn-`."""
+    return f"{queue}-functions"
+
+
+def closed_subject(queue: str) -> str:
+    """The filter of a closed shared consumer: no call is ever published on it (no function name starts with `_`),
+    so the consumer delivers nothing new and keeps only the calls it had delivered."""
+    return f"{queue}._closed"
+
+
 def subject(queue: str, function: str) -> str:
     return f"{queue}.{function}"
 

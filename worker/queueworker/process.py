@@ -141,7 +141,14 @@ class Worker:
             self._add_loop(loop)
         else:
             self.function_mode = FunctionMode(
-                s, js, ctx, self.processor, self.slots, self._provision, pause_until=self.pauses.until
+                s,
+                js,
+                ctx,
+                self.processor,
+                self.slots,
+                self._provision,
+                pause_until=self.pauses.until,
+                function_paused=self.pauses.function_paused,
             )
             await self.function_mode.start()
         mover = Mover(js, s.queue, self._restore_work_stream)
