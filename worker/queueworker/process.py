@@ -214,6 +214,7 @@ class Worker:
             self.slots,
             self._provision,
             pause_until=self.pauses.until,
+            function_paused=self.pauses.function_paused,
             partition=partition,
             busy_elsewhere=lambda: any(f.working for f in self.function_modes if f is not function_mode),
         )
