@@ -1,8 +1,13 @@
-"""The README's reference tables are generated from the schema and the settings: never stale."""
+"""The docs site's reference pages are generated from the schema, the settings and the OpenAPI document: never
+stale; and the site builds strictly (a broken link or anchor fails it)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -11,9 +16,66 @@ from jetqueue.generator import docs, model
 from jetqueue.generator.model import document, schema
 
 
-def test_readme_reference_is_current(repo_root):
-    text = (repo_root / "README.md").read_text()
-    assert docs.update(text) == text, "README.md is stale: run `make docs`"
+@pytest.mark.parametrize("page", sorted(docs.PAGES))
+def test_generated_pages_are_current(repo_root, page):
+    text = (repo_root / "docs" / page).read_text()
+    assert docs.update(text, docs.PAGES[page], page) == text, f"docs/{page} is stale: run `make docs`"
+
+
+def test_a_queue_key_is_documented_once_and_says_whether_it_is_inherited(repo_root):
+    text = docs.queues_reference()
+    assert "defaults." not in text and "queues.<name>." not in text  # one row per key, not one per place
+    rows = {line.split("`")[1]: line for line in text.splitlines()[2:]}
+    assert rows["retry.maxAttempts"].endswith("| yes |")
+    assert rows["functions"].endswith("| no: `queues.<name>` only |")
+    assert rows["schedules.<name>.cron"].endswith("| no: `queues.<name>` only |")
+    assert all(k in rows for k in schema()["properties"]["defaults"]["properties"])
+
+
+def test_every_gateway_route_is_in_the_api_page(repo_root):
+    openapi = json.loads((repo_root / "schemas" / "gateway.openapi.json").read_text())
+    text = (repo_root / "docs" / "reference" / "gateway-api.md").read_text()
+    for route, item in openapi["paths"].items():
+        heads = [line for line in text.splitlines() if line.startswith("### ") and line.endswith(f"`{route}`")]
+        methods = {m for line in heads for m in line[4:].split("`")[0].split()}
+        assert methods == {m.upper() for m in item if m in ("get", "post", "put", "patch", "delete")}, route
+
+
+def _build(root: Path, site: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site), "-f", str(root / "mkdocs.yml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_the_site_builds_strictly(repo_root, tmp_path):
+    """`make docs`'s build: every page in the nav, every link and anchor found, the outside files shown."""
+    result = _build(repo_root, tmp_path / "site")
+    assert result.returncode == 0, result.stdout + result.stderr
+    site = tmp_path / "site"
+    for page in ("reference/queues-yaml", "reference/gateway-api", "security", "benchmarks/results"):
+        assert (site / page / "index.html").is_file(), page
+    assert (site / "benchmarks" / "throughput.png").read_bytes() == (
+        repo_root / "bench" / "throughput.png"
+    ).read_bytes()
+    cron = (site / "cron" / "index.html").read_text()
+    assert "../reference/message-contract/#cron-schedules" in cron  # a link between repository files, repointed
+
+
+def test_a_broken_link_fails_the_build(repo_root, tmp_path):
+    copy = tmp_path / "repo"
+    for name in ("docs", "bench", "schemas", "charts"):
+        shutil.copytree(repo_root / name, copy / name, ignore=shutil.ignore_patterns("*.tgz", "templates"))
+    for name in ("mkdocs.yml", "SECURITY.md"):
+        shutil.copy(repo_root / name, copy / name)
+    assert _build(copy, tmp_path / "ok").returncode == 0
+    page = copy / "docs" / "concepts.md"
+    page.write_text(page.read_text() + "\n[gone](operations.md#no-such-section)\n")
+    result = _build(copy, tmp_path / "broken")
+    assert result.returncode != 0 and "no-such-section" in result.stdout + result.stderr
 
 
 def _walk(node, path="$"):
