@@ -4,6 +4,7 @@ stale; and the site builds strictly (a broken link or anchor fails it)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -147,3 +148,21 @@ def test_schema_is_valid_2020_12():
     Draft202012Validator.check_schema(document())
     Draft202012Validator.check_schema(schema())
     assert json.loads(json.dumps(schema()))["$schema"].endswith("2020-12/schema")
+
+
+def test_the_readme_is_short_and_its_links_and_picture_exist(repo_root):
+    text = (repo_root / "README.md").read_text()
+    assert len(text.splitlines()) <= 150, "README.md is the front door: keep it under 150 lines, move the rest to docs/"
+    targets = re.findall(r"\]\((?!https?:)([^)#\s]+)", text)
+    assert "docs/assets/call-life.svg" in targets
+    assert [t for t in targets if not (repo_root / t).exists()] == []
+
+
+def test_every_setting_the_docs_name_exists(repo_root):
+    """A page naming `JETQUEUE_SOMETHING` that no process reads would send an operator after a variable in vain."""
+    known = set(re.findall(r"`(JETQUEUE_[A-Z0-9_]+)`", docs.settings_reference()))
+    tests = "\n".join(p.read_text() for p in (repo_root / "tests").rglob("*.py"))
+    known |= set(re.findall(r"environ\.get\(\"(JETQUEUE_[A-Z0-9_]+)\"", tests))  # a test's own switch
+    pages = [repo_root / "README.md", *sorted((repo_root / "docs").rglob("*.md"))]
+    named = {(p.name, v) for p in pages for v in re.findall(r"\b(JETQUEUE_[A-Z0-9_]*[A-Z0-9])\b", p.read_text())}
+    assert sorted((page, v) for page, v in named if v not in known) == []
