@@ -43,7 +43,8 @@ _SITE_OF = {repo: site for site, repo in OUTSIDE.items()}
 
 
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
-    """Links to a repository file shown in the site go to its site path; any other link is left to mkdocs."""
+    """Links to a repository file shown in the site go to its site path (a page under docs/ linked from a file
+    outside it too); any other link is left to mkdocs, which fails the strict build on one it cannot find."""
     source = Path(page.file.abs_src_path or "")
     if not source.is_relative_to(ROOT):
         return markdown
@@ -51,7 +52,7 @@ def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Fil
 
     def repoint(m: re.Match[str]) -> str:
         target = posixpath.normpath(posixpath.join(here, m.group(1)))
-        site = _SITE_OF.get(target)
+        site = _SITE_OF.get(target) or (target[5:] if target.startswith("docs/") else None)
         if site is None:
             return m.group(0)
         rel = posixpath.relpath(site, posixpath.dirname(page.file.src_uri) or ".")
