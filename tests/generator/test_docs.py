@@ -166,3 +166,15 @@ def test_every_setting_the_docs_name_exists(repo_root):
     pages = [repo_root / "README.md", *sorted((repo_root / "docs").rglob("*.md"))]
     named = {(p.name, v) for p in pages for v in re.findall(r"\b(JETQUEUE_[A-Z0-9_]*[A-Z0-9])\b", p.read_text())}
     assert sorted((page, v) for page, v in named if v not in known) == []
+
+
+def test_the_reference_example_is_valid_and_inherits_as_the_page_says(repo_root):
+    from jetqueue.generator.validate import validate_text
+
+    page = (repo_root / "docs" / "reference" / "queues-yaml.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", page, re.S)
+    assert example, "the queues.yaml reference lost its example"
+    result = validate_text(example.group(1))
+    assert result.problems == [] and result.config is not None
+    batch = result.config["queues"]["ml-batch"]
+    assert batch["maxInflight"] == 2 and batch["retry"]["maxAttempts"] == 5  # as its comments say
