@@ -14,7 +14,7 @@ from jetqueue.durations import parse_duration
 from jetqueue.ops import deadletters, pauses, queues, schedules, status
 from jetqueue.settings import GatewaySettings, SettingsError, SharedSettings, WorkerSettings
 
-ENV_HELP = "Every setting is an environment variable; see README.md, 'Runtime settings'."
+ENV_HELP = "Every setting is an environment variable; see docs/reference/settings.md."
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
