@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from tests.servers import free_port  # noqa: E402
 JETQUEUE = str(Path(sys.executable).parent / "jetqueue")
 WRK_SCRIPT = str(Path(__file__).resolve().parent / "wrk_spread.lua")
 COUNTS = (1, 3)
+SKEWED = "3, one function"  # every call in one partition of 3: what a hot partition gets from the workers
 FUNCTIONS_PER_PARTITION = 2
 STRICT = "sync_interval: always"
 WARM_UP = 2
@@ -117,10 +119,22 @@ async def run_wrk(wrk: str, url: str, seconds: int, connections: int, names: lis
     return s
 
 
-async def one_count(b: Any, wrk: str, js: JetStreamContext, urls: str, n: int, log: Any) -> dict[str, Any]:
-    """Intake and drain of one fresh queue of `n` partitions (see the module's docstring)."""
-    queue = f"parts{n}"
-    names = spread_functions()
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def one_count(
+    b: Any, wrk: str, js: JetStreamContext, urls: str, n: int, log: Any, nats_pids: list[int], skewed: bool = False
+) -> dict[str, Any]:
+    """Intake and drain of one fresh queue of `n` partitions (see the module's docstring); `skewed`: every call
+    to one function, so to one partition."""
+    queue = f"parts{n}{'one' if skewed else ''}"
+    names = spread_functions()[:1] if skewed else spread_functions()
     base = {"JETQUEUE_NATS_URL": urls, "JETQUEUE_STREAM_REPLICAS": "3", "JETQUEUE_PARTITIONS": str(n)}
 
     def worker_env() -> dict[str, str]:
@@ -147,18 +161,23 @@ async def one_count(b: Any, wrk: str, js: JetStreamContext, urls: str, n: int, l
         await wait_ready(f"{url}/readyz", gateway)
         await run_wrk(wrk, url, WARM_UP, b.args.connections, names)  # connections, caches: not counted
         warm = await stored(js, queue, n)
+        cpu0 = (cpu_seconds(gateway.pid), sum(cpu_seconds(p) for p in nats_pids))
         intake = await run_wrk(wrk, url, b.args.wrk_seconds, b.args.connections, names)
+        wall = intake["duration_us"] / 1e6
+        intake["gateway_cores"] = (cpu_seconds(gateway.pid) - cpu0[0]) / wall
+        intake["nats_cores"] = (sum(cpu_seconds(p) for p in nats_pids) - cpu0[1]) / wall
     finally:
         b.procs.stop(gateway)
     total = await stored(js, queue, n)
     intake["stored"] = total - warm
     log(
-        f"  {n} partition(s): intake {intake['rate']:,.0f} req/s through the gateway, p50 "
+        f"  {queue} ({n} partition(s)): intake {intake['rate']:,.0f} req/s through the gateway, p50 "
         f"{intake['p50_us'] / 1e3:.1f} ms, p99 {intake['p99_us'] / 1e3:.1f} ms, errors {intake['errors']}, "
-        f"{intake['stored']:,} stored for {intake['requests']:,} answers"
+        f"{intake['stored']:,} stored for {intake['requests']:,} answers; CPU: gateway {intake['gateway_cores']:.2f} "
+        f"cores, the 3 nats-servers {intake['nats_cores']:.2f}"
     )
     if intake["errors"] or intake["stored"] < intake["requests"]:
-        log(f"  WARNING: {n} partition(s): {intake['errors']} errors; fewer stored than answered")
+        log(f"  WARNING: {queue}: {intake['errors']} errors; fewer stored than answered")
 
     await b.fn_reset()
     count = b.args.partition_workers
@@ -183,8 +202,8 @@ async def one_count(b: Any, wrk: str, js: JetStreamContext, urls: str, n: int, l
         "rate": (total - left) / max(1e-9, (t_end - stats["first"]) / 1e9) if stats["count"] else 0.0,
         "per_function": stats["functions"],
     }
-    log(f"  {n} partition(s): drain {drain['rate']:,.0f} calls/s by {b.args.partition_workers} worker(s), {left} left")
-    return {"queue": queue, "intake": intake, "drain": drain, "before": before, "after": after}
+    log(f"  {queue}: drain {drain['rate']:,.0f} calls/s by {count} worker(s), {left} left")
+    return {"queue": queue, "n": n, "intake": intake, "drain": drain, "before": before, "after": after}
 
 
 async def measure(b: Any, wrk: str, log: Any) -> dict[str, Any]:
@@ -204,8 +223,11 @@ async def measure(b: Any, wrk: str, log: Any) -> dict[str, Any]:
         urls = ",".join(s.url for s in servers)
         nc = await nats.connect([s.url for s in servers])
         try:
+            pids = [s.proc.pid for s in servers if s.proc is not None]
             for n in COUNTS:
-                out[n] = await one_count(b, wrk, nc.jetstream(timeout=5), urls, n, log)
+                out[n] = await one_count(b, wrk, nc.jetstream(timeout=5), urls, n, log, pids)
+            three = max(COUNTS)
+            out[SKEWED] = await one_count(b, wrk, nc.jetstream(timeout=5), urls, three, log, pids, skewed=True)
         finally:
             await nc.close()
     finally:
@@ -227,12 +249,12 @@ def report(res: dict[str, Any], connections: int, seconds: int) -> list[str]:
         return [*head, f"Not run: {res['skipped']}.", ""]
     one, three = res[1], res[3]
     rows = []
-    for n in COUNTS:
+    for n in (*COUNTS, SKEWED):
         r = res[n]
         i, d = r["intake"], r["drain"]
         rows.append(
             f"| {n} | {i['rate']:,.0f}/s | {i['p50_us'] / 1e3:.1f} ms | {i['p99_us'] / 1e3:.1f} ms | {i['errors']} "
-            f"| {d['calls']:,} | {d['rate']:,.0f}/s | {d['left']} |"
+            f"| {i['gateway_cores']:.2f} | {i['nats_cores']:.2f} | {d['calls']:,} | {d['rate']:,.0f}/s | {d['left']} |"
         )
     lines = [
         *head,
@@ -242,24 +264,28 @@ def report(res: dict[str, Any], connections: int, seconds: int) -> list[str]:
         f"bench/wrk_spread.lua) POSTs through `jetqueue gateway` (defaults, call status on) to "
         f"{len(res['functions'])} functions in turn ({', '.join(res['functions'])}: {FUNCTIONS_PER_PARTITION} per "
         f"partition of 3); then {res['workers']} worker processes (defaults) drain what was stored, timed from the "
-        "first invocation until every partition's stream is empty. Same cluster, same run.",
+        "first invocation until every partition's stream is empty. Same cluster, same run. Row `3, one function`: "
+        f"every call to {res['functions'][0]}, so all in one partition of 3 (a hot partition): every worker serves "
+        "every partition, so it gets every worker.",
         "",
-        "| partitions | intake (gateway, 202s/s) | p50 | p99 | errors | drained (warm-up included) | drain | left |",
-        "|---|---|---|---|---|---|---|---|",
+        "| partitions | intake (gateway, 202s/s) | p50 | p99 | errors | gateway CPU (cores) | 3 nats-servers CPU "
+        "(cores) | drained (warm-up included) | drain | left |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"Ratios, 3 partitions / 1: intake **{three['intake']['rate'] / one['intake']['rate']:.2f}×**, drain "
-        f"**{three['drain']['rate'] / max(1e-9, one['drain']['rate']):.2f}×**.",
+        f"**{three['drain']['rate'] / max(1e-9, one['drain']['rate']):.2f}×**; one hot partition of 3 / spread over 3: "
+        f"drain **{res[SKEWED]['drain']['rate'] / max(1e-9, three['drain']['rate']):.2f}×**.",
         "",
         "Leaders (jetqueue/leaders.py; `before`: after the setting-up worker's spreading, `after`: once drained):",
         "",
     ]
-    for n in COUNTS:
+    for n in (*COUNTS, SKEWED):
         r = res[n]
-        work, status = streams(r["queue"], n), buckets(r["queue"], n)
+        work, status = streams(r["queue"], r["n"]), buckets(r["queue"], r["n"])
+        label = n if isinstance(n, str) else f"{n} partition(s)"
         for when in ("before", "after"):
             lines.append(
-                f"- {n} partition(s), {when}: work streams {_where(r[when], work)}; status buckets "
-                f"{_where(r[when], status)}"
+                f"- {label}, {when}: work streams {_where(r[when], work)}; status buckets {_where(r[when], status)}"
             )
     return [*lines, ""]
