@@ -64,6 +64,38 @@ async def enqueue(
     return call.call_id
 
 
+async def hold_function_consumers(js: Any, queue: str = contract.DEFAULT_QUEUE) -> None:
+    """Function mode as while any function is paused: no shared consumer, a consumer per function with calls
+    (pauses `held`, a function no test calls). The queue's stream must exist (a worker started)."""
+    import io
+
+    from jetqueue.ops import pauses
+
+    assert await pauses.pause(js, queue, "held", None, io.StringIO()) == 0
+
+
+async def flood(nc: Client, function: str, n: int, prefix: str, queue: str = contract.DEFAULT_QUEUE) -> None:
+    """Store n calls of `function` fast (publishes without waiting for each PubAck; ids `<prefix><i>`), and wait
+    until the stream holds them."""
+    import asyncio
+
+    js = nc.jetstream()
+    stream = contract.stream_name(queue)
+    before = (await js.stream_info(stream)).state.last_seq
+    subject = contract.subject(queue, function)
+    for i in range(n):
+        call = Call(call_id=f"{prefix}{i}", queue=queue, function=function, body=b"")
+        await nc.publish(subject, b"", headers=call.to_headers())
+        if i % 2000 == 1999:
+            await nc.flush()
+    await nc.flush()
+    for _ in range(600):
+        if (await js.stream_info(stream)).state.last_seq >= before + n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{n} calls of {function} not stored in 30s")
+
+
 async def dead_letters(nc: Client, queue: str = contract.DEFAULT_QUEUE) -> list[Any]:
     js = nc.jetstream()
     stream = contract.dlq_stream_name(queue)
@@ -108,10 +140,15 @@ async def running_gateway(settings: Any) -> AsyncIterator[Any]:
     gw = Gateway(settings)
     await gw.start()
     try:
-        for _ in range(400):  # connected and streams ready
-            if gw.backend.connected and gw.backend.ready_streams:
+        # Connected, and the streams of every queue it routes to set up (not just the first one's: a test may use
+        # a queue's stream before it submits, e.g. pause it); generous, as the machine may be loaded.
+        for _ in range(2400):
+            b = gw.backend
+            if b.connected and b.ready_streams and set(b.routing.queues) <= b.ready_streams:
                 break
             await asyncio.sleep(0.025)
+        else:
+            raise AssertionError(f"gateway not ready after 60 s: streams of {sorted(gw.backend.ready_streams)} ready")
         yield gw
     finally:
         await gw.stop()

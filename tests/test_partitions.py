@@ -164,8 +164,45 @@ async def test_function_mode_takes_calls_from_every_partition(nats_server, funct
         ids = [await submit_nats(nc, fn, b"", queue=Q, partitions=N) for fn in FUNCTIONS for _ in range(3)]
         await eventually(lambda: sorted(c for fn in FUNCTIONS for c in functions.completed[fn]) == sorted(ids))
         js = nc.jetstream()
-        for fn in FUNCTIONS[:3]:  # its consumer is on its partition's stream, under the usual name
-            p = contract.choose_partition(fn, N)
-            info = await js.consumer_info(contract.stream_name(Q, p), contract.function_consumer_name(Q, fn))
-            assert info.config.filter_subject == contract.subject(Q, fn, p)
+        for p in {contract.choose_partition(fn, N) for fn in FUNCTIONS}:  # each partition's shared consumer, on its own
+            info = await js.consumer_info(contract.stream_name(Q, p), contract.shared_consumer_name(Q))  # subjects
+            assert info.config.filter_subject in (contract.queue_subjects(Q, p), contract.closed_subject(Q, p))
+    await nc.close()
+
+
+async def test_a_crowded_function_gets_its_consumer_on_its_partition(nats_server, functions):
+    """More calls of one function than max_inflight: the partition's shared consumer closes and the function's own
+    consumer, on its partition's stream, filters its partition's subject."""
+    fn = FUNCTIONS[1]
+    p = contract.choose_partition(fn, N)
+    assert p != 0  # a partition of its own naming: <queue>_P<p>
+    hold = asyncio.Event()
+
+    async def slow(request: web.Request, server: Any) -> web.Response:
+        await hold.wait()
+        return web.Response(text="ok")
+
+    functions.handlers[fn] = slow
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    settings = worker_settings(
+        nats_server.url, functions.url_template, queue=Q, partitions=N, mode="function", max_inflight=2
+    )
+    async with running_worker(settings):
+        ids = [await submit_nats(nc, fn, b"", queue=Q, partitions=N) for _ in range(8)]
+
+        async def own_consumer() -> bool:
+            try:
+                info = await js.consumer_info(contract.stream_name(Q, p), contract.function_consumer_name(Q, fn))
+            except Exception:
+                return False
+            return bool(info.config.filter_subject == contract.subject(Q, fn, p))
+
+        for _ in range(300):
+            if await own_consumer():
+                break
+            await asyncio.sleep(0.1)
+        assert await own_consumer()
+        hold.set()
+        await eventually(lambda: sorted(functions.completed[fn]) == sorted(ids), timeout=30)
     await nc.close()

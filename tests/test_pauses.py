@@ -59,9 +59,9 @@ async def test_consumers_are_brought_to_the_records_and_no_other_is_touched(nats
     assert await pauses.bring_consumers(js, "q", stream, contract.durable_name("q"), one, now) == []  # as it is
     everything = [*one, Pause("q", "", FOREVER, now)]
     changed = await pauses.bring_consumers(js, "q", stream, contract.durable_name("q"), everything, now)
-    assert sorted(changed) == [("q-fn-a", FOREVER), ("q-fn-b", FOREVER)]
+    assert sorted(changed) == [("q-fn-a", "paused until resumed"), ("q-fn-b", "paused until resumed")]
     assert not (await js.consumer_info(stream, "mine")).paused
     changed = await pauses.bring_consumers(js, "q", stream, contract.durable_name("q"), [], now)
-    assert sorted(changed) == [("q-fn-a", None), ("q-fn-b", None)]
+    assert sorted(changed) == [("q-fn-a", "resumed"), ("q-fn-b", "resumed")]
     assert not any(c.paused for c in await pauses.all_consumers(js, stream))
     await nc.close()

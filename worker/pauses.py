@@ -25,16 +25,17 @@ lands finish; the time a call waits paused counts toward maxEventAge.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetqueue import contract, keyvalue, provision
@@ -45,6 +46,10 @@ RESYNC = 30.0  # seconds between a worker's full comparisons of records and cons
 # "Until resumed": the server takes a far end as well as any other (it reports the time left as the longest duration).
 FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 CONSUMER_PAGE = 256  # consumers the server lists per request
+# A consumer deleted and made again under the same name can refuse an update for a moment ("error creating store
+# for consumer": the server is still removing the old one's files); seen on a loaded machine. Tried again so.
+STORE_RACE = "error creating store"
+STORE_RACE_TRIES, STORE_RACE_WAIT = 5, 0.5
 
 
 def rfc3339(when: datetime) -> str:
@@ -151,7 +156,7 @@ def decoded(entry: KeyValue.Entry) -> Pause | None:
 def consumer_function(queue: str, info: ConsumerInfo, static_durable: str) -> str | None:
     """Which pause scope a consumer is: '' for the static consumer, the function for a function-mode consumer,
     None for a consumer jetqueue did not make for this queue (never touched)."""
-    if info.name == static_durable:
+    if info.name in (static_durable, contract.shared_consumer_name(queue)):  # every function's calls
         return ""
     token, _, function = (info.config.filter_subject or "").partition(".")  # on any partition of the queue
     ours = contract.split_token(token)
@@ -169,14 +174,22 @@ def consumer_pause(info: ConsumerInfo) -> datetime | None:
 
 async def set_pause(js: JetStreamContext, stream: str, consumer: str, until: datetime | None) -> bool:
     """Pause a consumer until `until`, or resume it (None). False when the consumer does not exist."""
-    try:
-        if until is None:
-            await js.resume_consumer(stream, consumer)
+    tries = 0
+    while True:
+        try:
+            if until is None:
+                await js.resume_consumer(stream, consumer)
+            else:
+                await js.pause_consumer(stream, consumer, rfc3339(until))
+        except NotFoundError:
+            return False
+        except APIError as e:
+            tries += 1
+            if STORE_RACE not in (e.description or "") or tries >= STORE_RACE_TRIES:
+                raise
+            await asyncio.sleep(STORE_RACE_WAIT * tries)
         else:
-            await js.pause_consumer(stream, consumer, rfc3339(until))
-    except NotFoundError:
-        return False
-    return True
+            return True
 
 
 def same_end(a: datetime | None, b: datetime | None) -> bool:
@@ -197,14 +210,26 @@ async def all_consumers(js: JetStreamContext, stream: str) -> list[ConsumerInfo]
 
 async def bring_consumers(
     js: JetStreamContext, queue: str, stream: str, static_durable: str, pauses: list[Pause], now: datetime
-) -> list[tuple[str, datetime | None]]:
-    """Pause or resume each of the queue's consumers whose pause differs from what the records say; returns each
-    consumer changed with its new end (None: resumed). Compared to the second, as records carry whole seconds."""
-    changed: list[tuple[str, datetime | None]] = []
+) -> list[tuple[str, str]]:
+    """Pause or resume each of the queue's consumers whose pause differs from what the records say (compared to
+    the second, as records carry whole seconds), and close function mode's shared consumer while a function is
+    paused: it would deliver that function's calls with the others'. Returns each consumer changed with what was
+    done ("resumed", "paused until ...", "closed ...")."""
+    changed: list[tuple[str, str]] = []
+    function_paused = any(p.queue == queue and p.function and p.active(now) for p in pauses)
     for info in await all_consumers(js, stream):
         function = consumer_function(queue, info, static_durable)
         if function is None:
             continue
+        if function_paused and info.name == contract.shared_consumer_name(queue):
+            if await close_shared(js, stream, info):
+                changed.append(
+                    (
+                        info.name,
+                        "closed to new calls: while a function is paused, each function with "
+                        "calls gets a consumer of its own",
+                    )
+                )
         want = pause_until(pauses, queue, function or None, now)
         have = consumer_pause(info)
         if have is not None and have <= now:
@@ -212,5 +237,20 @@ async def bring_consumers(
         if same_end(want, have):
             continue
         if await set_pause(js, stream, info.name, want):
-            changed.append((info.name, want))
+            changed.append((info.name, "resumed" if want is None else f"paused {describe(want)}"))
     return changed
+
+
+async def close_shared(js: JetStreamContext, stream: str, info: ConsumerInfo) -> bool:
+    """Close an open shared consumer (queueworker/sharedconsumer.py): its filter becomes one no call has, so it
+    delivers nothing new; what it delivered stays with it. False when it was closed already (or is gone)."""
+    queue, partition = contract.partition_of_stream(stream) or ("", 0)
+    closed = contract.closed_subject(queue, partition)
+    if info.config.filter_subject == closed and not info.config.filter_subjects:
+        return False
+    config = replace(info.config, filter_subject=closed, filter_subjects=None)
+    try:
+        await js.add_consumer(stream, config)  # an update: same name, the server keeps its state and its pause
+    except NotFoundError:
+        return False
+    return True

@@ -93,7 +93,9 @@ async def test_static_pause_keeps_calls_until_resumed(nats_server, functions):
         await eventually(lambda: functions.completed["echo"] == ["before"])
         said = await pause(js)
         assert "paused queue faas-request until resumed" in said and "still accepted and kept" in said
-        assert "consumer faas-request-workers: paused until resumed" in said
+        # The CLI pauses the consumer, or finds the worker (which follows the records) already did.
+        assert "consumer faas-request-workers: paused until resumed" in said or "no consumer needed a change" in said
+        assert (await js.consumer_info(contract.stream_name(QUEUE), contract.durable_name(QUEUE))).paused
         for i in range(3):
             await enqueue(nc, "echo", call_id=f"held-{i}")
         await asyncio.sleep(2.0)
@@ -105,7 +107,7 @@ async def test_static_pause_keeps_calls_until_resumed(nats_server, functions):
         await asyncio.sleep(1.0)
         assert functions.calls["echo"] == ["before"]
         assert "resumed queue faas-request" in await resume(js)
-        await eventually(lambda: len(functions.completed["echo"]) == 4, timeout=15)
+        await eventually(lambda: len(functions.completed["echo"]) == 4, timeout=60)
     await nc.close()
 
 
@@ -126,12 +128,19 @@ async def test_a_pause_with_an_end_lifts_by_itself(nats_server, functions):
 async def test_pause_works_with_no_worker_running_and_resume_says_what_still_holds(nats_server, functions):
     nc = await connect(nats_server.url)
     js = nc.jetstream()
+    stream = contract.stream_name(QUEUE)
+    shared = contract.shared_consumer_name(QUEUE)
     settings = worker_settings(nats_server.url, functions.url_template, mode="function")
     async with running_worker(settings):
         await enqueue(nc, "a")
         await enqueue(nc, "b")
         await eventually(lambda: len(functions.completed["a"]) == len(functions.completed["b"]) == 1)
-    stream = contract.stream_name(QUEUE)
+        assert [c.name for c in await js.consumers_info(stream)] == [shared]  # every function's calls
+        await pause(js, "c")
+        await enqueue(nc, "a")
+        await enqueue(nc, "b")  # a consumer each now, as while any function is paused
+        await eventually(lambda: len(functions.completed["a"]) == len(functions.completed["b"]) == 2)
+    await resume(js, "c")
     said = await pause(js, "a")  # no worker: the command pauses the consumer itself
     assert "paused function a of queue faas-request until resumed" in said
     assert (await js.consumer_info(stream, contract.function_consumer_name(QUEUE, "a"))).paused
@@ -144,6 +153,31 @@ async def test_pause_works_with_no_worker_running_and_resume_says_what_still_hol
     assert (await js.consumer_info(stream, contract.function_consumer_name(QUEUE, "a"))).paused
     assert "faas-request-fn-a: resumed" in await resume(js)
     assert "queue faas-request was not paused" in await resume(js)
+    await nc.close()
+
+
+async def test_pausing_a_function_closes_the_shared_consumer_even_with_no_worker_running(nats_server, functions):
+    """The shared consumer would hand the paused function's calls out with the others': the command closes it."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    stream = contract.stream_name(QUEUE)
+    shared = contract.shared_consumer_name(QUEUE)
+    settings = worker_settings(nats_server.url, functions.url_template, mode="function")
+    async with running_worker(settings):
+        await enqueue(nc, "a")
+        await eventually(lambda: len(functions.completed["a"]) == 1)
+    said = await pause(js, "a")
+    assert f"consumer {shared}: closed to new calls" in said
+    assert (await js.consumer_info(stream, shared)).config.filter_subject == contract.closed_subject(QUEUE)
+    assert "no consumer needed a change" in await pause(js, "a")  # closed already
+    await enqueue(nc, "a", call_id="held")
+    await enqueue(nc, "b", call_id="free")
+    async with running_worker(settings):
+        await eventually(lambda: functions.completed["b"] == ["free"])
+        await asyncio.sleep(1.0)
+        assert len(functions.calls["a"]) == 1  # "held" waits
+        await resume(js, "a")
+        await eventually(lambda: functions.completed["a"][-1:] == ["held"], timeout=20)
     await nc.close()
 
 

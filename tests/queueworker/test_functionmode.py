@@ -1,6 +1,7 @@
-"""functionmode.py: a consumer per function, fairness, adaptive concurrency end to end; at scale: discovery only
-when the stream changed, a bounded pool of consumers that functions take in turn (making and removing them:
-test_functionconsumers.py)."""
+"""functionmode.py: which consumers serve the queue (the shared one while no function needs its own, one per function
+otherwise, and back), fairness, adaptive concurrency end to end, and at scale a bounded pool of function consumers
+that functions take in turn (making and removing them: test_functionconsumers.py; the shared consumer:
+test_sharedconsumer.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,26 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from aiohttp import web
 
+from jetqueue import contract
 from jetqueue.provision import StreamSetupError
 from jetqueue.queueworker import functionmode
 from jetqueue.queueworker.fetch import Slots
-from jetqueue.queueworker.functionmode import Function, FunctionMode
+from jetqueue.queueworker.functiondispatch import Lane
+from jetqueue.queueworker.functionmode import FunctionMode
 from jetqueue.queueworker.process import Worker
-from tests.helpers import connect, enqueue, running_worker, worker_settings
+from jetqueue.queueworker.sharedconsumer import State
+from tests.helpers import connect, enqueue, flood, hold_function_consumers, running_worker, worker_settings
 from tests.servers import eventually
+
+STREAM = "OF_faas-request"
+SHARED = contract.shared_consumer_name("faas-request")
+
+
+async def consumer_names(js) -> list[str]:
+    return sorted(c.name for c in await js.consumers_info(STREAM))
 
 
 def sleeper(seconds: float):
@@ -117,6 +129,94 @@ async def test_fairness_a_backlog_does_not_starve_b(nats_server, functions):
     assert static is None or static > 3 * fair
 
 
+async def test_a_100_000_call_backlog_arriving_while_shared_does_not_starve_another_function(nats_server, functions):
+    """The shared consumer serves in stream order: once a's calls outnumber max_inflight, a gets a consumer of its
+    own and b's calls, behind 100,000 of a's in the stream, are not held back by them."""
+    functions.handlers["a"] = sleeper(0.02)
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    settings = worker_settings(
+        nats_server.url, functions.url_template, mode="function", max_inflight=10, adaptive_concurrency=False
+    )
+    async with running_worker(settings):
+        await enqueue(nc, "b", call_id="b-first")
+        await eventually(lambda: functions.completed["b"] == ["b-first"])
+        assert await consumer_names(js) == [SHARED]
+        t0 = time.monotonic()
+        await enqueue(nc, "b", call_id="b-idle")
+        await eventually(lambda: len(functions.completed["b"]) == 2, interval=0.01)
+        idle = time.monotonic() - t0
+        await flood(nc, "a", 100_000, "a-")
+        t0 = time.monotonic()
+        ids = [await enqueue(nc, "b", call_id=f"b-{i}") for i in range(20)]
+        await eventually(lambda: set(ids) <= set(functions.completed["b"]), timeout=30, interval=0.01)
+        behind = time.monotonic() - t0
+        assert contract.function_consumer_name("faas-request", "a") in await consumer_names(js)
+        await js.purge_stream(STREAM)
+    print(f"b's 20 calls behind 100,000 of a: {behind:.2f}s (one call when idle: {idle:.3f}s)")
+    assert behind < max(3.0, 20 * idle)  # bounded: not after a's backlog (generous: a shared machine)
+    await nc.close()
+
+
+async def test_a_function_s_calls_running_on_the_shared_consumer_do_not_run_again_when_it_closes(
+    nats_server, functions
+):
+    """The hand-over: when another function's backlog closes the shared consumer, s's calls it had delivered are
+    still running; s's own consumer, which would deliver them again, is made only once they are done."""
+    functions.handlers["s"] = sleeper(1.5)
+    nc = await connect(nats_server.url)
+    settings = worker_settings(
+        nats_server.url, functions.url_template, mode="function", max_inflight=10, adaptive_concurrency=False
+    )
+    async with running_worker(settings) as w:
+        s_ids = [await enqueue(nc, "s", call_id=f"s-{i}") for i in range(8)]
+        await eventually(lambda: len(functions.calls["s"]) == 8)  # all running, delivered by the shared consumer
+        x_ids = await asyncio.gather(*(enqueue(nc, "x", call_id=f"x-{i}") for i in range(30)))
+        mode = w.function_modes[0]
+        await eventually(lambda: mode.parts[STREAM].shared.state is not State.OPEN, timeout=10)
+        await eventually(lambda: set(x_ids) <= set(functions.completed["x"]) and len(functions.completed["s"]) >= 8)
+        for i in range(3):
+            await enqueue(nc, "s", call_id=f"s-late-{i}")
+            s_ids.append(f"s-late-{i}")
+        await eventually(lambda: set(s_ids) <= set(functions.completed["s"]), timeout=30)
+        await asyncio.sleep(1.0)  # a call delivered twice would be running by now
+    assert sorted(functions.calls["s"]) == sorted(s_ids)
+    assert sorted(functions.calls["x"]) == sorted(x_ids)
+    await nc.close()
+
+
+async def test_after_a_split_the_function_consumers_go_and_the_shared_consumer_comes_back(nats_server, functions):
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    functions.handlers["hot"] = sleeper(0.05)
+    settings = worker_settings(
+        nats_server.url, functions.url_template, mode="function", max_inflight=5, inactive_threshold=60.0
+    )
+    async with running_worker(settings):
+        seen: set[str] = set()
+
+        async def watch() -> None:
+            while True:
+                seen.update(await consumer_names(js))
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
+        ids = await asyncio.gather(*(enqueue(nc, "hot", call_id=f"hot-{i}") for i in range(30)))
+        await eventually(lambda: set(ids) <= set(functions.completed["hot"]), timeout=30)
+        watcher.cancel()
+        assert contract.function_consumer_name("faas-request", "hot") in seen  # 30 calls, max_inflight 5: its own
+        await enqueue(nc, "echo", call_id="after")
+        await eventually(lambda: functions.completed["echo"] == ["after"], timeout=10)
+        names: list[str] = []
+        for _ in range(100):  # long before idle_exit (30 s) would remove hot's consumer
+            names = await consumer_names(js)
+            if names == [SHARED]:
+                break
+            await asyncio.sleep(0.1)
+        assert names == [SHARED], names
+    await nc.close()
+
+
 async def test_adaptive_versus_greedy(nats_server, functions):
     greedy_time, greedy_429 = await run_capacity_scenario(nats_server, functions, False, "greedy")
     adaptive_time, adaptive_429 = await run_capacity_scenario(nats_server, functions, True, "adaptive")
@@ -127,43 +227,49 @@ async def test_adaptive_versus_greedy(nats_server, functions):
     assert adaptive_429 < greedy_429 / 2
 
 
-async def test_idle_consumers_vanish_and_come_back(nats_server, functions):
+async def test_idle_function_consumers_vanish_and_come_back(nats_server, functions):
+    """While function consumers serve the queue, an idle one is removed by the server (inactive_threshold), and
+    made again for the function's next call."""
     nc = await connect(nats_server.url)
     js = nc.jetstream()
     settings = worker_settings(nats_server.url, functions.url_template, mode="function", inactive_threshold=2.0)
     async with running_worker(settings):
+        await hold_function_consumers(js)
         await enqueue(nc, "echo")
         await eventually(lambda: len(functions.completed["echo"]) == 1)
-        names = [c.name for c in await js.consumers_info("OF_faas-request")]
-        assert names == ["faas-request-fn-echo"]
+        assert await consumer_names(js) == ["faas-request-fn-echo"]
         deadline = time.monotonic() + 30
-        while await js.consumers_info("OF_faas-request") and time.monotonic() < deadline:  # noqa: ASYNC110 - polling the server
+        while await js.consumers_info(STREAM) and time.monotonic() < deadline:  # noqa: ASYNC110 - polling the server
             await asyncio.sleep(0.25)
-        assert await js.consumers_info("OF_faas-request") == []  # removed by the server when idle
+        assert await js.consumers_info(STREAM) == []  # removed by the server when idle
         await enqueue(nc, "echo")
         await eventually(lambda: len(functions.completed["echo"]) == 2, timeout=30)
     await nc.close()
 
 
-async def test_restart_reuses_consumers_and_loses_nothing(nats_server, functions):
+@pytest.mark.parametrize("calls", [4, 30])
+async def test_restart_reuses_consumers_and_loses_nothing(nats_server, functions, calls):
+    """A worker stopped while calls run and wait (4: on the shared consumer; 30 > max_inflight: on the function's
+    own) and another started: every call runs once."""
     functions.handlers["slow"] = sleeper(0.2)
     nc = await connect(nats_server.url)
+    js = nc.jetstream()
     settings = worker_settings(
         nats_server.url, functions.url_template, mode="function", max_inflight=5, inactive_threshold=60.0
     )
     async with running_worker(settings):
-        ids = [await enqueue(nc, "slow") for _ in range(30)]
-        await eventually(lambda: len(functions.completed["slow"]) >= 5)
-    before = [c.name for c in await nc.jetstream().consumers_info("OF_faas-request")]
+        ids = [await enqueue(nc, "slow") for _ in range(calls)]
+        await eventually(lambda: len(functions.calls["slow"]) >= 3)
+        before = await consumer_names(js)
+    assert before == [SHARED if calls < 5 else contract.function_consumer_name("faas-request", "slow")]
     async with running_worker(
         worker_settings(
             nats_server.url, functions.url_template, mode="function", max_inflight=5, inactive_threshold=60.0
         )
     ):
         await eventually(lambda: set(ids) <= set(functions.completed["slow"]), timeout=60)
-    after = [c.name for c in await nc.jetstream().consumers_info("OF_faas-request")]
-    assert before == after == ["faas-request-fn-slow"]
-    assert sorted(functions.completed["slow"]) == sorted(ids)
+        await asyncio.sleep(0.5)
+    assert sorted(functions.calls["slow"]) == sorted(ids)
     await nc.close()
 
 
@@ -186,25 +292,31 @@ async def test_one_function_s_failure_stays_with_it(nats_server, functions):
     nc = await connect(nats_server.url)
     js = nc.jetstream()
     async with running_worker(worker_settings(nats_server.url, functions.url_template, mode="function")):
+        await hold_function_consumers(js)
         await enqueue(nc, long_fn)
         await enqueue(nc, "zzz")
         await eventually(lambda: len(functions.completed["zzz"]) == 1 and len(functions.completed[long_fn]) == 1)
-        names = sorted(c.name for c in await js.consumers_info("OF_faas-request"))
+        names = await consumer_names(js)
         assert names[1] == "faas-request-fn-zzz" and len(names[0]) <= 200
     await nc.close()
 
 
-async def test_a_consumer_deleted_underneath_comes_back_with_its_calls(nats_server, functions):
+@pytest.mark.parametrize("own", [False, True], ids=["shared", "own"])
+async def test_a_consumer_deleted_underneath_comes_back_with_its_calls(nats_server, functions, own):
     nc = await connect(nats_server.url)
     js = nc.jetstream()
     functions.handlers["slow"] = sleeper(0.5)
     async with running_worker(worker_settings(nats_server.url, functions.url_template, mode="function")):
+        if own:
+            await hold_function_consumers(js)
         await enqueue(nc, "slow")
         await eventually(lambda: len(functions.completed["slow"]) == 1)
-        await js.delete_consumer("OF_faas-request", "faas-request-fn-slow")
+        name = contract.function_consumer_name("faas-request", "slow") if own else SHARED
+        await js.delete_consumer(STREAM, name)
         for _ in range(3):
             await enqueue(nc, "slow")
         await eventually(lambda: len(functions.completed["slow"]) == 4, timeout=30)
+        assert name in await consumer_names(js)
     await nc.close()
 
 
@@ -293,7 +405,7 @@ async def test_max_inflight_holds_across_functions_fetching_at_once(nats_server,
     await nc.close()
 
 
-def offline_mode(max_inflight: int, stream_info: Any = None) -> FunctionMode:
+def offline_mode(max_inflight: int, stream_info: Any = None, paused: bool = False) -> FunctionMode:
     """A FunctionMode without NATS: what it would send stays in its outbox."""
     url = "http://127.0.0.1:1/{function}"
     s = worker_settings("nats://127.0.0.1:1", url, mode="function", max_inflight=max_inflight)
@@ -304,51 +416,77 @@ def offline_mode(max_inflight: int, stream_info: Any = None) -> FunctionMode:
     async def provision_streams() -> None:
         return None
 
-    return FunctionMode(s, js, ctx, None, Slots(max_inflight), provision_streams)  # type: ignore[arg-type]
+    return FunctionMode(s, js, ctx, None, Slots(max_inflight), provision_streams, function_paused=lambda: paused)  # type: ignore[arg-type]
 
 
 def test_the_fair_share_comes_in_turns_of_two_when_functions_outnumber_slots():
     """With more functions than slots, one call per turn would cost a pull per call: turns are of two calls, so
     the first 2 × max_inflight / 2 functions run while the others wait for their turn in order."""
+    dispatch = offline_mode(10).dispatch
+    dispatch.active = {"a", "b"}
+    assert dispatch.fair() == 5
+    dispatch.active = {f"f{i}" for i in range(100)}
+    assert dispatch.fair() == 2
+    assert offline_mode(1).dispatch.fair() == 1
+
+
+def test_a_function_gets_a_consumer_of_its_own_past_max_inflight_its_adaptive_limit_or_a_pause():
     mode = offline_mode(10)
-    mode.active = {"a", "b"}
-    assert mode.fair() == 5
-    mode.active = {f"f{i}" for i in range(100)}
-    assert mode.fair() == 2
-    assert offline_mode(1).fair() == 1
-
-
-async def test_discovery_reads_the_subject_map_only_when_the_stream_changed(monkeypatch):
-    """The stream's state is asked every DISCOVER_EVERY; its subject map (one entry per function with calls) only
-    when its last sequence moved, or every RECHECK_EVERY for redeliveries."""
-    monkeypatch.setattr(functionmode, "RECHECK_EVERY", 3600.0)
-    asked: list[str | None] = []
-    state = SimpleNamespace(last_seq=10, messages=3, subjects=None)
-
-    async def stream_info(name: str, subjects_filter: str | None = None) -> Any:
-        asked.append(subjects_filter)
-        subjects = {"faas-request.a": 2, "faas-request.b": 1} if subjects_filter else None
-        return SimpleNamespace(state=SimpleNamespace(**{**vars(state), "subjects": subjects}))
-
-    mode = offline_mode(10, stream_info)
+    assert not mode.must_split({f"f{i}": 2 for i in range(5000)})  # the long tail: the shared consumer
+    assert not mode.must_split({"a": 10, "b": 1})
+    assert mode.must_split({"a": 11, "b": 1})  # more than can run at once: the others would wait behind it
     for _ in range(3):
-        await mode._discover()
-    assert asked == [None, "faas-request.>", None, None]  # nothing published since: the map is not read again
-    assert sorted(mode.consumers.opening) == ["a", "b"]  # one create request each, sent at once
-    state.last_seq = 11
-    await mode._discover()
-    assert asked[-1] == "faas-request.>"
+        mode.adaptive.record("a", 200, False, 1)
+    assert mode.adaptive.ceiling("a") is None and not mode.must_split({"a": 8})  # slow start is no limit
+    mode.adaptive.record("a", 429, False, 4)  # a 429 at 4 in flight: its limit is known now
+    assert mode.must_split({"a": 8}) and not mode.must_split({"a": 1})
+    assert offline_mode(10, paused=True).must_split({})
 
 
 async def test_a_known_function_has_calls_to_fetch_only_beyond_those_it_runs():
     mode = offline_mode(10)
-    fn = mode.functions["a"] = Function("a", "faas-request-fn-a", opened=0.0, last_message=0.0, has_work=False)
-    fn.running = 2
-    mode._found([("faas-request.a", 2)], now=0.0)
-    assert not fn.has_work  # the two calls in the stream are the two it runs
-    mode._found([("faas-request.a", 3), ("faas-request.new", 1)], now=0.0)
-    assert fn.has_work and "a" in mode.working
-    assert "new" in mode.consumers.opening  # a consumer is being made for the function never seen
+    part = mode.parts[STREAM]
+    part.shared.state = State.ABSENT
+    lane = Lane(STREAM, "faas-request-fn-a", "a", opened=0.0, last_message=0.0, has_work=False)
+    mode.functions[(STREAM, "a")] = lane
+    lane.running = 2
+    part.discovery.counts = {"a": 2, "hot": 11}  # hot: more than max_inflight, so consumers of their own
+    mode._decide(part, now=0.0)
+    assert not lane.has_work  # the two calls in the stream are the two it runs
+    part.discovery.counts = {"a": 3, "hot": 11, "new": 1}
+    mode._decide(part, now=0.0)
+    assert lane.has_work and lane in mode.dispatch.working
+    assert "new" in part.consumers.opening  # a consumer is being made for the function never seen
+
+
+async def test_going_back_to_the_shared_consumer_new_functions_wait_for_it_a_while():
+    mode = offline_mode(10)
+    part = mode.parts[STREAM]
+    part.shared.state = State.ABSENT
+    lanes = {}
+    for name in ("a", "b"):
+        lane = lanes[name] = Lane(STREAM, f"faas-request-fn-{name}", name, opened=0.0, last_message=0.0, has_work=False)
+        lane.running = 1
+        mode.functions[(STREAM, name)] = lane
+    part.discovery.counts = {"a": 1, "b": 1, "new": 1}  # nobody needs a consumer of their own now
+    mode._decide(part, now=0.0)
+    assert not part.consumers.opening and not part.shared.asking  # new waits; a's and b's consumers are still there
+    lanes["b"].running = 0
+    mode.dispatch.settle(lanes["b"])  # drained: given up at once
+    assert (STREAM, "b") not in mode.functions and "b" in part.consumers.closing
+    mode._decide(part, now=functionmode.CONSOLIDATE_WAIT + 0.1)  # a still runs: function consumers again
+    assert "new" in part.consumers.opening and not part.shared.asking
+
+
+async def test_nothing_is_made_before_the_shared_consumer_s_state_is_known():
+    mode = offline_mode(10)
+    part = mode.parts[STREAM]
+    part.discovery.counts = {"a": 50}
+    mode._decide(part, now=0.0)
+    assert not part.consumers.opening and not part.shared.asking
+    part.shared.state = State.OPEN
+    mode._decide(part, now=0.0)
+    assert part.shared.asking and not part.consumers.opening  # closing it first: a's consumer would overlap
 
 
 async def test_functions_take_turns_when_more_have_calls_than_consumers(nats_server, functions, monkeypatch):
@@ -371,7 +509,7 @@ async def test_functions_take_turns_when_more_have_calls_than_consumers(nats_ser
 
         def all_ran() -> bool:
             nonlocal held
-            held = max(held, len(mode.functions) + len(mode.consumers.opening))
+            held = max(held, len(mode.functions) + len(mode.parts[STREAM].consumers.opening))
             return all(functions.completed[n] for n in names)
 
         await eventually(all_ran, timeout=30, interval=0.01)

@@ -70,6 +70,7 @@ async def test_a_pause_survives_the_consumer_going_and_a_worker_restart(nats_ser
         await eventually(lambda: functions.completed["a"] == ["first"])
         await pause(js, "a")
         await enqueue(nc, "a", call_id="kept")
+        assert (await consumer_back(js, STREAM, name)).paused  # a paused function's calls: a consumer of its own
         await js.delete_consumer(STREAM, name)  # gone underneath: the worker makes it again, paused
         assert (await consumer_back(js, STREAM, name)).paused
         await asyncio.sleep(3.0)  # past inactive_threshold
@@ -104,4 +105,40 @@ async def test_a_consumer_resumed_by_hand_is_paused_again(nats_server, functions
         assert paused_gauge(w, "*") == 1.0
         await resume(js)
         await eventually(lambda: functions.completed["echo"] == ["maybe"], timeout=20)
+    await nc.close()
+
+
+async def test_a_function_paused_while_the_shared_consumer_serves_it_is_held_and_the_others_run(nats_server, functions):
+    """The worker closes the shared consumer when a function pause lands (the command does too): nothing of a's
+    is started while paused, b's calls run on consumers of their own, and after the resume the shared consumer is
+    back."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    shared = contract.shared_consumer_name(QUEUE)
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, mode="function")):
+        await enqueue(nc, "a", call_id="a-before")
+        await eventually(lambda: functions.completed["a"] == ["a-before"])
+        assert [c.name for c in await js.consumers_info(STREAM)] == [shared]
+        await pause(js, "a")
+        for i in range(3):
+            await enqueue(nc, "a", call_id=f"a-{i}")
+            await enqueue(nc, "b", call_id=f"b-{i}")
+        await eventually(lambda: len(functions.completed["b"]) == 3)
+        await asyncio.sleep(1.0)
+        assert functions.calls["a"] == ["a-before"]
+        assert (await consumer_back(js, STREAM, contract.function_consumer_name(QUEUE, "a"))).paused
+        await resume(js, "a")
+        await eventually(lambda: len(functions.completed["a"]) == 4, timeout=20)
+        await enqueue(nc, "c", call_id="c-after")
+        await eventually(lambda: functions.completed["c"] == ["c-after"], timeout=20)
+
+        async def names() -> list[str]:
+            return [c.name for c in await js.consumers_info(STREAM)]
+
+        for _ in range(100):
+            if await names() == [shared]:
+                break
+            await asyncio.sleep(0.1)
+        assert await names() == [shared]
+    assert sorted(functions.calls["a"]) == ["a-0", "a-1", "a-2", "a-before"]
     await nc.close()

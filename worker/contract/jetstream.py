@@ -250,6 +250,22 @@ def function_consumer(
     )
 
 
+def shared_function_consumer(
+    queue: str, ack_wait: float, max_ack_pending: int, max_waiting: int, closed: bool = False, partition: int = 0
+) -> ConsumerSpec:
+    """Function mode's shared consumer of one partition: open, every call of it (`<queue>.>`, `<queue>_P<p>.>`);
+    closed, none new (its filter matches no call). Kept like the static consumer (file state, no
+    inactive_threshold): made rarely, and while it exists its lag is the partition's."""
+    return ConsumerSpec(
+        names.stream_name(queue, partition),
+        names.shared_consumer_name(queue),
+        ack_wait,
+        max_ack_pending,
+        max_waiting,
+        filter_subject=(names.closed_subject(queue, partition) if closed else names.queue_subjects(queue, partition)),
+    )
+
+
 def callback_consumer(queue: str, send_timeout: float, max_waiting: int) -> ConsumerSpec:
     """The callback sender's consumer. max_ack_pending is high on purpose: each worker bounds its own sends
     (callback_concurrency), and a callback whose ack was lost must not hold back the others until it expires."""

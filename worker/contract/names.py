@@ -132,6 +132,18 @@ def subject(queue: str, function: str, partition: int = 0) -> str:
     return f"{partition_token(queue, partition)}.{function}"
 
 
+def shared_consumer_name(queue: str) -> str:
+    """Function mode's shared consumer: every function's calls while none needs a consumer of its own
+    (queueworker/sharedconsumer.py). No function consumer is named so: theirs start `<queue>-fn-`."""
+    return f"{queue}-functions"
+
+
+def closed_subject(queue: str, partition: int = 0) -> str:
+    """The filter of a closed shared consumer: no call is ever published on it (no function name starts with `_`),
+    so the consumer delivers nothing new and keeps only the calls it had delivered."""
+    return f"{partition_token(queue, partition)}._closed"
+
+
 def queue_subjects(queue: str, partition: int = 0) -> str:
     """The subjects of every call of a queue's partition."""
     return f"{partition_token(queue, partition)}.>"

@@ -147,8 +147,8 @@ async def _bring(js: JetStreamContext, queue: str, records: list[Pause], now: da
             "(consumer pause needs nats-server 2.11 or later); running workers try again every "
             f"{pauses.RESYNC:.0f}s"
         ) from None
-    for name, until in changed:
-        out.write(f"consumer {name}: {'resumed' if until is None else 'paused ' + pauses.describe(until)}\n")
+    for name, what in changed:
+        out.write(f"consumer {name}: {what}\n")
     if not changed:
         out.write("no consumer needed a change now; workers apply the pause records to every consumer they create\n")
 

@@ -72,6 +72,11 @@ class Adaptive:
             return self.cap
         return self._get(function).value
 
+    def ceiling(self, function: str) -> int | None:
+        """The function's limit once a 429 (or a 503 with Retry-After) has shown how much it takes; None before."""
+        lim = self.limits.get(function) if self.enabled else None
+        return lim.value if lim is not None and lim.ceiling != math.inf else None
+
     def _get(self, function: str) -> Limit:
         if function not in self.limits:
             self.limits[function] = Limit(ceiling_cap=self.cap)

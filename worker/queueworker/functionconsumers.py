@@ -1,4 +1,5 @@
-"""Function mode's consumers: which function gets one next, how it is made, and when it may be removed.
+"""Function mode's per-function consumers (used while the stream's shared consumer is not open,
+sharedconsumer.py): which function gets one next, how it is made, and when it may be removed.
 
 - Functions with calls and no consumer wait in turn (`waiting`); consumers are made OPEN_AT_ONCE at a time while
   the worker holds fewer than its maximum, each in one request (`CONSUMER.DURABLE.CREATE`, answered on the
@@ -10,6 +11,10 @@
   not paused: removing it with a call pending (an ack sent just before, a NAK's delay, another worker's call)
   would run that call again. Otherwise the server's inactive_threshold removes it once nothing is pending.
 - Every consumer is made with its function's pause (`pause_until`): a paused function stays paused.
+- While a closed shared consumer may still hold calls it delivered (`Shared.handover`), a function's consumer is
+  made only once the stream's first call of that function is above what the shared one delivered (one message get
+  first): else the new consumer would deliver again a call the shared one had delivered. A create refused because
+  a filter overlaps (the shared consumer was made open meanwhile) has the shared consumer asked again.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from nats.js import JetStreamContext
 from jetqueue import contract, provision
 from jetqueue.contract import jetstream
 from jetqueue.queueworker.pullrequests import Message, Requests
+from jetqueue.queueworker.sharedconsumer import OVERLAP, Shared, State
 from jetqueue.settings import WorkerSettings
 
 log = logging.getLogger("jetqueue.functionmode")
@@ -41,6 +47,22 @@ REMOVE_TRIES = 3  # a consumer's info is asked again after REMOVE_RETRY while a 
 REMOVE_RETRY = 0.2  # (mostly an ack sent just before its info was asked: not counted by the server yet)
 LIMIT_WARN_EVERY = 30.0  # "as many consumers as the stream allows" is logged at most this often
 CONSUMER_LIMIT = 10026  # nats-server: "maximum consumers limit reached"
+HANDOVER_RETRY = 0.25  # a function whose calls may still be pending on the closed shared consumer: asked again after
+
+NO_MESSAGE = 10037  # nats-server: no message found
+
+
+def _first_seq(answer: bytes | None) -> int | None:
+    """The sequence of the message a STREAM.MSG.GET found; None: there is none; 0: no answer, or another error."""
+    try:
+        doc = json.loads(answer) if answer else {}
+    except ValueError:
+        return 0
+    seq = (doc.get("message") or {}).get("seq")
+    if isinstance(seq, int):
+        return seq
+    return None if (doc.get("error") or {}).get("err_code") == NO_MESSAGE else 0
+
 
 # A consumer's info, read without parsing it all: anything else than these leaves the consumer alone.
 _NO_ACK_PENDING = re.compile(rb'"num_ack_pending":0[,}]')
@@ -49,12 +71,15 @@ _PAUSED = re.compile(rb'"paused":true')
 
 
 class Consumers:
-    """Makes and removes function consumers. `room()` says how many more the worker may hold; `opened(function,
-    consumer)` is told when one is ready; requests go out through `send` (the dispatcher's outbox)."""
+    """Makes and removes the function consumers of one stream. `room()` says how many more the worker may hold;
+    `opened(function, consumer)` is told when one is ready; requests go out through `send` (the dispatcher's
+    outbox)."""
 
     def __init__(
         self,
         s: WorkerSettings,
+        stream: str,
+        shared: Shared,
         js: JetStreamContext,
         requests: Requests,
         send: Callable[[Message], None],
@@ -64,7 +89,9 @@ class Consumers:
         partition: int = 0,
     ) -> None:
         self.s = s
-        self.partition = partition  # of the queue, whose stream is `s.stream`
+        self.partition = partition  # of the queue: `stream` is its stream
+        self.stream = stream
+        self.shared = shared
         self.js = js
         self.requests = requests
         self.send = send
@@ -111,7 +138,7 @@ class Consumers:
     def open_waiting(self) -> None:
         """Consumers for functions waiting for one, while there is room (OPEN_AT_ONCE created at once)."""
         room = min(OPEN_AT_ONCE - len(self.opening), self.room() - len(self.opening))
-        if room <= 0 or not self.waiting or self.stopping:
+        if room <= 0 or not self.waiting or self.stopping or self.shared.state not in (State.ABSENT, State.CLOSED):
             return
         for function in list(itertools.islice(self.waiting, room + len(self.closing))):
             if room <= 0:
@@ -130,20 +157,41 @@ class Consumers:
         spec = jetstream.function_consumer(
             s.queue, function, s.ack_wait, s.max_ack_pending, s.max_waiting, s.inactive_threshold, self.partition
         )
-        return replace(spec, stream=s.stream)
+        return replace(spec, stream=self.stream)
 
     def _create_template(self) -> tuple[str, str, str]:
         """The create request of any function's consumer, split where its name and subject go."""
         name, subject = "\x00name\x00", "\x00subject\x00"
         config = self.spec("_").to_nats().as_dict()
         config.update(durable_name=name, filter_subject=subject)
-        text = json.dumps({"stream_name": self.s.stream, "config": config})
+        text = json.dumps({"stream_name": self.stream, "config": config})
         head, _, rest = text.partition(json.dumps(name))
         middle, _, tail = rest.partition(json.dumps(subject))
         assert tail and middle, text
         return head, middle, tail
 
     def _ask_create(self, function: str) -> None:
+        """Make the function's consumer, once the closed shared consumer holds none of its calls."""
+        handover = self.shared.handover
+        if handover is None:
+            self._send_create(function)
+            return
+        done = functools.partial(self._first_call, function, handover)
+        body = json.dumps({"next_by_subj": contract.subject(self.s.queue, function), "seq": 0}).encode()
+        self.send(self.requests.ask(f"STREAM.MSG.GET.{self.stream}", done, body))
+
+    def _first_call(self, function: str, handover: int, answer: bytes | None) -> None:
+        """The stream's first call of the function: above `handover` (or none left), none of its calls is pending
+        on the shared consumer, which delivered nothing above it."""
+        if function not in self.opening:
+            return
+        seq = _first_seq(answer)
+        if seq is not None and seq <= handover:  # pending there still (or no answer): asked again shortly
+            self._not_opened(function, HANDOVER_RETRY, "")
+        else:
+            self._send_create(function)
+
+    def _send_create(self, function: str) -> None:
         """Create the function's consumer, or find it as wanted (an existing one keeps its pause): one request."""
         s = self.s
         durable = contract.function_consumer_name(s.queue, function)
@@ -151,13 +199,13 @@ class Consumers:
         if until:
             config = self.spec(function).to_nats().as_dict()
             config["pause_until"] = until
-            payload = json.dumps({"stream_name": s.stream, "config": config}).encode()
+            payload = json.dumps({"stream_name": self.stream, "config": config}).encode()
         else:
             head, middle, tail = self._create_parts
             subject = contract.subject(s.queue, function, self.partition)
             payload = (head + json.dumps(durable) + middle + json.dumps(subject) + tail).encode()
         done = functools.partial(self._created, function, durable)
-        self.send(self.requests.ask(f"CONSUMER.DURABLE.CREATE.{s.stream}.{durable}", done, payload))
+        self.send(self.requests.ask(f"CONSUMER.DURABLE.CREATE.{self.stream}.{durable}", done, payload))
 
     async def _create_carefully(self, function: str) -> None:
         try:
@@ -174,11 +222,14 @@ class Consumers:
             self._opened(function, consumer)
             return
         error = json.loads(answer)["error"] if answer else {}
-        if error.get("err_code") == CONSUMER_LIMIT:
+        if error.get("err_code") == OVERLAP:  # the shared consumer is open (made by another worker meanwhile)
+            self._not_opened(function, CONSUMER_RETRY, "")
+            self.shared.look()
+        elif error.get("err_code") == CONSUMER_LIMIT:
             why = ""
             if self._now() - self.limit_warned >= LIMIT_WARN_EVERY:
                 self.limit_warned = self._now()
-                why = f"stream {self.s.stream} has as many consumers as it allows; functions wait for one"
+                why = f"stream {self.stream} has as many consumers as it allows; functions wait for one"
             self._not_opened(function, CONSUMER_RETRY, why)
         elif answer is None or not error:  # no answer, or no JetStream: tried again later
             self._not_opened(function, OPEN_RETRY, f"cannot consume function {function[:80]!r}: no answer")
@@ -222,7 +273,7 @@ class Consumers:
             self._removed(function, None)
             return
         done = functools.partial(self._removable, function, consumer, tries - 1)
-        self.send(self.requests.ask(f"CONSUMER.INFO.{self.s.stream}.{consumer}", done))
+        self.send(self.requests.ask(f"CONSUMER.INFO.{self.stream}.{consumer}", done))
 
     def _removable(self, function: str, consumer: str, tries: int, answer: bytes | None) -> None:
         """Removed if no call is pending on it, no pull waits on it and it is not paused; else the server's
@@ -237,7 +288,7 @@ class Consumers:
                 self._removed(function, None)
             return
         done = functools.partial(self._removed, function)
-        self.send(self.requests.ask(f"CONSUMER.DELETE.{self.s.stream}.{consumer}", done))
+        self.send(self.requests.ask(f"CONSUMER.DELETE.{self.stream}.{consumer}", done))
 
     def _removed(self, function: str, answer: bytes | None) -> None:
         self.closing.discard(function)

@@ -64,6 +64,11 @@ class PauseFollower:
         end = pauses.pause_until(self.records, self.s.queue, function, self.now())
         return pauses.rfc3339(end) if end else None
 
+    def function_paused(self) -> bool:
+        """Some function of the queue is paused now (function mode's shared consumer must then stay closed)."""
+        now = self.now()
+        return any(p.queue == self.s.queue and p.function and p.active(now) for p in self.records)
+
     def paused(self, function: str | None = None) -> bool:
         return self.until(None if self.s.mode == "static" else function) is not None
 
@@ -136,12 +141,12 @@ class PauseFollower:
     async def apply(self) -> None:
         """Bring the queue's consumers to the records."""
         s = self.s
-        changed = []
+        changed: list[tuple[str, str]] = []
         for stream in self.streams():
             try:
                 changed += await pauses.bring_consumers(self.js, s.queue, stream, s.durable, self.records, self.now())
             except NotFoundError:  # no stream now (deleted underneath): its consumers come back paused from the records
                 pass
-        for name, until in changed:
-            log.info("consumer %s %s", name, "resumed" if until is None else f"paused {pauses.describe(until)}")
+        for name, what in changed:
+            log.info("consumer %s %s", name, what)
         self.export()

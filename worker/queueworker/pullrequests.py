@@ -1,6 +1,7 @@
-"""Pulls from many consumers of one stream, and JetStream API requests, sent without waiting and answered on
-one subscription (function mode's dispatcher, functionmode.py; `ConsumerPull` for the static consumer): no task
-and no wait per call, which nats-py's `fetch` costs for every message (a task, a timer and a uuid each).
+"""Pulls from many consumers (of one stream or several), and JetStream API requests, sent without waiting and
+answered on one subscription (function mode's dispatcher, functiondispatch.py; `ConsumerPull` for the static
+consumer): no task and no wait per call, which nats-py's `fetch` costs for every message (a task, a timer and a uuid
+each).
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ class Pull:
     __slots__ = ("batch", "consumer", "deadline", "description", "done", "msgs", "status", "token")
 
     def __init__(
-        self, consumer: str, batch: int, token: str, deadline: float, done: Callable[[Pull], None], status: str = ""
+        self,
+        consumer: tuple[str, str],
+        batch: int,
+        token: str,
+        deadline: float,
+        done: Callable[[Pull], None],
+        status: str = "",
     ) -> None:
-        self.consumer = consumer
+        self.consumer = consumer  # (stream, consumer name)
         self.batch = batch
         self.token = token
         self.deadline = deadline
@@ -47,22 +54,21 @@ class Pull:
 
 
 class Requests:
-    """Pulls from many consumers of one stream and JetStream API requests, answered on one subscription.
+    """Pulls from many consumers and JetStream API requests, answered on one subscription.
 
     Each request gets a reply subject of its own under one wildcard inbox: a pull's status from the server (no
     messages, expired, no such consumer) and an API answer come on it. A call keeps its own subject when it is
-    delivered, so it is matched to its pull by the consumer its ack subject names (one pull per consumer at a
-    time). The caller sends the messages `pull` and `ask` return; each answer goes to its callback; `expire` gives
-    up on answers that did not come."""
+    delivered, so it is matched to its pull by the stream and consumer its ack subject names (one pull per
+    consumer at a time). The caller sends the messages `pull` and `ask` return; each answer goes to its callback;
+    `expire` gives up on answers that did not come."""
 
-    def __init__(self, js: JetStreamContext, stream: str, orphan: Callable[[Msg], None]) -> None:
+    def __init__(self, js: JetStreamContext, orphan: Callable[[Msg], None]) -> None:
         self.nc = js._nc
         self.api = js._prefix
-        self.next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}."
         self.orphan = orphan  # a call delivered to a pull that had given up waiting
         self.inbox = self.nc.new_inbox()
         self.pulls: dict[str, Pull] = {}  # by token
-        self.by_consumer: dict[str, Pull] = {}
+        self.by_consumer: dict[tuple[str, str], Pull] = {}
         self.asks: dict[str, tuple[float, Callable[[bytes | None], None]]] = {}
         self.sub: Any = None
         self._ids = itertools.count()
@@ -80,6 +86,7 @@ class Requests:
 
     def pull(
         self,
+        stream: str,
         consumer: str,
         batch: int,
         wait: float | None,
@@ -87,22 +94,23 @@ class Requests:
         timeout: float = PULL_TIMEOUT,
         expiring: bool = False,
     ) -> Message:
-        """Up to `batch` calls of `consumer`: those deliverable now (`wait` None: the server answers at once), or
-        the first to come within `wait` seconds. `done` gets the Pull; an answer not there `timeout` seconds after
-        the wait is given up (`expire`). `expiring` (with `wait` None): the pull also expires at the server after
-        `timeout`; it then waits up to that long for a first call when there is none (instead of answering 404),
-        but never lingers there when the consumer has no room (max_ack_pending reached)."""
-        assert consumer not in self.by_consumer, consumer  # its calls could not be told apart
+        """Up to `batch` calls of `consumer` (of `stream`): those deliverable now (`wait` None: the server answers
+        at once), or the first to come within `wait` seconds. `done` gets the Pull; an answer not there `timeout`
+        seconds after the wait is given up (`expire`). `expiring` (with `wait` None): the pull also expires at the
+        server after `timeout`; it then waits up to that long for a first call when there is none (instead of
+        answering 404), but never lingers there when the consumer has no room (max_ack_pending reached)."""
+        key = (stream, consumer)
+        assert key not in self.by_consumer, key  # its calls could not be told apart
         token = self._token()
         deadline = asyncio.get_running_loop().time() + (wait or 0.0) + timeout
-        self.pulls[token] = self.by_consumer[consumer] = Pull(consumer, batch, token, deadline, done)
+        self.pulls[token] = self.by_consumer[key] = Pull(key, batch, token, deadline, done)
         if wait is None and expiring:
             payload = b'{"batch":%d,"no_wait":true,"expires":%d}' % (batch, int(timeout * 1e9))
         elif wait is None:
             payload = b'{"batch":%d,"no_wait":true}' % batch
         else:
             payload = b'{"batch":%d,"expires":%d}' % (batch, int(wait * 1e9))
-        return self.next_subject + consumer, payload, f"{self.inbox}.{token}"
+        return f"{self.api}.CONSUMER.MSG.NEXT.{stream}.{consumer}", payload, f"{self.inbox}.{token}"
 
     def ask(self, subject: str, done: Callable[[bytes | None], None], payload: bytes = b"") -> Message:
         """`$JS.API.<subject>`; `done` gets the answer's body (b"": no JetStream answered; None: no answer)."""
@@ -124,7 +132,8 @@ class Requests:
     async def _receive(self, msg: Msg) -> None:
         if msg.reply.startswith("$JS.ACK."):  # a call, on its own subject
             try:
-                p = self.by_consumer.get(msg.metadata.consumer)
+                md = msg.metadata
+                p = self.by_consumer.get((md.stream, md.consumer))
             except Exception:  # an ack subject nats-py cannot read: no consumer to match
                 p = None
             if p is None:
@@ -173,8 +182,9 @@ class ConsumerPull:
     Calls delivered after their pull was given up go to `orphan` (the loop starts them when slots free up)."""
 
     def __init__(self, js: JetStreamContext, stream: str, consumer: str, orphan: Callable[[Msg], None]) -> None:
+        self.stream = stream
         self.consumer = consumer
-        self.requests = Requests(js, stream, orphan)
+        self.requests = Requests(js, orphan)
 
     async def start(self) -> ConsumerPull:
         await self.requests.start()
@@ -206,13 +216,13 @@ class ConsumerPull:
             raise ConnectionClosedError
         if not r.nc.is_connected:  # a pull sent now would wait in the client's buffer and be answered late
             await asyncio.sleep(DISCONNECTED_WAIT)
-            return Pull(self.consumer, batch, "", 0.0, done, "timeout")
+            return Pull((self.stream, self.consumer), batch, "", 0.0, done, "timeout")
         # Expiring: a pull the server cannot answer (another worker holds every max_ack_pending slot) would
         # otherwise wait there for ever, one more each second, until the consumer refuses every pull (409).
         subject, payload, reply = r.pull(
-            self.consumer, batch, wait, done, expires or STATIC_PULL_TIMEOUT, expiring=True
+            self.stream, self.consumer, batch, wait, done, expires or STATIC_PULL_TIMEOUT, expiring=True
         )
-        pull = r.by_consumer[self.consumer]
+        pull = r.by_consumer[(self.stream, self.consumer)]
         try:
             await r.nc.publish(subject, payload, reply=reply)
             async with asyncio.timeout((wait or 0.0) + STATIC_PULL_TIMEOUT):
