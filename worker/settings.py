@@ -228,6 +228,13 @@ class WorkerSettings(SharedSettings):
         kind="duration",
         values="queue.maxEventAge",
     )
+    result_max_bytes: int = _f(
+        64 * 1024,
+        "Bytes of a function's answer kept as the call's result (`GET /async-calls/{id}/result`, docs/results.md), "
+        "for the status TTL; a longer body is cut there and marked truncated. 0 = no results kept.",
+        kind="size",
+        not_in_chart=DEFAULT,
+    )
     dispatch_rate: float = _f(
         0.0,
         "Most calls of the queue invoked per second, all functions together, across every worker replica. "

@@ -114,6 +114,14 @@ def test_status_and_cancel_match_the_document(gateway, method, call_id):
     assert status in documented("/async-calls/{call_id}", method) | {404, 405}, (status, payload)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(call_id=segment, fmt=st.sampled_from(["", "?format=json", "?format=x"]))
+def test_result_matches_the_document(gateway, call_id, fmt):
+    status, payload = request(gateway, "GET", f"/async-calls/{call_id}/result{fmt}")
+    assert status < 500, (status, payload)
+    assert status in documented("/async-calls/{call_id}/result", "GET") | {405}, (status, payload)
+
+
 def test_every_route_is_documented():
     from jetqueue.gateway.server import Gateway
     from jetqueue.settings import GatewaySettings

@@ -6,16 +6,18 @@ record."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 
 from aiohttp import web
 from nats.js.errors import KeyWrongLastSequenceError
 
-from jetqueue import callstatus, cancels, contract
+from jetqueue import callstatus, cancels, contract, results
 from jetqueue.contract import CallState
 from jetqueue.gateway.accept import RETRY_AFTER
 from jetqueue.gateway.auth import problem
 from jetqueue.gateway.backend import Backend
+from jetqueue.results import ResultBodies
 from jetqueue.settings import GatewaySettings
 
 CANCEL_TRIES = 5
@@ -26,6 +28,7 @@ class Calls:
         self.s = s
         self.backend = backend
         self.recent = recent  # accept.py: the record of a call accepted here a moment ago, not readable yet
+        self._bodies: dict[str, ResultBodies] = {}  # each queue's result bodies, opened on first read
 
     def _check_id(self, call_id: str) -> web.Response | None:
         if not contract.CALL_ID.match(call_id):
@@ -54,7 +57,52 @@ class Calls:
         if (bad := self._check_id(call_id)) is not None:
             return bad
         entry = await self._lookup(call_id)
-        return entry if isinstance(entry, web.Response) else web.json_response(entry.record)
+        return entry if isinstance(entry, web.Response) else web.json_response(results.summary(entry.record))
+
+    async def get_result(self, request: web.Request) -> web.Response:
+        """The function's answer (results.py): its body as it sent it, its status in X-Function-Status; with
+        `?format=json`, all of it as JSON (body in base64)."""
+        call_id = request.match_info["call_id"]
+        if (bad := self._check_id(call_id)) is not None:
+            return bad
+        entry = await self._lookup(call_id)
+        if isinstance(entry, web.Response):
+            return entry
+        record = entry.record
+        state = CallState(record["state"])
+        if not state.final:
+            return problem(409, f"call {call_id!r} is {state}: no result yet", **{"Retry-After": RETRY_AFTER})
+        result = record.get("result")
+        if not isinstance(result, dict):
+            return problem(
+                404,
+                f"call {call_id!r} ended {state} with no result kept (no answer from the function, "
+                "or results are off on its queue's workers)",
+            )
+        queue = str(record.get("queue", ""))
+        if self.backend.js is None:
+            return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
+        if queue not in self._bodies:
+            self._bodies[queue] = ResultBodies(self.backend.js, contract.result_bucket_name(queue))
+        try:
+            body = await results.body_of(result, self._bodies[queue])
+        except Exception:
+            return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
+        if body is None:
+            return problem(404, f"the result body of call {call_id!r} is gone (expired, or its bucket deleted)")
+        facts = {"X-Call-Id": call_id, "X-Call-Status": str(state), "X-Function-Status": str(result["status"])}
+        if result.get("truncated"):
+            facts["X-Result-Truncated"] = f"true; size={result.get('size')}"
+        if request.query.get("format") == "json":
+            out = {k: v for k, v in result.items() if k not in ("body", "object")}
+            out.update(call_id=call_id, state=state, body=base64.b64encode(body).decode())
+            return web.json_response(out, headers=facts)
+        kept = result.get("headers") or {}
+        for name in ("Content-Type", "Content-Encoding"):
+            for k, v in kept.items():
+                if k.lower() == name.lower():
+                    facts[name] = v
+        return web.Response(body=body, headers=facts)
 
     async def cancel(self, request: web.Request) -> web.Response:
         call_id = request.match_info.get("call_id") or request.match_info["name"]
