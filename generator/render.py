@@ -271,6 +271,7 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
                     "maxQueueLength": q["maxQueueLength"],
                     "maxQueueBytes": _bytes(q["maxQueueBytes"]),
                     "partitions": q["partitions"],
+                    "idempotencyWindow": parse_duration(q["idempotencyWindow"]),
                 }
                 for name, q in sorted(cfg["queues"].items())
             },

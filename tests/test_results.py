@@ -8,6 +8,7 @@ import base64
 import io
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 
@@ -51,7 +52,7 @@ async def test_small_large_truncated_and_missing_results(nats_server, functions,
                 return r.status == 200 and (await r.json())["state"] in ("succeeded", "dead-lettered", "failed")
 
         for call_id in ("small", "big", "huge"):
-            await until(lambda c=call_id: final(c))
+            await until(partial(final, call_id))
 
         async with http.get(f"{base}/async-calls/small/result") as r:
             assert r.status == 200 and await r.read() == b'{"ok": true}'
@@ -96,7 +97,7 @@ async def test_no_result_before_the_end_and_none_when_off(nats_server, functions
 
             async def done() -> bool:
                 async with http.get(f"{base}/async-calls/early") as r:
-                    return (await r.json())["state"] == "succeeded"
+                    return bool((await r.json())["state"] == "succeeded")
 
             await until(done)
         async with http.get(f"{base}/async-calls/early/result") as r:

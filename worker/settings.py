@@ -387,6 +387,13 @@ class GatewaySettings(SharedSettings):
         kind="duration",
         not_in_chart=DEFAULT,
     )
+    idempotency_window: float = _f(
+        86400.0,
+        "How long an `Idempotency-Key` is remembered, for queues the routing table does not describe "
+        "(docs/results.md).",
+        kind="duration",
+        not_in_chart="per queue, in `gateway.queues` (queues.yaml `idempotencyWindow`)",
+    )
     max_delay: float = _f(
         30 * 86400.0,
         "Longest `X-Delay` (or furthest `X-Not-Before`) a submission may ask for; 400 beyond it.",

@@ -106,6 +106,33 @@ def test_submit_operations_match_the_document(gateway, method, name, sub, h, bod
         assert "error" in json.loads(payload)
 
 
+FIRST: dict[tuple[str, str], tuple[str, str, bytes]] = {}  # (function, key) -> (call id, method, body) of its first
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    method=st.sampled_from(["POST", "PUT"]),
+    name=st.sampled_from(["idem-a", "idem-b"]),
+    key=st.sampled_from(["k1", '"k1"', "k2", "k3"]),
+    body=st.sampled_from([b"", b"one", b"two"]),
+)
+def test_idempotency_keys_match_the_document_and_hold(gateway, method, name, key, body):
+    """A key's first accepted request decides: the same request again answers its call id, another one 422."""
+    conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=30)
+    try:
+        conn.request(method, f"/async-function/{name}", body=body or None, headers={"Idempotency-Key": key})
+        resp = conn.getresponse()
+        status, payload, call_id = resp.status, resp.read(), resp.getheader("X-Call-Id") or ""
+    finally:
+        conn.close()
+    assert status in documented("/async-function/{name}", method), (status, payload)
+    first = FIRST.setdefault((name, key.strip('"')), (call_id, method, body)) if status == 202 else None
+    if first is not None:
+        assert (status, call_id) == (202, first[0]) if first[1:] == (method, body) else status == 422
+    elif status == 422:
+        assert (name, key.strip('"')) in FIRST
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=st.sampled_from(["GET", "DELETE"]), call_id=segment)
 def test_status_and_cancel_match_the_document(gateway, method, call_id):

@@ -15,11 +15,13 @@ from aiohttp import web
 from nats.js.errors import APIError, NoStreamResponseError
 from prometheus_client import CollectorRegistry
 
-from jetqueue import callstatus, contract
+from jetqueue import callstatus, contract, results
 from jetqueue.contract import CallState, jetstream
 from jetqueue.egress import Egress
+from jetqueue.gateway import idempotency
 from jetqueue.gateway.auth import problem
 from jetqueue.gateway.backend import Backend, PubAcks
+from jetqueue.gateway.idempotency import IdempotencyKeys
 from jetqueue.gateway.metrics import GatewayMetrics
 from jetqueue.gateway.routing import Routing
 from jetqueue.gateway.scheduling import NOT_BEFORE, BadSchedule, not_before
@@ -45,6 +47,7 @@ class Accept:
         self.metrics = GatewayMetrics(registry, lambda: backend.reconnects)
         self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
         self._recent: OrderedDict[str, tuple[float, callstatus.Record]] = OrderedDict()
+        self.idempotency = IdempotencyKeys(lambda: backend.js, self._idempotency_window)
 
     async def submit(self, request: web.Request) -> web.Response:
         """The submission routes' handler (server.py); most submissions come by the front door instead (front.py)."""
@@ -97,6 +100,12 @@ class Accept:
         headers = contract.forwardable(request.headers)
         if self.s.auth_token or self.s.auth_user:  # the credential was for the gateway, not the function
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        idem = request.headers.get(idempotency.HEADER)
+        try:
+            idem_key = idempotency.parse(idem) if idem is not None else ""
+        except idempotency.BadKey as e:
+            self.metrics.count(name, queue, 400, request.method)
+            return problem(400, str(e))
         call = contract.Call(
             call_id=call_id,
             queue=queue,
@@ -111,7 +120,27 @@ class Accept:
             not_before=when,
             partition_key=key,
         )
+        if idem_key:  # the first call's answer to a repeat, across gateways (idempotency.py)
+            return await self.idempotency.submit(call, idem_key, self._store, self._status_of)
         return await self._store(call)
+
+    async def _status_of(self, call_id: str) -> callstatus.Record | None:
+        """A call's status as GET /async-calls/{id} shows it (None: no record); raises when NATS fails."""
+        record = self.recent(call_id)
+        if record is not None:
+            return record
+        if not self.backend.status_enabled:
+            return None
+        if self.backend.lookup is None:
+            raise ConnectionError("not connected to NATS")
+        entry = await self.backend.lookup.get(call_id)
+        return results.summary(entry.record) if entry is not None else None
+
+    def _idempotency_window(self, queue: str) -> tuple[float, int, str]:
+        info = self.routing.queues.get(queue)
+        if info is None:
+            return self.s.idempotency_window, self.s.stream_replicas, self.s.stream_storage
+        return info.idempotency_window, info.replicas, info.storage
 
     def _too_large(self, body: int, header_map: dict[str, str]) -> web.Response | None:
         """413 when body + headers (+ room for a dead letter's metadata) exceed the server's max_payload:
