@@ -260,6 +260,8 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
             "strictRouting": g["strictRouting"],
             "maxBodySize": g["maxBodySize"],
             "maxDelay": g["maxDelay"],
+            "maxBatchCalls": g["maxBatchCalls"],
+            "maxBatchBytes": g["maxBatchBytes"],
             "callStatus": dict(g["callStatus"]),
             "auth": dict(g["auth"]),
             "callbackHosts": list(g["callbackHosts"]),

@@ -387,6 +387,17 @@ class GatewaySettings(SharedSettings):
         kind="duration",
         not_in_chart=DEFAULT,
     )
+    max_batch_calls: int = _f(
+        100,
+        "Most calls in one `POST /async-batch` (413 above; docs/results.md).",
+        values="gateway.maxBatchCalls",
+    )
+    max_batch_bytes: int = _f(
+        8 * 1024 * 1024,
+        "Largest `POST /async-batch` request body (413 above); each call's body is held to maxBodySize too.",
+        kind="size",
+        values="gateway.maxBatchBytes",
+    )
     idempotency_window: float = _f(
         86400.0,
         "How long an `Idempotency-Key` is remembered, for queues the routing table does not describe "

@@ -133,6 +133,40 @@ def test_idempotency_keys_match_the_document_and_hold(gateway, method, name, key
         assert (name, key.strip('"')) in FIRST
 
 
+batch_call = st.fixed_dictionaries(
+    {"function": st.one_of(st.sampled_from(["echo", "b.ns"]), segment)},
+    optional={
+        "method": st.sampled_from(["POST", "PUT", "GET", "DELETE", 3]),
+        "path": st.one_of(st.just("/a?b=1"), header_value),
+        "body": st.text(max_size=50),
+        "bodyBase64": st.one_of(st.just("aGk="), header_value),
+        "headers": st.dictionaries(st.sampled_from(["X-A", "X-Call-Id", "Content-Type"]), header_value, max_size=2),
+        "callId": st.one_of(st.just("batch-1"), header_value),
+        "callbackUrl": st.one_of(st.just("http://127.0.0.1:9/cb"), header_value),
+        "delay": st.sampled_from(["1s", "-1s", "x"]),
+        "idempotencyKey": st.sampled_from(["bk1", "bk2", ""]),
+        "tags": st.one_of(st.lists(st.sampled_from(["a", "b-c", "BAD TAG"]), max_size=3), header_value),
+        "other": st.just(1),
+    },
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=st.one_of(st.lists(st.one_of(batch_call, st.integers()), max_size=8), st.just({}), st.just("x")))
+def test_batch_matches_the_document(gateway, calls):
+    """Every answer a documented status; each call's result a status its single submission may get."""
+    status, payload = request(gateway, "POST", "/async-batch", json.dumps(calls).encode())
+    assert status in documented("/async-batch", "POST"), (status, payload)
+    doc = json.loads(payload)
+    if status != 200:
+        assert "error" in doc
+        return
+    assert len(doc["results"]) == len(calls) and doc["accepted"] + doc["refused"] == len(calls)
+    for result in doc["results"]:
+        assert result["status"] in documented("/async-function/{name}", "POST"), result
+        assert ("callId" in result) == (result["status"] == 202) or result["status"] == 503, result
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=st.sampled_from(["GET", "DELETE"]), call_id=segment)
 def test_status_and_cancel_match_the_document(gateway, method, call_id):

@@ -10,8 +10,10 @@ import math
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 from nats.js.errors import APIError, NoStreamResponseError
 from prometheus_client import CollectorRegistry
 
@@ -39,6 +41,18 @@ MAX_RECENT = 10_000  # records of calls just accepted, kept in memory (`recent`)
 RECENT_FOR = 10.0
 
 
+class Submitted(Protocol):
+    """What a submission is read from: an HTTP request, or one call of a batch (batch.py)."""
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def method(self) -> str: ...
+
+    async def read(self) -> bytes: ...
+
+
 class Accept:
     def __init__(self, s: GatewaySettings, routing: Routing, backend: Backend, registry: CollectorRegistry) -> None:
         self.s = s
@@ -54,7 +68,7 @@ class Accept:
         url = request.rel_url
         return await self.submit_as(request, request.match_info["name"], url.raw_path, url.raw_query_string)
 
-    async def submit_as(self, request: web.BaseRequest, name: str, raw_path: str, query: str) -> web.Response:
+    async def submit_as(self, request: Submitted, name: str, raw_path: str, query: str) -> web.Response:
         """A submission to function `name` at `raw_path`?`query` (still percent-encoded, as the client sent them)."""
         if not contract.FUNCTION_NAME.match(name) or len(name) > MAX_FUNCTION_NAME:
             self.metrics.count("_invalid", "", 400, request.method)
