@@ -32,7 +32,8 @@ async def test_each_call_answered_and_stored(nats_server, functions, http):
         results = doc["results"]
         assert [x["status"] for x in results] == [202, 202, 400, 202, 400, 400, 202, 400, 202, 202]
         assert doc["accepted"] == 6 and doc["refused"] == 4
-        assert results[0]["callId"] == "b-1" and results[3] == {**results[3], "callId": "b-1", "duplicate": True}
+        assert results[0]["callId"] == results[3]["callId"] == "b-1"  # one call id: stored once, either may be first
+        assert [bool(results[i].get("duplicate")) for i in (0, 3)].count(True) == 1
         assert results[8]["callId"] == results[9]["callId"]  # one key: one call, whichever publish landed first
         assert [bool(x.get("duplicate")) for x in results[8:]].count(True) == 1
         assert "notBefore" in results[6] and results[0]["queue"] == contract.DEFAULT_QUEUE

@@ -183,6 +183,19 @@ def test_result_matches_the_document(gateway, call_id, fmt):
     assert status in documented("/async-calls/{call_id}/result", "GET") | {405}, (status, payload)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.one_of(st.sampled_from(["", "?tag=t1", "?tag=t-2", "?other=1"]), segment.map(lambda t: f"?tag={t}")))
+def test_cancel_by_tag_matches_the_document(gateway, query):
+    status, payload = request(gateway, "DELETE", f"/async-calls{query}")
+    assert status in documented("/async-calls", "DELETE"), (status, payload)
+    doc = json.loads(payload)
+    if status == 200:
+        counted = sum(doc[k] for k in ("cancelled", "cancelling", "finished", "unknown", "failed"))
+        assert counted == doc["matched"] and doc["failed"] == 0
+    else:
+        assert "error" in doc
+
+
 def test_every_route_is_documented():
     from jetqueue.gateway.server import Gateway
     from jetqueue.settings import GatewaySettings

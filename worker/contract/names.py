@@ -63,6 +63,21 @@ def submission_key(call_id: str) -> str:
     return f"_submitted.{call_id}"
 
 
+def tag_key(tag: str, call_id: str) -> str:
+    """The status bucket's index key of a tagged call (tags.py): `_tag.<tag>.<call id>`; no tag holds a `.`."""
+    return f"_tag.{tag}.{call_id}"
+
+
+def tag_keys(tag: str) -> str:
+    """Every index key of one tag, as a key filter."""
+    return f"_tag.{tag}.>"
+
+
+def call_of_tag_key(key: str) -> str:
+    """The call id of a `tag_key`."""
+    return key.split(".", 2)[2]
+
+
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 QUEUE_NAME = re.compile(rf"^{DNS_LABEL}$")
 FUNCTION_NAME = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})?$")

@@ -5,6 +5,7 @@ with the reason, or 503 with Retry-After when the call could not be stored."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -17,7 +18,7 @@ from multidict import CIMultiDictProxy
 from nats.js.errors import APIError, NoStreamResponseError
 from prometheus_client import CollectorRegistry
 
-from jetqueue import callstatus, contract, results
+from jetqueue import callstatus, contract, results, tags
 from jetqueue.contract import CallState, jetstream
 from jetqueue.egress import Egress
 from jetqueue.gateway import idempotency
@@ -114,6 +115,12 @@ class Accept:
         headers = contract.forwardable(request.headers)
         if self.s.auth_token or self.s.auth_user:  # the credential was for the gateway, not the function
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        if (tagged := request.headers.get(tags.HEADER)) is not None:
+            try:
+                tags.parse(tagged)
+            except tags.BadTags as e:
+                self.metrics.count(name, queue, 400, request.method)
+                return problem(400, str(e))
         idem = request.headers.get(idempotency.HEADER)
         try:
             idem_key = idempotency.parse(idem) if idem is not None else ""
@@ -206,6 +213,14 @@ class Accept:
         if b.acks is None or not b.connected or (queue not in b.ready_streams and not await b.ensure_queue(queue)):
             self.metrics.count(name, queue, 503, call.method)
             return problem(503, "NATS is unavailable; nothing was stored, retry later", **{"Retry-After": RETRY_AFTER})
+        if b.status_enabled and (call_tags := tags.of_headers(call.headers)):
+            try:  # before the call: a tagged call the index missed would escape a cancel by tag (tags.py)
+                keys = [contract.tag_key(t, call.call_id) for t in call_tags]
+                value = json.dumps({"start": call.start_time_ns}).encode()
+                await b.queue_status(queue).store(call.call_id).index(keys, value)
+            except Exception:
+                self.metrics.count(name, queue, 503, call.method)
+                return problem(503, "the call's tags could not be stored; nothing was stored, retry later")
         t0 = time.perf_counter()
         try:
             duplicate = await self._publish(b.acks, call, subject, headers, partition)

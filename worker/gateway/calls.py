@@ -6,13 +6,15 @@ record."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
 from nats.js.errors import KeyWrongLastSequenceError
 
-from jetqueue import callstatus, cancels, contract, results
+from jetqueue import callstatus, cancels, contract, results, tags
 from jetqueue.contract import CallState
 from jetqueue.gateway.accept import RETRY_AFTER
 from jetqueue.gateway.auth import problem
@@ -21,6 +23,8 @@ from jetqueue.results import ResultBodies
 from jetqueue.settings import GatewaySettings
 
 CANCEL_TRIES = 5
+BULK_AT_ONCE = 32  # cancels of a tag's calls in flight at once
+BULK_COUNTS = ("cancelled", "cancelling", "finished", "unknown", "failed")
 
 
 class Calls:
@@ -108,6 +112,38 @@ class Calls:
         call_id = request.match_info.get("call_id") or request.match_info["name"]
         if (bad := self._check_id(call_id)) is not None:
             return bad
+        return await self.cancel_one(call_id)
+
+    async def cancel_tagged(self, request: web.Request) -> web.Response:
+        """`DELETE /async-calls?tag=…`: every call of the tag not finished yet, each through `cancel_one`."""
+        tag = request.query.get("tag", "")
+        if not tags.TAG.match(tag):
+            return problem(400, f"give ?tag=<tag>: 1-32 characters of [A-Za-z0-9_-] ({tags.HEADER})")
+        if not self.backend.status_enabled:
+            return problem(501, "call status is switched off on this gateway (JETQUEUE_CALL_STATUS=false)")
+        stores = [store for status in self.backend.status.values() for store in status.stores]
+        if self.backend.lookup is None:
+            return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
+        try:
+            found = await asyncio.gather(*(s.indexed(contract.tag_keys(tag)) for s in stores))
+        except Exception:
+            return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
+        ids = sorted({contract.call_of_tag_key(k) for keys in found for k in keys})
+        room = asyncio.Semaphore(BULK_AT_ONCE)
+
+        async def one(call_id: str) -> str:
+            async with room:
+                answer = await self.cancel_one(call_id)
+            if answer.status == 202:
+                return "cancelling" if b'"cancelling"' in (answer.body or b"") else "cancelled"  # type: ignore[operator]
+            return {409: "finished", 404: "unknown"}.get(answer.status, "failed")
+
+        counts = Counter(await asyncio.gather(*(one(i) for i in ids)))
+        out = {"tag": tag, "matched": len(ids), **{k: counts[k] for k in BULK_COUNTS}}
+        return web.json_response(out)
+
+    async def cancel_one(self, call_id: str) -> web.Response:
+        """Cancel one call (`DELETE /async-calls/{id}`, and each of a tag's)."""
         for _ in range(CANCEL_TRIES):
             entry = await self._lookup(call_id)
             if isinstance(entry, web.Response):

@@ -56,6 +56,7 @@ class Gateway:
         r.add_post("/async-batch", self.batch.submit)
         r.add_delete("/async-function/{name}", self.calls.cancel)  # OpenFaaS form: the segment is the call id
         r.add_delete("/async-calls/{call_id}", self.calls.cancel)
+        r.add_delete("/async-calls", self.calls.cancel_tagged)
         r.add_get("/async-calls/{call_id}", self.calls.get_status)
         r.add_get("/async-calls/{call_id}/result", self.calls.get_result)
         add_probes(app, self.registry, lambda: True, self._not_ready)
