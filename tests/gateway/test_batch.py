@@ -62,6 +62,15 @@ async def test_limits_refuse_the_whole_batch(nats_server, http):
         ):
             async with http.post(url, data=body) as r:
                 assert r.status == status and why in (await r.json())["error"], (body[:40], r.status)
+        injected = [
+            {"function": "echo", "headers": {"X-A\r\nNats-Msg-Id": "x"}},
+            {"function": "echo", "headers": {"X-A\n": "x"}},
+            {"function": "echo", "headers": {"X-A": "x\r\nNats-Msg-Id: y"}},
+            {"function": "echo", "callbackUrl": "http://127.0.0.1:9/\r\nX: y"},
+        ]
+        for pair in (injected[:2], injected[2:]):  # maxBatchCalls = 3
+            async with http.post(url, data=json.dumps(pair)) as r:
+                assert [x["status"] for x in (await r.json())["results"]] == [400, 400]
         nc = await connect(nats_server.url)
         try:
             info = await nc.jetstream().stream_info(contract.stream_name(contract.DEFAULT_QUEUE))

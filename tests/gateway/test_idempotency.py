@@ -104,3 +104,17 @@ async def test_the_window_is_the_queues(nats_server, functions, http, tmp_path):
         await asyncio.sleep(3.0)  # past the window: the key is forgotten, a new call
         later = await submit(http, base, "short")
         assert later[0] == 202 and later[1]["X-Call-Id"] != first[1]["X-Call-Id"] and "X-Duplicate" not in later[1]
+
+
+async def test_a_mark_after_the_record_was_removed_puts_it_back(nats_server):
+    """A repeat stored the call while the first publish, refused, removed the record: the key stands for it again."""
+    nc = await connect(nats_server.url)
+    try:
+        kv = await nc.jetstream().create_key_value(jetstream.idempotency_bucket(contract.DEFAULT_QUEUE, 86400.0))
+        rec = {"call_id": "c-1", "start": 1, "fingerprint": "f", "at": time.time()}
+        revision = await kv.create("k", json.dumps({**rec, "state": "pending"}).encode())
+        await kv.delete("k", last=revision)
+        await idempotency._mark(kv, "k", revision, rec)
+        assert json.loads((await kv.get("k")).value or b"{}")["state"] == "stored"
+    finally:
+        await nc.close()

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +38,7 @@ from jetqueue.gateway.auth import problem
 from jetqueue.settings import GatewaySettings
 
 METHODS = ("POST", "PUT", "PATCH", "GET")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # an HTTP token (RFC 9110): nothing to inject
 # Fields that stand for a submission's headers (the header wins nothing: giving both is refused).
 FIELD_HEADERS = {
     "callId": "X-Call-Id",
@@ -118,8 +120,11 @@ def parse_item(item: Any, max_body: int) -> tuple[str, str, str, Submission]:
         if header in headers:
             raise BadItem(f"{field!r} and the header {header} both given")
         headers[header] = value
-    if any("\r" in v or "\n" in v for v in headers.values()):
-        raise BadItem("header values must not hold line breaks")
+    for k, v in headers.items():
+        if not HEADER_NAME.fullmatch(k):
+            raise BadItem(f"header name {k[:40]!r} is not an HTTP token")
+        if any(ch in v for ch in "\r\n\0"):
+            raise BadItem(f"header {k!r}: the value must not hold line breaks or NUL")
     return function, PREFIX + function + path, query, Submission(headers, method, body)
 
 

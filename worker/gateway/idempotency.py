@@ -28,6 +28,7 @@ by that repeat. That needs a crash inside one event-loop step and a queue backed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -193,7 +194,10 @@ async def _mark(kv: KeyValue, rkey: str, revision: int, rec: dict[str, Any]) -> 
     try:
         await kv.update(rkey, _encode(rec, STORED), last=revision)
     except KeyWrongLastSequenceError:
-        pass  # another repeat marked it (or took it over) first
+        # Marked (or taken over) by another repeat first; or deleted by a first publish refused meanwhile while this
+        # one, a repeat, stored the call: then the key must stand for it again.
+        with contextlib.suppress(Exception):
+            await kv.create(rkey, _encode(rec, STORED))
     except Exception as e:
         log.warning("idempotency record not marked stored: %r", e, extra={"call_id": rec.get("call_id")})
 
@@ -210,7 +214,7 @@ async def _replay(call: contract.Call, lookup: Lookup) -> web.Response:
         status = await lookup(call.call_id)
     except Exception:  # NATS failing now: the id is what the caller needs
         status = None
-    body = status or {"call_id": call.call_id, "state": "queued"}
+    body = status or {"call_id": call.call_id}  # status switched off, or NATS failing now
     headers = {
         "X-Call-Id": call.call_id,
         "X-Start-Time": str(call.start_time_ns),
