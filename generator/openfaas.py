@@ -342,11 +342,17 @@ def from_queue_worker(r: Release, namespace: str) -> tuple[str, dict[str, Any], 
     durable = r.get("nats.consumer.durableName")
     if durable != contract.durable_name(name):
         r.drop("nats.consumer.durableName", f"jetqueue's consumer is {contract.durable_name(name)}")
-    if r.number("queuePartitions") > 1:
-        r.drop("queuePartitions", "this queues.yaml has no queue partitions")
+    partitions = r.number("queuePartitions")
+    if partitions > 1:  # OpenFaaS: one release per partition; jetqueue: every worker of the queue serves each
+        r.say(
+            f"queuePartitions={partitions}",
+            "changed",
+            f"to the queue's partitions: {partitions} (one release serves every partition; `partition` is not needed)",
+        )
     r.get("partition")
     q: dict[str, Any] = {
         "replicas": r.number("replicas"),
+        **({"partitions": partitions} if partitions > 1 else {}),
         "mode": str(r.get("mode")),
         "maxInflight": r.number("maxInflight"),
         "adaptiveConcurrency": r.flag("adaptiveConcurrency"),

@@ -108,10 +108,15 @@ async def running_gateway(settings: Any) -> AsyncIterator[Any]:
     gw = Gateway(settings)
     await gw.start()
     try:
-        for _ in range(400):  # connected and streams ready
-            if gw.backend.connected and gw.backend.ready_streams:
+        # Connected, and the streams of every queue it routes to set up (not just the first one's: a test may use
+        # a queue's stream before it submits, e.g. pause it); generous, as the machine may be loaded.
+        for _ in range(2400):
+            b = gw.backend
+            if b.connected and b.ready_streams and set(b.routing.queues) <= b.ready_streams:
                 break
             await asyncio.sleep(0.025)
+        else:
+            raise AssertionError(f"gateway not ready after 60 s: streams of {sorted(gw.backend.ready_streams)} ready")
         yield gw
     finally:
         await gw.stop()

@@ -263,6 +263,7 @@ class CallbackReceiver:
     headers: dict[str, str] = field(default_factory=dict)  # answered with every response (e.g. Location)
     runner: web.AppRunner | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
+    refused: int = 0  # attempts answered with a status >= 300 (while `status` says so)
 
     @property
     def url(self) -> str:
@@ -283,6 +284,7 @@ class CallbackReceiver:
 
     async def _receive(self, request: web.Request) -> web.Response:
         if self.status >= 300:
+            self.refused += 1
             return web.Response(status=self.status, headers=self.headers)
         self.received.append((dict(request.headers), await request.read()))
         self.event.set()

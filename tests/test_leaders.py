@@ -49,6 +49,7 @@ async def placed_apart(js: Any, streams: list[str], within: float = 30.0) -> lis
         await asyncio.sleep(0.2)
 
 
+@pytest.mark.slow  # a 3-node cluster
 async def test_a_worker_spreads_its_partitions_leaders_over_the_servers(nats3, functions, monkeypatch):
     monkeypatch.setattr(worker_partitions, "CHECK_EVERY", 1.0)
     urls = ",".join(s.url for s in nats3)

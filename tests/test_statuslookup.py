@@ -63,7 +63,9 @@ async def test_status_is_found_by_id_alone_in_the_call_s_own_queue(nats_server, 
         await nc.flush()
         async with http.get(f"{base}/async-calls/{hinted}") as r:
             assert (await r.json())["state"] == "queued"
-        await nc.flush()
+        await nc.flush()  # every read the lookup made is in this connection now; its callback runs a moment later
+        await eventually(lambda: bool(reads), timeout=30)
+        await asyncio.sleep(0.2)  # the rest of them, if the lookup made more than one
         for sub in subs:
             await sub.unsubscribe()
         streams = {s.split(".")[4 if ".DIRECT." in s else 5] for s in reads}

@@ -25,6 +25,7 @@ lands finish; the time a call waits paused counts toward maxEventAge.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -34,7 +35,7 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetqueue import contract, keyvalue, provision
@@ -45,6 +46,10 @@ RESYNC = 30.0  # seconds between a worker's full comparisons of records and cons
 # "Until resumed": the server takes a far end as well as any other (it reports the time left as the longest duration).
 FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 CONSUMER_PAGE = 256  # consumers the server lists per request
+# A consumer deleted and made again under the same name can refuse an update for a moment ("error creating store
+# for consumer": the server is still removing the old one's files); seen on a loaded machine. Tried again so.
+STORE_RACE = "error creating store"
+STORE_RACE_TRIES, STORE_RACE_WAIT = 5, 0.5
 
 
 def rfc3339(when: datetime) -> str:
@@ -169,14 +174,22 @@ def consumer_pause(info: ConsumerInfo) -> datetime | None:
 
 async def set_pause(js: JetStreamContext, stream: str, consumer: str, until: datetime | None) -> bool:
     """Pause a consumer until `until`, or resume it (None). False when the consumer does not exist."""
-    try:
-        if until is None:
-            await js.resume_consumer(stream, consumer)
+    tries = 0
+    while True:
+        try:
+            if until is None:
+                await js.resume_consumer(stream, consumer)
+            else:
+                await js.pause_consumer(stream, consumer, rfc3339(until))
+        except NotFoundError:
+            return False
+        except APIError as e:
+            tries += 1
+            if STORE_RACE not in (e.description or "") or tries >= STORE_RACE_TRIES:
+                raise
+            await asyncio.sleep(STORE_RACE_WAIT * tries)
         else:
-            await js.pause_consumer(stream, consumer, rfc3339(until))
-    except NotFoundError:
-        return False
-    return True
+            return True
 
 
 def same_end(a: datetime | None, b: datetime | None) -> bool:

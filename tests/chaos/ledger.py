@@ -21,6 +21,7 @@ from jetqueue.contract import FINAL
 from jetqueue.statuslookup import StatusLookup
 
 T = TypeVar("T")
+FINAL_WAIT = 30.0  # seconds a call's final status record may take to land after its last attempt
 
 
 @dataclass
@@ -31,15 +32,28 @@ class Ledger:
     queue: str = contract.DEFAULT_QUEUE
     partitions: int = 1  # the queue's: its status buckets
 
-    async def check(self, nc: Client, invoked: list[str], max_duplicates: int) -> dict[str, int]:
-        """Every accepted call reached the function at least once and reached one final state."""
+    async def check(
+        self, nc: Client, invoked: list[str], max_duplicates: int, max_unrecorded: int = 0
+    ) -> dict[str, int]:
+        """Every accepted call reached the function at least once and reached one final state; at most
+        `max_unrecorded` calls that ran have no status record at all (a worker killed -9 between a call's ack and
+        its status record, which is written after the ack, off the call's slot: statuswriter.py)."""
         js = nc.jetstream()
         lookup = StatusLookup(js, {self.queue: QueueStatus.of(js, self.queue, self.partitions, 3600.0)})
         counts = Counter(invoked)
-        finals: Counter[str | None] = Counter()
         missing = [c for c in self.accepted if counts[c] == 0]
-        for call_id in self.accepted:
-            finals[await asked_again(functools.partial(state_of, lookup, call_id))] += 1
+        states: dict[str, str | None] = {}
+        # Status records are written off the call's slot, after it ends (statuswriter.py): on a loaded machine
+        # the last ones land a while after the function saw the call. Asked again until final, within a bound.
+        deadline = time.monotonic() + FINAL_WAIT
+        while True:  # (an unrecorded call is asked until the deadline: it may only be late)
+            for call_id in self.accepted:
+                if states.get(call_id) not in FINAL:
+                    states[call_id] = await asked_again(functools.partial(state_of, lookup, call_id))
+            if all(v in FINAL for v in states.values()) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        finals: Counter[str | None] = Counter(states.values())
         duplicates = sum(counts[c] - 1 for c in self.accepted if counts[c] > 1)
         report = {
             "accepted": len(self.accepted),
@@ -50,7 +64,8 @@ class Ledger:
         }
         print(f"ledger [{self.name}]: " + ", ".join(f"{k} {v}" for k, v in report.items()))
         assert not missing, f"accepted calls never invoked: {missing[:5]}"
-        assert set(finals) <= FINAL, f"calls not in a final state: {finals}"
+        assert set(finals) - {None} <= FINAL, f"calls not in a final state: {finals}"
+        assert finals[None] <= max_unrecorded, f"calls without a status record: {finals}"
         assert duplicates <= max_duplicates, report
         return report
 

@@ -138,6 +138,7 @@ def test_values_with_no_jetqueue_equivalent_or_a_jetqueue_name():
     assert not imported.result.errors, [p.format("q") for p in imported.result.problems]
     doc = yaml.safe_load(imported.text)
     assert list(doc["queues"]) == ["batch-jobs"] and doc["queues"]["batch-jobs"]["retry"]["initialWait"] == "100ms"
+    assert doc["queues"]["batch-jobs"]["partitions"] == 4
     assert doc["nats"] == {"profile": "external", "url": "nats://nats.nats:4222"}  # not OpenFaaS's own NATS
     assert doc["gateway"]["strictRouting"] is True  # no shared queue given: nothing falls into a wrong one
     text = "\n".join(imported.lines)
@@ -145,7 +146,7 @@ def test_values_with_no_jetqueue_equivalent_or_a_jetqueue_name():
         "queue 'batch_jobs': changed: to 'batch-jobs'",
         "insecureTLS=True: not carried: OpenFaaS then skips verifying the certificates of callbacks",
         "initialRetryWait=0s: changed: to 100ms",
-        "queuePartitions=4: not carried",
+        "queuePartitions=4: changed: to the queue's partitions: 4",
         "nodeSelector={'pool': 'queues'}: not carried",
         "consumer.pullMaxMessages=100: not carried",
         "nats: jetqueue connects to the NATS OpenFaaS uses",
