@@ -63,6 +63,7 @@ def test_the_queued_record_is_the_encoder_s_own_bytes():
         Call(call_id="0", queue="q", function="f", start_time_ns=1_700_000_000_000_000_000),
         Call(call_id="x", queue="q", function="f", start_time_ns=1_700_000_000_999_500_000),
         Call(call_id='quote"and\\back\u00e9\n', queue="q", function="f"),  # not an id the gateway takes
+        Call(call_id="t", queue="q", function="f", headers={"X-Call-Tags": "signup,batch-7"}),  # tags: the encoder
     ]
     for call in calls:
         encoded = callstatus.queued_record(call)
@@ -71,3 +72,4 @@ def test_the_queued_record_is_the_encoder_s_own_bytes():
         assert abs(written_at - want["updated_at"]) < 5
         want["updated_at"] = written_at  # in its place: the order of the keys is the encoder's too
         assert json.dumps(want).encode() == encoded
+    assert b'"tags": ["signup", "batch-7"]' in callstatus.queued_record(calls[-1])

@@ -17,6 +17,7 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     ReplayPolicy,
     RetentionPolicy,
     StorageType,
@@ -313,6 +314,24 @@ def cancel_bucket(queue: str, replicas: int = 1, storage: str = "file") -> KeyVa
     return _bucket(
         names.cancel_bucket_name(queue), f"jetqueue cancel requests of queue {queue}", CANCEL_KEEP, replicas, storage
     )
+
+
+def result_bucket(queue: str, ttl: float, replicas: int = 1, storage: str = "file") -> ObjectStoreConfig:
+    """A queue's object store of result bodies too large for the status record (results.py), kept as long as the
+    status records that point at them (`ttl`)."""
+    return ObjectStoreConfig(
+        bucket=names.result_bucket_name(queue),
+        description=f"jetqueue call results of queue {queue}",
+        ttl=ttl,
+        replicas=replicas,
+        storage=StorageType(storage),
+    )
+
+
+def idempotency_bucket(queue: str, window: float, replicas: int = 1, storage: str = "file") -> KeyValueConfig:
+    """A queue's Idempotency-Key records (gateway/idempotency.py), each kept for the queue's idempotency window."""
+    name = names.idempotency_bucket_name(queue)
+    return _bucket(name, f"jetqueue idempotency keys of queue {queue}", window, replicas, storage)
 
 
 def pause_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:

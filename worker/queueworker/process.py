@@ -42,6 +42,7 @@ from jetqueue.queueworker.ratelimit import DispatchRate
 from jetqueue.queueworker.schedule import Holder, Mover
 from jetqueue.queueworker.statuswriter import StatusWriter
 from jetqueue.queueworker.ticks import Ticks
+from jetqueue.results import ResultBodies
 from jetqueue.settings import WorkerSettings
 from jetqueue.signing import signing_keys
 
@@ -146,6 +147,8 @@ class Worker:
             holder=None if s.max_queue_length or s.max_queue_bytes else Holder(js, lambda: nc.max_payload),
             cancelled=lambda call: self.cancels is not None and self.cancels.requested(call),
             admit=rates.admit if rates else None,
+            results=ResultBodies.of(js, s.queue, s.status_ttl, s.stream_replicas, s.stream_storage),
+            result_limit=s.result_max_bytes if s.call_status else 0,
         )
         self.processor = Processor(ctx)
         if s.call_status:
