@@ -166,7 +166,7 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
     if shared and not static:
         report.notes.append(
             f"{shared} call(s) of {q} running on the shared consumer (every function's calls while none is "
-            "crowded): in IN FLIGHT, not in a function's RUNNING"
+            "crowded): counted in the queue's IN FLIGHT, not in a function's"
         )
     if not expired.complete:
         report.notes.append(f"EXPIRED counts the latest {expired.scanned} of {expired.total} dead letters")
