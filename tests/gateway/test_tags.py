@@ -43,6 +43,9 @@ async def test_cancel_by_tag(nats_server, functions, http):
         for bad in ("a b", ",", "x" * 33, "1,2,3,4,5,6", "a.b"):
             r = await post(http, f"{base}/async-function/echo", b"", **{"X-Call-Tags": bad})
             assert r.status == 400, bad
+        repeated = [("X-Call-Tags", "a"), ("X-Call-Tags", "b,c,d,e,f")]  # six once folded: refused, not dropped
+        async with http.post(f"{base}/async-function/echo", data=b"", headers=repeated) as r:
+            assert r.status == 400
         for query in ("", "?tag=", "?tag=a.b"):
             async with http.delete(f"{base}/async-calls{query}") as r:
                 assert r.status == 400
