@@ -97,7 +97,14 @@ class Calls:
             return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
         if body is None:
             return problem(404, f"the result body of call {call_id!r} is gone (expired, or its bucket deleted)")
-        facts = {"X-Call-Id": call_id, "X-Call-Status": str(state), "X-Function-Status": str(result["status"])}
+        facts = {
+            "X-Call-Id": call_id,
+            "X-Call-Status": str(state),
+            "X-Function-Status": str(result["status"]),
+            # A function's answer served from the gateway's origin (where the dashboard may be): never run as a page.
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox",
+        }
         if result.get("truncated"):
             facts["X-Result-Truncated"] = f"true; size={result.get('size')}"
         if request.query.get("format") == "json":
