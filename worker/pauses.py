@@ -26,6 +26,7 @@ lands finish; the time a call waits paused counts toward maxEventAge.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -46,8 +47,10 @@ RESYNC = 30.0  # seconds between a worker's full comparisons of records and cons
 # "Until resumed": the server takes a far end as well as any other (it reports the time left as the longest duration).
 FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 CONSUMER_PAGE = 256  # consumers the server lists per request
-# A consumer deleted and made again under the same name can refuse an update for a moment ("error creating store
-# for consumer": the server is still removing the old one's files); seen on a loaded machine. Tried again so.
+# A consumer deleted and made again under the same name, or updated by two clients at once, can refuse an update
+# ("error creating store for consumer ... meta.inf.tmp: no such file": nats-server 2.15.1 on a loaded machine):
+# tried again, and where it persists its store is gone on the server: a worker then removes the consumer, which it
+# makes again with the pause the records say (nothing pending on it is lost: a work queue keeps unacked calls).
 STORE_RACE = "error creating store"
 STORE_RACE_TRIES, STORE_RACE_WAIT = 5, 0.5
 
@@ -172,8 +175,11 @@ def consumer_pause(info: ConsumerInfo) -> datetime | None:
     return parse_rfc3339(info.config.pause_until)
 
 
-async def set_pause(js: JetStreamContext, stream: str, consumer: str, until: datetime | None) -> bool:
-    """Pause a consumer until `until`, or resume it (None). False when the consumer does not exist."""
+async def set_pause(
+    js: JetStreamContext, stream: str, consumer: str, until: datetime | None, repair: bool = False
+) -> bool:
+    """Pause a consumer until `until`, or resume it (None). False when the consumer does not exist. `repair` (a
+    worker, which makes its consumers again): a consumer whose store is gone on the server is removed."""
     tries = 0
     while True:
         try:
@@ -185,8 +191,20 @@ async def set_pause(js: JetStreamContext, stream: str, consumer: str, until: dat
             return False
         except APIError as e:
             tries += 1
-            if STORE_RACE not in (e.description or "") or tries >= STORE_RACE_TRIES:
+            if STORE_RACE not in (e.description or ""):
                 raise
+            if tries >= STORE_RACE_TRIES:
+                if not repair:
+                    raise
+                log.warning(
+                    "consumer %s on %s cannot be changed (%s): removing it, to be made again as the records say",
+                    consumer,
+                    stream,
+                    e.description,
+                )
+                with contextlib.suppress(NotFoundError):
+                    await js.delete_consumer(stream, consumer)
+                return True
             await asyncio.sleep(STORE_RACE_WAIT * tries)
         else:
             return True
@@ -209,7 +227,13 @@ async def all_consumers(js: JetStreamContext, stream: str) -> list[ConsumerInfo]
 
 
 async def bring_consumers(
-    js: JetStreamContext, queue: str, stream: str, static_durable: str, pauses: list[Pause], now: datetime
+    js: JetStreamContext,
+    queue: str,
+    stream: str,
+    static_durable: str,
+    pauses: list[Pause],
+    now: datetime,
+    repair: bool = False,
 ) -> list[tuple[str, str]]:
     """Pause or resume each of the queue's consumers whose pause differs from what the records say (compared to
     the second, as records carry whole seconds), and close function mode's shared consumer while a function is
@@ -236,7 +260,7 @@ async def bring_consumers(
             have = None  # its end has passed: the server lifts it
         if same_end(want, have):
             continue
-        if await set_pause(js, stream, info.name, want):
+        if await set_pause(js, stream, info.name, want, repair):
             changed.append((info.name, "resumed" if want is None else f"paused {describe(want)}"))
     return changed
 

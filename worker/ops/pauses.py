@@ -142,6 +142,12 @@ async def _bring(js: JetStreamContext, queue: str, records: list[Pause], now: da
     except NotFoundError:
         raise OpsError(f"queue {queue!r} has no stream {contract.stream_name(queue)} (deleted meanwhile?)") from None
     except APIError as e:
+        if pauses.STORE_RACE in (e.description or ""):  # a worker following the records changed it at that moment
+            out.write(
+                f"note: a consumer of {queue} was being changed by a worker at the same moment ({e.description}); "
+                f"the records are updated and workers bring every consumer to them (again every {pauses.RESYNC:.0f}s)\n"
+            )
+            return
         raise OpsError(
             f"the pause records are updated, but a consumer of {queue} could not be changed: {e.description or e!r} "
             "(consumer pause needs nats-server 2.11 or later); running workers try again every "

@@ -144,7 +144,9 @@ class PauseFollower:
         changed: list[tuple[str, str]] = []
         for stream in self.streams():
             try:
-                changed += await pauses.bring_consumers(self.js, s.queue, stream, s.durable, self.records, self.now())
+                changed += await pauses.bring_consumers(
+                    self.js, s.queue, stream, s.durable, self.records, self.now(), repair=True
+                )
             except NotFoundError:  # no stream now (deleted underneath): its consumers come back paused from the records
                 pass
         for name, what in changed:
