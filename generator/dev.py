@@ -149,6 +149,7 @@ class Dev:
         routes.write_text(json.dumps(envmap.routes_document(gw_values)))
         port = self.gateway_port or free_port()
         env.update(JETQUEUE_HTTP_HOST="127.0.0.1", JETQUEUE_HTTP_PORT=str(port), JETQUEUE_ROUTES_FILE=str(routes))
+        env["JETQUEUE_DASHBOARD"] = "true"  # on loopback, without credentials: answers only to loopback names
         gw = self._spawn("gateway", [sys.executable, "-m", "jetqueue", "gateway"], env)
         gw.http = f"http://127.0.0.1:{port}"
         self.gateway = gw.http
@@ -299,7 +300,8 @@ class Dev:
             f"  curl -s {g}/async-calls/<X-Call-Id from above>\n"
             f"  curl -i -X POST {g}/async-function/sleep -d 20 && curl -X DELETE {g}/async-calls/<call id>\n"
             f"  curl -s {g}/metrics | grep gateway_async\n"
-            f"  JETQUEUE_NATS_URL={self.nats_url} .venv/bin/jetqueue status"
+            f"  JETQUEUE_NATS_URL={self.nats_url} .venv/bin/jetqueue status\n"
+            f"  open {g}/dashboard/   (queues live, dead letters, call lookup, pause: docs/dashboard.md)"
         )
 
     # ---- stop ------------------------------------------------------------------------------------

@@ -400,3 +400,8 @@ class GatewaySettings(SharedSettings):
     shutdown_timeout: float = _f(
         10.0, "On SIGTERM, how long open requests may finish.", kind="duration", not_in_chart=DEFAULT
     )
+    dashboard: bool = _f(
+        False,
+        "Serve the dashboard under /dashboard/, behind the API's credentials (docs/dashboard.md).",
+        values="gateway.dashboard.enabled",
+    )

@@ -26,6 +26,7 @@ from jetqueue.probes import add_probes, serve
 from jetqueue.settings import GatewaySettings
 
 log = logging.getLogger("jetqueue.gateway")
+DASHBOARD = "/dashboard"  # where JETQUEUE_DASHBOARD serves it
 
 
 class Gateway:
@@ -45,8 +46,18 @@ class Gateway:
     def app(self) -> web.Application:
         middlewares = [errors_middleware(self.s.max_body_size)]
         if self.s.auth_token or self.s.auth_user:
-            middlewares.insert(0, auth_middleware(self.s))
+            # The dashboard checks the same credentials itself: it also takes them through its sign-in page.
+            middlewares.insert(0, auth_middleware(self.s, DASHBOARD if self.s.dashboard else ""))
         app = web.Application(client_max_size=self.s.max_body_size, middlewares=middlewares)
+        if self.s.dashboard:
+            from jetqueue.dashboard.app import Dashboard
+            from jetqueue.dashboard.guard import LOOPBACK
+
+            open_door = not (self.s.auth_token or self.s.auth_user)
+            if open_door:
+                log.warning("the dashboard is on without API credentials: whoever reaches the gateway can use it")
+            local = open_door and self.s.http_host in LOOPBACK  # `jetqueue dev`: answers only to loopback names
+            app.add_subapp(DASHBOARD, Dashboard(self.s, lambda: self.backend.nc, DASHBOARD, local).app())
         r = app.router
         for method in SUBMIT_METHODS:
             r.add_route(method, "/async-function/{name}", self.accept.submit)

@@ -77,8 +77,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "status",
         help="pending, scheduled, in-flight, dead and expired calls, and pauses, per queue and function",
         description="Per queue (FUNCTION *) and per function: PENDING calls waiting to run, SCHEDULED calls held "
-        "for later, IN FLIGHT, REDELIVERED, DEAD LETTERS, EXPIRED (dead letters older than maxEventAge, among the "
-        "latest 10000), CONSUMERS, REPLICAS, LEADER, and PAUSED (until when).",
+        "for later, IN FLIGHT (per function in function mode), REDELIVERED, DEAD LETTERS, EXPIRED (dead letters "
+        "older than maxEventAge, among the latest 10000), CONSUMERS, REPLICAS, LEADER, and PAUSED (until when).",
     )
     p.add_argument("queue", nargs="?", help="one queue (default: every OF_* stream)")
     nats_args(p)
@@ -186,6 +186,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     nats_args(a)
     a.set_defaults(func=lambda x: _ops(x, lambda nc: schedules.schedule_rm(nc.jetstream(), x.queue, x.name, x.force)))
+
+    from jetqueue.dashboard.command import add_command as add_dashboard
+
+    add_dashboard(sub)
 
 
 def _settings_for_cli(nats_url: str | None) -> SharedSettings:

@@ -13,13 +13,14 @@ from typing import TextIO
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from jetqueue import contract, partitioned
 from jetqueue.ops.queues import Confirm, OpsError, table
 
 REASON_SCAN = 10_000  # `jetqueue status` reads the reasons of at most this many dead letters: the latest ones
 REASON_BATCH = 1_000
+MESSAGE_GONE = 10057  # JetStream's error code for deleting a message that is not there (any more)
 
 
 def function_of(subject: str) -> str:
@@ -44,8 +45,10 @@ class DeadLetter:
 
 
 async def dead_letters(
-    js: JetStreamContext, queue: str, function: str | None = None, call_id: str | None = None
+    js: JetStreamContext, queue: str, function: str | None = None, call_id: str | None = None, latest: int = 0
 ) -> list[DeadLetter]:
+    """The queue's dead letters (of `function`, of `call_id`), oldest first; `latest`: only among the last `latest`
+    messages the stream stored (the dashboard's pages, bounded however many the stream holds)."""
     stream = contract.dlq_stream_name(queue)
     try:
         info = await js.stream_info(stream)
@@ -56,7 +59,7 @@ async def dead_letters(
         return out
     # next_by_subj needs a subject; the wildcard walks every function's dead letters.
     subject = contract.dlq_subject(queue, function) if function else contract.dlq_subject(queue, ">")
-    seq = info.state.first_seq
+    seq = max(info.state.first_seq, info.state.last_seq - latest + 1) if latest else info.state.first_seq
     while seq <= info.state.last_seq:
         try:
             m = await js.get_msg(stream, seq=seq, next=True, subject=subject)
@@ -197,7 +200,13 @@ async def dlq_replay(
             key = headers.get(contract.H_PARTITION_KEY, "")
             subject = contract.subject(queue, fn, contract.choose_partition(fn, partitions, key))
         await js.publish(subject, d.data, headers=headers)
-        await js.delete_msg(contract.dlq_stream_name(queue), d.seq)
+        try:
+            await js.delete_msg(contract.dlq_stream_name(queue), d.seq)
+        except APIError as e:
+            # Replayed at the same moment by someone else (a double click): their publish was this one's duplicate
+            # (the same Nats-Msg-Id), and they removed it first.
+            if e.err_code != MESSAGE_GONE:
+                raise
     out.write(f"replayed {len(found)} call(s) onto {queue}\n")
     return 0
 

@@ -16,6 +16,7 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 - {name: JETQUEUE_MAX_DELAY, value: {{ .Values.gateway.maxDelay | quote }}}
 - {name: JETQUEUE_CALL_STATUS, value: {{ .Values.gateway.callStatus.enabled | toString | quote }}}
 - {name: JETQUEUE_STATUS_TTL, value: {{ .Values.gateway.callStatus.ttl | quote }}}
+- {name: JETQUEUE_DASHBOARD, value: {{ .Values.gateway.dashboard.enabled | toString | quote }}}
 - {name: JETQUEUE_CALLBACK_HOSTS, value: {{ join "," .Values.gateway.callbackHosts | quote }}}
 - {name: JETQUEUE_ROUTES_FILE, value: /etc/jetqueue/routes.json}
 - {name: JETQUEUE_OPENFAAS_URL, value: {{ .Values.openfaas.url | quote }}}
