@@ -26,10 +26,8 @@ lands finish; the time a call waits paused counts toward maxEventAge.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -189,15 +187,7 @@ async def set_pause(js: JetStreamContext, stream: str, consumer: str, until: dat
             tries += 1
             if STORE_RACE not in (e.description or "") or tries >= STORE_RACE_TRIES:
                 raise
-            # Also seen when two updates of the consumer meet (the CLI and a worker following the records): had
-            # both waited alike they would meet again. The other's update may be this one: then it is done.
-            await asyncio.sleep(STORE_RACE_WAIT * tries * random.uniform(0.5, 1.5))
-            with contextlib.suppress(Exception):
-                have = consumer_pause(await js.consumer_info(stream, consumer))
-                if have is not None and have <= datetime.now(UTC):
-                    have = None
-                if same_end(have, until):
-                    return True
+            await asyncio.sleep(STORE_RACE_WAIT * tries)
         else:
             return True
 
