@@ -82,6 +82,7 @@ headers = st.fixed_dictionaries(
         "X-Failure-Callback-Url": st.one_of(st.just("http://127.0.0.1:9/failed"), header_value),
         "Content-Type": st.sampled_from(["application/json", "text/plain", "application/octet-stream"]),
         "X-Custom": header_value,
+        "X-Concurrency-Key": st.one_of(st.from_regex(r"[\x21-\x7e]{1,128}", fullmatch=True), header_value),
     },
 )
 
