@@ -146,6 +146,7 @@ batch_call = st.fixed_dictionaries(
         "callbackUrl": st.one_of(st.just("http://127.0.0.1:9/cb"), header_value),
         "delay": st.sampled_from(["1s", "-1s", "x"]),
         "idempotencyKey": st.sampled_from(["bk1", "bk2", ""]),
+        "concurrencyKey": st.one_of(st.just("customer-1"), header_value),
         "tags": st.one_of(st.lists(st.sampled_from(["a", "b-c", "BAD TAG"]), max_size=3), header_value),
         "other": st.just(1),
     },

@@ -166,6 +166,9 @@ class KeyLimits:
                 self._warn_at = now + WARN_EVERY
                 log.warning("key limits of %s: the bucket does not answer (%r); calls with a key wait", function, e)
             return random.uniform(*HOLD)
+        except BaseException:  # cancelled (shutdown) holding a lease: not renewed, so it expires after the ttl
+            self.held.pop(lease.lease_id, None)
+            raise
         return lease
 
     async def leave(self, lease: Lease) -> None:
