@@ -181,3 +181,25 @@ async def test_a_killed_lease_holder_frees_its_slot_after_the_ttl(nats_server, t
         if proc.returncode is None:
             proc.kill()
             await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_a_wait_cancelled_holding_a_lease_stops_renewing_it(nats_server):
+    nc = await connect(nats_server.url)
+    limits = KeyLimits(nc.jetstream(), Q, jetstream.key_bucket(), ttl=2.0, wait=1.0)
+    policy = FunctionPolicy(1.0, RetryPolicy(), key_concurrency=1, key_rate=2.0)
+    first = await limits.enter("kf", "k", policy)
+    assert isinstance(first, Lease)
+    await limits.leave(first)
+    second = asyncio.create_task(limits.enter("kf", "k", policy))  # takes the lease, then waits 0.5 s for the rate
+    await eventually(lambda: bool(limits.held), timeout=10)
+    second.cancel()  # a shutdown
+    with contextlib.suppress(asyncio.CancelledError):
+        await second
+    assert not limits.held  # not renewed: it expires after the ttl instead of holding the key's slot for ever
+    t0 = time.monotonic()
+    while not isinstance(got := await limits.enter("kf", "k", policy), Lease):
+        assert time.monotonic() - t0 < 20, got
+        await asyncio.sleep(0.2)
+    await limits.leave(got)
+    await limits.stop()
+    await nc.close()

@@ -188,12 +188,15 @@ class KeyLimits:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or users >= self.waiters:  # enough of the key wait here: the rest go back to the queue
                 return await self._try(record, limit)
-            try:
+            try:  # one waiter per key polls; the others queue behind it, first come first served
                 async with asyncio.timeout(remaining):
-                    async with lock:  # one waiter per key polls; the others queue behind it, first come first served
-                        return await self._poll(record, limit, deadline)
+                    await lock.acquire()
             except TimeoutError:
                 return None
+            try:  # not under the timeout: a cancel there could land between a lease's write and its being held
+                return await self._poll(record, limit, deadline)
+            finally:
+                lock.release()
         finally:
             lock, users = self._locks[record]
             if users <= 1:
