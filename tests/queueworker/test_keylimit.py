@@ -78,9 +78,8 @@ async def test_a_key_backlog_holds_back_no_other_key_and_spends_no_attempt(nats_
     assert fn.most["big"] <= 2 and fn.most["small"] <= 2
     assert sorted(functions.completed["kf"]) == sorted(big + small)  # each once: none lost, none doubled
     assert held and held > 0  # the limit did put calls back (else the test shows nothing)
-    for call_id in big[-3:]:  # calls that waited in the queue ran at their first attempt
-        record = await status_record(nc, call_id)
-        assert record is not None and record["attempt"] == 1, record
+    records = [await status_record(nc, call_id) for call_id in big]
+    assert {r["attempt"] for r in records if r is not None} == {1}  # those put back ran at their first attempt
     await nc.close()
 
 
