@@ -49,6 +49,7 @@ class OpenFaaSGateway:
     functions: dict[str, dict[str, dict[str, Any]]] = field(default_factory=lambda: defaultdict(dict))
     handlers: dict[str, Handler] = field(default_factory=dict)
     api_calls: list[tuple[str, str]] = field(default_factory=list)  # (path, namespace) of each API request
+    refused: set[str] = field(default_factory=set)  # namespaces answered 401, as faas-netes does for kube-system
     invocations: dict[str, list[dict[str, str]]] = field(default_factory=lambda: defaultdict(list))  # headers
     port: int = 0
     runner: web.AppRunner | None = None
@@ -86,14 +87,14 @@ class OpenFaaSGateway:
     async def _list(self, request: web.Request) -> web.Response:
         namespace = request.query.get("namespace", DEFAULT_NAMESPACE)
         self.api_calls.append((request.path, request.query.get("namespace", "")))
-        if not self._authorized(request):
+        if not self._authorized(request) or namespace in self.refused:
             return web.Response(status=401, text="Unauthorized")
         return web.json_response(list(self.functions[namespace].values()))
 
     async def _one(self, request: web.Request) -> web.Response:
         namespace = request.query.get("namespace", DEFAULT_NAMESPACE)
         self.api_calls.append((request.path, request.query.get("namespace", "")))
-        if not self._authorized(request):
+        if not self._authorized(request) or namespace in self.refused:
             return web.Response(status=401, text="Unauthorized")
         found = self.functions[namespace].get(request.match_info["name"])
         if found is None:

@@ -86,6 +86,50 @@ async def test_a_function_not_known_yet_is_looked_up_once_not_on_every_call(open
         await catalog.close()
 
 
+async def test_a_namespace_that_refuses_us_stops_no_other_refresh(openfaas_gateway):
+    """Callers name namespaces (`name.namespace`): one the gateway refuses is never listed, and one that starts
+    refusing keeps what was read of it; the other namespaces refresh as before."""
+    gw = openfaas_gateway
+    gw.refused.add("kube-system")
+    gw.deploy("resize", annotations={"com.openfaas.retry.attempts": "3"})
+    gw.deploy("job", namespace="team-a", annotations={"com.openfaas.retry.attempts": "4"})
+    seen = Seen()
+    catalog = await started(gw.url, seen, refresh=0.5)
+    try:
+        await eventually(lambda: "resize" in seen.last)
+        for name in ("x.kube-system", "job.team-a"):
+            catalog.want(name)
+        await eventually(lambda: catalog.knows("x.kube-system") and "job.team-a" in seen.last)
+        gw.refused.add("team-a")
+        gw.deploy("resize", annotations={"com.openfaas.retry.attempts": "7"})
+        await eventually(lambda: seen.last["resize"].annotations == {"com.openfaas.retry.attempts": "7"})
+        assert seen.last["job.team-a"].annotations == {"com.openfaas.retry.attempts": "4"}  # kept
+        assert ("/system/functions", "kube-system") not in gw.api_calls
+    finally:
+        await catalog.close()
+
+
+async def test_a_listener_that_fails_ends_no_refresh(openfaas_gateway):
+    gw = openfaas_gateway
+    gw.deploy("resize", annotations={"com.openfaas.retry.attempts": "3"})
+    seen = Seen()
+    calls = []
+
+    def broken(functions: Mapping[str, Function], changed: Set[str]) -> None:
+        calls.append(1)
+        raise ValueError("a bug in applying them")
+
+    catalog = FunctionCatalog(gw.url, "admin", "s3cret", 0.5, [broken, seen])
+    catalog.start()
+    try:
+        await eventually(lambda: "resize" in seen.last)
+        gw.deploy("resize", annotations={"com.openfaas.retry.attempts": "9"})
+        await eventually(lambda: seen.last["resize"].annotations == {"com.openfaas.retry.attempts": "9"})
+        assert len(calls) >= 2
+    finally:
+        await catalog.close()
+
+
 async def test_wrong_credentials_are_logged_once_and_nothing_is_applied(openfaas_gateway, caplog):
     gw = openfaas_gateway
     gw.deploy("resize", annotations={"com.openfaas.retry.attempts": "30"})

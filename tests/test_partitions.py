@@ -206,3 +206,36 @@ async def test_a_crowded_function_gets_its_consumer_on_its_partition(nats_server
         hold.set()
         await eventually(lambda: sorted(functions.completed[fn]) == sorted(ids), timeout=30)
     await nc.close()
+
+
+async def test_the_shared_consumer_hand_over_on_a_partition_runs_no_call_twice(nats_server, functions):
+    """The function-mode hand-over on partition >= 1: a function's own consumer is made only once its calls running
+    on the closed shared consumer are done (its first call is looked up on the partition's subject)."""
+    on_p1 = [fn for fn in (f"h-{i}" for i in range(200)) if contract.choose_partition(fn, N) == 1][:2]
+    slow_fn, busy_fn = on_p1
+
+    async def slow(request: web.Request, server: Any) -> web.Response:
+        await asyncio.sleep(1.5)
+        return web.Response(text="ok")
+
+    functions.handlers[slow_fn] = slow
+    nc = await connect(nats_server.url)
+    settings = worker_settings(
+        nats_server.url,
+        functions.url_template,
+        queue=Q,
+        partitions=N,
+        mode="function",
+        max_inflight=10,
+        adaptive_concurrency=False,
+    )
+    async with running_worker(settings):
+        slow_ids = [await submit_nats(nc, slow_fn, b"", queue=Q, partitions=N) for _ in range(8)]
+        await eventually(lambda: len(functions.calls[slow_fn]) == 8)  # running, from the shared consumer
+        busy_ids = [await submit_nats(nc, busy_fn, b"", queue=Q, partitions=N) for _ in range(30)]  # closes it
+        await eventually(lambda: set(busy_ids) <= set(functions.completed[busy_fn]), timeout=30)
+        await eventually(lambda: set(slow_ids) <= set(functions.completed[slow_fn]), timeout=30)
+        await asyncio.sleep(2.0)  # a call delivered twice would have run by now
+    assert sorted(functions.calls[slow_fn]) == sorted(slow_ids)
+    assert sorted(functions.calls[busy_fn]) == sorted(busy_ids)
+    await nc.close()

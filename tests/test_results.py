@@ -57,6 +57,9 @@ async def test_small_large_truncated_and_missing_results(nats_server, functions,
         async with http.get(f"{base}/async-calls/small/result") as r:
             assert r.status == 200 and await r.read() == b'{"ok": true}'
             assert r.headers["Content-Type"] == "application/x-test" and r.headers["X-Function-Status"] == "200"
+            assert (
+                r.headers["Content-Security-Policy"] == "sandbox" and r.headers["X-Content-Type-Options"] == "nosniff"
+            )
             assert "X-Result-Truncated" not in r.headers
         async with http.get(f"{base}/async-calls/big/result") as r:
             assert r.status == 200 and await r.read() == big

@@ -41,7 +41,8 @@ DEFAULT_PASSWORD_KEY = "basic-auth-password"
 REQUEST_TIMEOUT = 5.0
 LOOKUPS_AT_ONCE = 8  # functions looked up one by one at a time
 MAX_WANTED = 1_000  # unknown functions waiting for a look-up: function names come from callers, bound them
-MAX_NAMESPACES = 64  # namespaces listed on each refresh (from calls named `name.namespace`)
+MAX_NAMESPACES = 64  # namespaces listed on each refresh (those a call's `name.namespace` was found in)
+LOOKUPS_PER_SECOND = 20.0  # function names come from callers: their look-ups must not hammer the gateway
 MAX_FUNCTIONS = 50_000
 
 
@@ -81,7 +82,7 @@ class FunctionCatalog:
         self.absent: set[str] = set()  # looked up since the last refresh and not found
         self.refreshed_at = 0.0  # time.time() of the last complete refresh; 0: none yet
         self._wanted: dict[str, None] = {}  # insertion-ordered set
-        self._namespaces: set[str] = set()
+        self._namespaces: set[str] = set()  # added only once a function was found there (callers name them)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -129,10 +130,12 @@ class FunctionCatalog:
             self._wake.clear()
             names = list(self._wanted)[:LOOKUPS_AT_ONCE]
             if names:
+                started = time.monotonic()
                 found = await asyncio.gather(*(self.look_up(n) for n in names))
                 for n in names:
                     self._wanted.pop(n, None)
                 self._publish({**self.functions, **{n: f for n, f in zip(names, found, strict=True) if f}})
+                await asyncio.sleep(max(0.0, len(names) / LOOKUPS_PER_SECOND - (time.monotonic() - started)))
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_refresh - time.monotonic()))
@@ -143,7 +146,12 @@ class FunctionCatalog:
         for namespace in ["", *sorted(self._namespaces)]:
             listed = await self._get("/system/functions", namespace)
             if not isinstance(listed, list):
-                return  # said in the log; what was read before stays
+                if not namespace:
+                    return  # said in the log; what was read before stays
+                # One namespace failing (its label removed, its access revoked) keeps what was read of it and
+                # stops no other namespace's refresh.
+                found.update({n: f for n, f in self.functions.items() if n.endswith("." + namespace)})
+                continue
             for status in listed[:MAX_FUNCTIONS]:
                 function = _function(status)
                 if function is not None:
@@ -158,10 +166,10 @@ class FunctionCatalog:
     async def look_up(self, name: str) -> Function | None:
         """One function, at once: called before it was known. None when there is none (or the look-up failed)."""
         base, _, namespace = name.partition(".")
-        if namespace and len(self._namespaces) < MAX_NAMESPACES:
-            self._namespaces.add(namespace)
         status = await self._get(f"/system/function/{base}", namespace, missing_ok=True)
         function = _function(status) if status else None
+        if function is not None and namespace and len(self._namespaces) < MAX_NAMESPACES:
+            self._namespaces.add(namespace)  # listed on each refresh from now on
         if function is None:  # not found, or the look-up failed: not asked again before the next refresh
             if len(self.absent) >= MAX_FUNCTIONS:
                 self.absent.clear()
@@ -175,7 +183,10 @@ class FunctionCatalog:
             return
         self.functions = found
         for listener in self.listeners:
-            listener(found, changed)
+            try:
+                listener(found, changed)
+            except Exception:  # one listener's bug must not end the catalog for every function
+                log.exception("applying the functions' annotations failed")
 
     async def _get(self, path: str, namespace: str, missing_ok: bool = False) -> Any:
         """The JSON answer; {} for a 404 when `missing_ok` (no such function); None when it failed (logged)."""
@@ -189,7 +200,9 @@ class FunctionCatalog:
                     return {}
                 if r.status == 200:
                     return await r.json(content_type=None)
-                if r.status in (401, 403):
+                if r.status in (401, 403) and namespace:
+                    self._say(f"{url} refused namespace {namespace!r} ({r.status}): not one OpenFaaS serves to us")
+                elif r.status in (401, 403):
                     self._say(f"{url} refused our credentials ({r.status}); check JETQUEUE_OPENFAAS_USER/_PASSWORD")
                 elif r.status == 404:
                     self._say(f"{url} answered 404: not the OpenFaaS gateway's API (JETQUEUE_OPENFAAS_URL)")

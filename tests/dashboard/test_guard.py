@@ -18,6 +18,7 @@ from jetqueue.dashboard.app import Dashboard
 from jetqueue.dashboard.command import standalone_app
 from jetqueue.dashboard.guard import COOKIE
 from jetqueue.settings import GatewaySettings
+from tests.servers import free_port
 
 TOKEN = "guard-test-token-0123456789"
 
@@ -207,3 +208,19 @@ async def test_without_credentials_on_loopback_only_loopback_names_are_answered(
                     assert (r.status == 200) is answered, host
     finally:
         await server.close()
+
+
+def test_the_gateway_refuses_an_open_dashboard_off_loopback() -> None:
+    """No credentials and a non-loopback listener: whoever reaches the gateway could purge and pause; refused."""
+    from jetqueue.gateway.server import Gateway
+    from jetqueue.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="JETQUEUE_DASHBOARD needs the API's credentials"):
+        Gateway(GatewaySettings(dashboard=True, http_host="0.0.0.0")).app()
+
+
+async def test_jetqueue_dashboard_refuses_to_listen_open_off_loopback(capsys) -> None:
+    from jetqueue.dashboard.command import run
+
+    assert await run(GatewaySettings(), "0.0.0.0", free_port()) == 2
+    assert "needs the API's credentials" in capsys.readouterr().err

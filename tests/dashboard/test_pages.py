@@ -58,3 +58,25 @@ async def test_a_filtered_dead_letter_page_acts_on_its_filter_and_shows_no_crede
     finally:
         await server.close()
         await nc.close()
+
+
+def test_headers_that_may_carry_secrets_are_not_shown() -> None:
+    from jetqueue import contract
+    from jetqueue.dashboard.views import shown_headers
+    from jetqueue.queueworker.deadletter import REDACTED
+
+    shown = dict(
+        shown_headers(
+            {
+                contract.H_FORWARD + "X-Api-Key": "k",
+                contract.H_FORWARD + "X-Hub-Signature": "s",
+                contract.H_FORWARD + "Content-Type": "text/plain",
+                contract.H_QUERY: "api_key=k",
+                contract.H_CALLBACK: "https://user:pw@hooks.example/T0/B0/secret?x=1",
+            }
+        )
+    )
+    assert shown[contract.H_FORWARD + "X-Api-Key"] == shown[contract.H_FORWARD + "X-Hub-Signature"] == REDACTED
+    assert shown[contract.H_FORWARD + "Content-Type"] == "text/plain"
+    assert shown[contract.H_QUERY] == REDACTED
+    assert shown[contract.H_CALLBACK] == f"https://hooks.example/{REDACTED}"

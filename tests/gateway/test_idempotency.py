@@ -118,3 +118,28 @@ async def test_a_mark_after_the_record_was_removed_puts_it_back(nats_server):
         assert json.loads((await kv.get("k")).value or b"{}")["state"] == "stored"
     finally:
         await nc.close()
+
+
+async def test_repeats_with_other_partition_keys_or_delays_store_one_call(nats_server, http, tmp_path):
+    """A repeat is published again (deduplicated) as the first was stored: into the first's partition and at its
+    time, whatever the repeat's own X-Partition-Key or X-Delay say (else a copy lands in another stream)."""
+    from tests.test_partitions import FUNCTIONS, N, Q, routes
+
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    async with running_gateway(gateway_settings(nats_server.url, routes_file=routes(tmp_path))) as gw:
+        url = f"http://127.0.0.1:{gw.s.http_port}/async-function/{FUNCTIONS[0]}"
+
+        async def post(i: int, key: str) -> int:
+            headers = {"Idempotency-Key": key, "X-Partition-Key": f"k{i}"}
+            if i % 3 == 0:
+                headers["X-Delay"] = "1h"
+            async with http.post(url, data=b"same", headers=headers) as r:
+                return int(r.status)
+
+        for key in ("a", "b", "c"):
+            assert set(await asyncio.gather(*(post(i, key) for i in range(12)))) == {202}
+        stored = sum([(await js.stream_info(contract.stream_name(Q, p))).state.messages for p in range(N)])
+        held = (await js.stream_info(contract.schedule_stream_name(Q))).state.messages
+    assert stored + held == 3, (stored, held)
+    await nc.close()

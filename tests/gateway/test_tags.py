@@ -8,7 +8,15 @@ import json
 
 from aiohttp import web
 
-from tests.helpers import gateway_settings, post, running_gateway, running_worker, worker_settings
+from tests.helpers import (
+    connect,
+    gateway_settings,
+    post,
+    running_gateway,
+    running_worker,
+    status_record,
+    worker_settings,
+)
 from tests.servers import eventually
 
 
@@ -35,6 +43,9 @@ async def test_cancel_by_tag(nats_server, functions, http):
         for bad in ("a b", ",", "x" * 33, "1,2,3,4,5,6", "a.b"):
             r = await post(http, f"{base}/async-function/echo", b"", **{"X-Call-Tags": bad})
             assert r.status == 400, bad
+        repeated = [("X-Call-Tags", "a"), ("X-Call-Tags", "b,c,d,e,f")]  # six once folded: refused, not dropped
+        async with http.post(f"{base}/async-function/echo", data=b"", headers=repeated) as r:
+            assert r.status == 400
         for query in ("", "?tag=", "?tag=a.b"):
             async with http.delete(f"{base}/async-calls{query}") as r:
                 assert r.status == 400
@@ -85,3 +96,25 @@ async def test_cancel_by_tag(nats_server, functions, http):
             async with http.get(f"{base}/async-calls/{call_id}") as r:
                 assert (await r.json())["state"] == "cancelled"
         assert functions.calls["other"] == [] and "f" not in functions.calls["echo"]
+
+
+async def test_a_tag_cancels_its_own_call_when_another_queue_has_one_under_the_same_id(nats_server, http, tmp_path):
+    """A caller's own X-Call-Id in two queues: the tag's call is cancelled in its own queue, the other untouched."""
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"routes": {"fa": "qa", "fb": "qb"}, "queues": {"qa": {}, "qb": {}}}))
+    nc = await connect(nats_server.url)
+    async with running_gateway(gateway_settings(nats_server.url, routes_file=str(routes))) as gw:
+        base = f"http://127.0.0.1:{gw.s.http_port}"
+        assert (
+            await post(http, f"{base}/async-function/fa", b"", **{"X-Call-Id": "job-1", "X-Call-Tags": "t1"})
+        ).status == 202
+        await asyncio.sleep(0.01)  # the later start: what a lookup by id alone would pick
+        assert (await post(http, f"{base}/async-function/fb", b"", **{"X-Call-Id": "job-1"})).status == 202
+        async with http.delete(f"{base}/async-calls?tag=t1") as r:
+            assert (await r.json())["cancelled"] == 1
+        states = {}
+        for queue in ("qa", "qb"):
+            record = await status_record(nc, "job-1", queue)
+            states[queue] = record and record["state"]
+    assert states == {"qa": "cancelled", "qb": "queued"}
+    await nc.close()

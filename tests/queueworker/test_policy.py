@@ -52,6 +52,8 @@ def test_annotations_replace_the_queues_values_one_by_one():
         ({"com.openfaas.retry.attempts": "0"}, {}, "com.openfaas.retry.attempts"),
         ({"com.openfaas.retry.codes": "429,abc"}, {}, "com.openfaas.retry.codes"),
         ({"com.openfaas.retry.codes": "700"}, {}, "com.openfaas.retry.codes"),
+        ({"com.openfaas.retry.attempts": "²"}, {}, "com.openfaas.retry.attempts"),  # a digit to isdigit(), not int()
+        ({"com.openfaas.retry.codes": "429,¹⁰"}, {}, "com.openfaas.retry.codes"),
         ({"com.openfaas.retry.min_wait": "soon"}, {}, "com.openfaas.retry.min_wait"),
         ({"com.openfaas.retry.min_wait": "10m"}, {}, "com.openfaas.retry.min_wait"),  # above the max wait
         ({}, {"exec_timeout": "forever"}, "exec_timeout"),

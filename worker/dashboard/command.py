@@ -70,10 +70,15 @@ async def run(settings: GatewaySettings, host: str, port: int) -> int:
     from jetqueue.connection import connect
 
     open_door = not (settings.auth_token or settings.auth_user)
-    if open_door and host not in LOOPBACK:
-        log.warning("dashboard on %s without credentials: anyone who reaches it can pause and purge", host)
+    if open_door and host not in LOOPBACK:  # anyone who reached it could pause and purge
+        print(
+            f"error: the dashboard on {host} needs the API's credentials (JETQUEUE_AUTH_TOKEN, or JETQUEUE_AUTH_USER "
+            "and JETQUEUE_AUTH_PASSWORD); without them it listens on loopback only",
+            file=sys.stderr,
+        )
+        return 2
     found: list[Client] = []
-    dashboard = Dashboard(settings, lambda: found[0] if found else None, local_only=open_door and host in LOOPBACK)
+    dashboard = Dashboard(settings, lambda: found[0] if found else None, local_only=open_door)
     runner = web.AppRunner(standalone_app(dashboard), access_log=None, handle_signals=False)
     await runner.setup()
     try:

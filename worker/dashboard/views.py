@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
@@ -28,10 +29,31 @@ def when(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
+# Shown, not stored: forwarded headers whose names say they carry a secret (dead letters keep them for replays).
+SECRET_WORDS = ("key", "token", "secret", "signature", "password", "session", "auth", "cookie")
+URL_HEADERS = (contract.H_CALLBACK, contract.H_FAILURE_CALLBACK)  # webhook URLs often carry the secret in them
+
+
+def shown_value(name: str, value: str) -> str:
+    lower = name.lower()
+    if credential(name) or (
+        lower.startswith(contract.H_FORWARD.lower())
+        and any(w in lower[len(contract.H_FORWARD) :] for w in SECRET_WORDS)
+    ):
+        return REDACTED
+    if name == contract.H_QUERY:
+        return REDACTED if value else ""
+    if name in URL_HEADERS:
+        url = urlsplit(value)
+        return f"{url.scheme}://{url.netloc.rpartition('@')[2]}/{REDACTED}" if url.netloc else REDACTED
+    return value
+
+
 def shown_headers(headers: dict[str, str]) -> list[tuple[str, str]]:
     """A dead letter's headers as the dashboard shows them: credentials redacted as dead letters redact them
-    (queueworker/deadletter.py), even where the worker was told to keep them for replays."""
-    return sorted((k, REDACTED if credential(k) else v) for k, v in headers.items())
+    (queueworker/deadletter.py), even where the worker was told to keep them for replays, and whatever else may be
+    a secret: headers named like one, the query, the callback URLs' path and query."""
+    return sorted((k, shown_value(k, v)) for k, v in headers.items())
 
 
 @dataclass

@@ -119,7 +119,8 @@ class Accept:
         headers = contract.forwardable(request.headers)
         if self.s.auth_token or self.s.auth_user:  # the credential was for the gateway, not the function
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        if (tagged := request.headers.get(tags.HEADER)) is not None:
+        # The value as forwarded (repeated headers folded into one): what the status records and index will read.
+        if (tagged := next((v for k, v in headers.items() if k.lower() == tags.HEADER.lower()), None)) is not None:
             try:
                 tags.parse(tagged)
             except tags.BadTags as e:

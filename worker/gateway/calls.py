@@ -41,15 +41,18 @@ class Calls:
             return problem(501, "call status is switched off on this gateway (JETQUEUE_CALL_STATUS=false)")
         return None
 
-    async def _lookup(self, call_id: str) -> callstatus.Entry | web.Response:
-        """The call's status entry, or the answer to give when there is none (404) or NATS fails (503)."""
+    async def _lookup(
+        self, call_id: str, within: callstatus.StatusStore | None = None
+    ) -> callstatus.Entry | web.Response:
+        """The call's status entry, or the answer to give when there is none (404) or NATS fails (503). `within`:
+        only in that bucket (a tag's call: a caller's own id may name calls of other queues too)."""
         try:
             if self.backend.lookup is None:
                 raise ConnectionError("not connected to NATS")
-            entry = await self.backend.lookup.get(call_id)
+            entry = await (within.get(call_id) if within is not None else self.backend.lookup.get(call_id))
         except Exception:
             return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
-        record = self.recent(call_id)  # newer than what is stored: its submission record has not landed yet
+        record = None if within is not None else self.recent(call_id)  # newer than stored: not landed yet
         if record is not None and (entry is None or record.get("start", 0) > entry.record.get("start", 0)):
             entry = callstatus.Entry(record, entry.revision if entry else 0, entry.store if entry else None)
         if entry is None:
@@ -94,7 +97,14 @@ class Calls:
             return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
         if body is None:
             return problem(404, f"the result body of call {call_id!r} is gone (expired, or its bucket deleted)")
-        facts = {"X-Call-Id": call_id, "X-Call-Status": str(state), "X-Function-Status": str(result["status"])}
+        facts = {
+            "X-Call-Id": call_id,
+            "X-Call-Status": str(state),
+            "X-Function-Status": str(result["status"]),
+            # A function's answer served from the gateway's origin (where the dashboard may be): never run as a page.
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox",
+        }
         if result.get("truncated"):
             facts["X-Result-Truncated"] = f"true; size={result.get('size')}"
         if request.query.get("format") == "json":
@@ -128,24 +138,25 @@ class Calls:
             found = await asyncio.gather(*(s.indexed(contract.tag_keys(tag)) for s in stores))
         except Exception:
             return problem(503, "NATS is unavailable", **{"Retry-After": RETRY_AFTER})
-        ids = sorted({contract.call_of_tag_key(k) for keys in found for k in keys})
+        # Each call in the bucket its tag key is in: a caller's own id may be another queue's call too.
+        calls = sorted({(contract.call_of_tag_key(k), i) for i, keys in enumerate(found) for k in keys})
         room = asyncio.Semaphore(BULK_AT_ONCE)
 
-        async def one(call_id: str) -> str:
+        async def one(call_id: str, store: int) -> str:
             async with room:
-                answer = await self.cancel_one(call_id)
+                answer = await self.cancel_one(call_id, stores[store])
             if answer.status == 202:
                 return "cancelling" if b'"cancelling"' in (answer.body or b"") else "cancelled"  # type: ignore[operator]
             return {409: "finished", 404: "unknown"}.get(answer.status, "failed")
 
-        counts = Counter(await asyncio.gather(*(one(i) for i in ids)))
-        out = {"tag": tag, "matched": len(ids), **{k: counts[k] for k in BULK_COUNTS}}
+        counts = Counter(await asyncio.gather(*(one(c, i) for c, i in calls)))
+        out = {"tag": tag, "matched": len(calls), **{k: counts[k] for k in BULK_COUNTS}}
         return web.json_response(out)
 
-    async def cancel_one(self, call_id: str) -> web.Response:
-        """Cancel one call (`DELETE /async-calls/{id}`, and each of a tag's)."""
+    async def cancel_one(self, call_id: str, within: callstatus.StatusStore | None = None) -> web.Response:
+        """Cancel one call (`DELETE /async-calls/{id}`, and each of a tag's `within` its status bucket)."""
         for _ in range(CANCEL_TRIES):
-            entry = await self._lookup(call_id)
+            entry = await self._lookup(call_id, within)
             if isinstance(entry, web.Response):
                 return entry
             state = CallState(entry.record["state"])

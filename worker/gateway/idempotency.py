@@ -120,7 +120,15 @@ class IdempotencyKeys:
             self._buckets.pop(call.queue, None)
             return _unavailable()
         rkey, print_ = record_key(call.function, key), fingerprint(call)
-        mine = {"call_id": call.call_id, "start": call.start_time_ns, "fingerprint": print_, "at": time.time()}
+        mine = {
+            "call_id": call.call_id,
+            "start": call.start_time_ns,
+            "fingerprint": print_,
+            "at": time.time(),
+            # Where the first was stored: a copy published again must land in the same stream to be deduplicated.
+            "partition_key": call.partition_key,
+            "not_before": call.not_before,
+        }
         for _ in range(TAKE_OVER_TRIES):
             try:
                 revision = await kv.create(rkey, _encode(mine, PENDING))
@@ -203,8 +211,11 @@ async def _mark(kv: KeyValue, rkey: str, revision: int, rec: dict[str, Any]) -> 
 
 
 def _as(call: contract.Call, rec: dict[str, Any]) -> contract.Call:
-    """The call as the key's first submission made it: its call id and start time."""
+    """The call as the key's first submission made it: its call id, start time, and what chose its stream (the
+    partition key, the time it waits for), whatever the repeat's own headers say."""
     call.call_id, call.start_time_ns = str(rec["call_id"]), int(rec["start"])
+    call.partition_key = str(rec.get("partition_key", call.partition_key))
+    call.not_before = float(rec.get("not_before", call.not_before))
     return call
 
 

@@ -24,7 +24,7 @@ from jetqueue.gateway.front import SUBMIT_METHODS, front
 from jetqueue.gateway.routing import Routing
 from jetqueue.openfaas import FunctionCatalog
 from jetqueue.probes import add_probes, serve
-from jetqueue.settings import GatewaySettings
+from jetqueue.settings import GatewaySettings, SettingsError
 
 log = logging.getLogger("jetqueue.gateway")
 DASHBOARD = "/dashboard"  # where JETQUEUE_DASHBOARD serves it
@@ -56,9 +56,13 @@ class Gateway:
             from jetqueue.dashboard.guard import LOOPBACK
 
             open_door = not (self.s.auth_token or self.s.auth_user)
-            if open_door:
-                log.warning("the dashboard is on without API credentials: whoever reaches the gateway can use it")
-            local = open_door and self.s.http_host in LOOPBACK  # `jetqueue dev`: answers only to loopback names
+            if open_door and self.s.http_host not in LOOPBACK:  # whoever reaches the gateway could purge, pause
+                raise SettingsError(
+                    "JETQUEUE_DASHBOARD needs the API's credentials (JETQUEUE_AUTH_TOKEN or JETQUEUE_AUTH_USER and "
+                    "_PASSWORD; the gateway chart's auth.*) unless the gateway listens on loopback only "
+                    f"(JETQUEUE_HTTP_HOST, now {self.s.http_host!r})"
+                )
+            local = open_door  # `jetqueue dev`, on loopback: answers only to loopback names
             app.add_subapp(DASHBOARD, Dashboard(self.s, lambda: self.backend.nc, DASHBOARD, local).app())
         r = app.router
         for method in SUBMIT_METHODS:
@@ -112,7 +116,7 @@ async def run(settings: GatewaySettings) -> int:
         loop.add_signal_handler(sig, gw.request_stop)
     try:
         await gw.start()
-    except OSError as e:
+    except (OSError, SettingsError) as e:
         log.error("cannot start: %s", e)
         return 1
     await gw.wait()

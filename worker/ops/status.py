@@ -125,9 +125,12 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
     static = any(c.name == contract.durable_name(q) for c in consumers)
     paused_functions = {p.function for p in records if p.queue == q and p.function and p.active(now)}
     running: Counter[str] = Counter()  # function mode: each function's consumers, on every partition
+    shared = 0  # function mode's shared consumer: every function's calls, not told apart by the server
     for c in consumers:
         if fn := pauses.consumer_function(q, c, contract.durable_name(q)):
             running[fn] += c.num_ack_pending or 0
+        elif c.name == contract.shared_consumer_name(q):
+            shared += c.num_ack_pending or 0
     report = QueueReport(
         queue=q,
         pending=sum(i.state.messages for i in infos.values()),
@@ -159,6 +162,11 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
                 None if static else running.get(fn, 0),
                 _paused(records, q, None if static else fn, now),
             )
+        )
+    if shared and not static:
+        report.notes.append(
+            f"{shared} call(s) of {q} running on the shared consumer (every function's calls while none is "
+            "crowded): counted in the queue's IN FLIGHT, not in a function's"
         )
     if not expired.complete:
         report.notes.append(f"EXPIRED counts the latest {expired.scanned} of {expired.total} dead letters")

@@ -177,7 +177,7 @@ class Consumers:
             self._send_create(function)
             return
         done = functools.partial(self._first_call, function, handover)
-        body = json.dumps({"next_by_subj": contract.subject(self.s.queue, function), "seq": 0}).encode()
+        body = json.dumps({"next_by_subj": contract.subject(self.s.queue, function, self.partition), "seq": 0}).encode()
         self.send(self.requests.ask(f"STREAM.MSG.GET.{self.stream}", done, body))
 
     def _first_call(self, function: str, handover: int, answer: bytes | None) -> None:

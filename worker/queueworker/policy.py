@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from jetqueue.settings import SettingsError, WorkerSettings
 
 log = logging.getLogger("jetqueue.worker")
 MAX_ATTEMPTS = 1000  # as queues.yaml's retry.maxAttempts
+WHOLE = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also takes '²', which int() refuses
 EXEC_TIMEOUT_GRACE = 1.0  # past the watchdog's exec_timeout, so its own answer arrives before our timeout
 
 
@@ -166,13 +168,13 @@ def from_annotations(default: FunctionPolicy, function: Function) -> tuple[Funct
             problems.append((key, value, str(e)))
 
     if (value := a.get(openfaas.RETRY_ATTEMPTS)) is not None:
-        if value.strip().isdigit() and 1 <= int(value) <= MAX_ATTEMPTS:
+        if WHOLE.fullmatch(value.strip()) and 1 <= int(value) <= MAX_ATTEMPTS:
             retry["max_attempts"] = int(value)
         else:
             problems.append((openfaas.RETRY_ATTEMPTS, value, f"a whole number of attempts, 1-{MAX_ATTEMPTS}"))
     if (value := a.get(openfaas.RETRY_CODES)) is not None:
         parts = value.replace(" ", ",").split(",")
-        codes = [int(p) for p in parts if p.isdigit()]
+        codes = [int(p) for p in parts if WHOLE.fullmatch(p)]
         if codes and all(100 <= c <= 599 for c in codes) and len(codes) == len([p for p in parts if p]):
             retry["http_codes"] = frozenset(codes)
         else:
