@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from jetqueue import contract
@@ -83,14 +84,15 @@ async def test_a_key_backlog_holds_back_no_other_key_and_spends_no_attempt(nats_
     await nc.close()
 
 
-async def test_a_key_limit_holds_across_two_workers(nats_server, functions, tmp_path):
+@pytest.mark.parametrize("mode", ["static", "function"])
+async def test_a_key_limit_holds_across_two_workers(nats_server, functions, tmp_path, mode):
     fn = functions.handlers["kf"] = PerKey(0.05)
     path = functions_file(tmp_path, keyConcurrency=1)
     nc = await connect(nats_server.url)
     async with contextlib.AsyncExitStack() as stack:
         workers = [
             await stack.enter_async_context(
-                running_worker(worker_settings(nats_server.url, functions.url_template, functions_file=path))
+                running_worker(worker_settings(nats_server.url, functions.url_template, functions_file=path, mode=mode))
             )
             for _ in range(2)
         ]
