@@ -3,7 +3,9 @@ there is an earlier call's under the same id); a compare-and-set is always made 
 
 from __future__ import annotations
 
-from jetqueue import callstatus
+import json
+
+from jetqueue import callstatus, contract
 from jetqueue.callstatus import StatusStore
 from jetqueue.contract import Call, CallState, jetstream
 from tests.helpers import connect
@@ -49,3 +51,25 @@ async def test_an_earlier_submission_does_not_hide_the_call_s_own_record(nats_se
     entry = await store.get("c2")
     assert entry is not None and entry.record["state"] == "succeeded"
     await nc.close()
+
+
+def test_the_queued_record_is_the_encoder_s_own_bytes():
+    """queued_record writes by format what json.dumps(base_record(call)) writes: the same bytes (the time it
+    was written apart), for ids at the pattern's edges, namespaced functions and any start time; a string JSON
+    would escape goes through the encoder."""
+    calls = [
+        Call(call_id=contract.new_call_id("q"), queue="q", function="f"),
+        Call(call_id="A" + "_=.-z9" * 21, queue="a-queue-name", function="fn-1.openfaas-fn", start_time_ns=1),
+        Call(call_id="0", queue="q", function="f", start_time_ns=1_700_000_000_000_000_000),
+        Call(call_id="x", queue="q", function="f", start_time_ns=1_700_000_000_999_500_000),
+        Call(call_id='quote"and\\back\u00e9\n', queue="q", function="f"),  # not an id the gateway takes
+        Call(call_id="t", queue="q", function="f", headers={"X-Call-Tags": "signup,batch-7"}),  # tags: the encoder
+    ]
+    for call in calls:
+        encoded = callstatus.queued_record(call)
+        want = callstatus.base_record(call)
+        written_at = json.loads(encoded)["updated_at"]
+        assert abs(written_at - want["updated_at"]) < 5
+        want["updated_at"] = written_at  # in its place: the order of the keys is the encoder's too
+        assert json.dumps(want).encode() == encoded
+    assert b'"tags": ["signup", "batch-7"]' in callstatus.queued_record(calls[-1])

@@ -74,3 +74,29 @@ async def test_an_answer_that_is_not_a_puback_is_no_202(nats_server):
             await acks.publish("stray.f", b"a", {"Nats-Msg-Id": "x"}, 5)
     finally:
         await nc.close()
+
+
+async def test_unanswered_publishes_time_out_by_the_sweep_and_a_shorter_timeout_by_its_own_timer(nats_server):
+    """Deadlines are swept in the order they fall: one that falls before those already waiting (a shorter
+    timeout) is not kept waiting behind them."""
+    nc = await connect(nats_server.url)
+    try:
+
+        async def silent(msg):
+            return None
+
+        await nc.subscribe("silent.f", cb=silent)
+        acks = await PubAcks.open(nc)
+        with pytest.raises(NatsTimeoutError):  # nobody else waiting: the sweep times it out
+            await acks.publish("silent.f", b"a", {"Nats-Msg-Id": "first"}, 0.3)
+        long = asyncio.ensure_future(acks.publish("silent.f", b"b", {"Nats-Msg-Id": "long"}, 60))
+        await asyncio.sleep(0.05)
+        with pytest.raises(NatsTimeoutError):  # its deadline falls before the long one's: not kept behind it
+            await acks.publish("silent.f", b"c", {"Nats-Msg-Id": "short"}, 0.3)
+        assert not long.done()
+        long.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long
+        assert not acks._waiting
+    finally:
+        await nc.close()

@@ -161,7 +161,7 @@ async def test_a_call_sent_again_under_its_id_shows_as_queued_before_its_record_
     """Sent again under its id once the duplicate window is over, and its submission record not stored yet (here:
     never): the gateway's own copy of it shows, not the earlier call's record, and a cancel is of this call."""
 
-    async def not_landed(self: StatusStore, nc: object, record: object) -> None:
+    async def not_landed(self: StatusStore, nc: object, call_id: str, record: bytes) -> None:
         return None
 
     monkeypatch.setattr(StatusStore, "submitted", not_landed)

@@ -26,6 +26,7 @@ from jetqueue.gateway.auth import problem
 from jetqueue.gateway.backend import Backend, PubAcks
 from jetqueue.gateway.idempotency import IdempotencyKeys
 from jetqueue.gateway.metrics import GatewayMetrics
+from jetqueue.gateway.records import SubmissionRecords
 from jetqueue.gateway.routing import Routing
 from jetqueue.gateway.scheduling import NOT_BEFORE, BadSchedule, not_before
 from jetqueue.settings import GatewaySettings
@@ -61,7 +62,8 @@ class Accept:
         self.backend = backend
         self.metrics = GatewayMetrics(registry, lambda: backend.reconnects)
         self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
-        self._recent: OrderedDict[str, tuple[float, callstatus.Record]] = OrderedDict()
+        self.records = SubmissionRecords(lambda: backend.nc)  # sent with the next call
+        self._recent: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # encoded records
         self.idempotency = IdempotencyKeys(lambda: backend.js, self._idempotency_window)
 
     async def submit(self, request: web.Request) -> web.Response:
@@ -219,6 +221,8 @@ class Accept:
         if b.acks is None or not b.connected or (queue not in b.ready_streams and not await b.ensure_queue(queue)):
             self.metrics.count(name, queue, 503, call.method)
             return problem(503, "NATS is unavailable; nothing was stored, retry later", **{"Retry-After": RETRY_AFTER})
+        if self.records.held:  # the records of calls just accepted go out in this call's write
+            await self.records.send()
         if b.status_enabled and (call_tags := tags.of_headers(call.headers)):
             try:  # before the call: a tagged call the index missed would escape a cancel by tag (tags.py)
                 keys = [contract.tag_key(t, call.call_id) for t in call_tags]
@@ -246,26 +250,32 @@ class Accept:
 
     async def _record_queued(self, call: contract.Call) -> None:
         """Write the call's submission record, `queued` (or `scheduled`), under its own key (callstatus.py): sent
-        behind the call on the same connection without waiting, costing no round trip (the worker's own records
-        follow if it is lost). Until it can be read back, `recent()` answers for it, so a status or cancel
-        request right after the 202 finds it."""
-        record = callstatus.base_record(call, CallState.SCHEDULED if call.not_before else CallState.QUEUED)
-        self._recent[call.call_id] = (time.monotonic(), record)
-        if len(self._recent) > MAX_RECENT:
-            self._recent.popitem(last=False)
+        with the next call on the same connection without waiting (records.py), costing no round trip (the
+        worker's own records follow if it is lost). Until it can be read back, `recent()` answers for it, so a
+        status or cancel request right after the 202 finds it."""
         store = self.backend.queue_status(call.queue).store(call.call_id)
         if call.not_before:  # rare, and followed by no worker's record for a while: written and confirmed
+            record = callstatus.base_record(call, CallState.SCHEDULED)
+            self._remember(call.call_id, json.dumps(record).encode())
             with contextlib.suppress(Exception):
                 await store.submitted_confirmed(record)
-        elif self.backend.nc is not None:
-            await store.submitted(self.backend.nc, record)
+            return
+        encoded = callstatus.queued_record(call)
+        self._remember(call.call_id, encoded)
+        self.records.add(store, call.call_id, encoded)
+
+    def _remember(self, call_id: str, record: bytes) -> None:
+        self._recent[call_id] = (time.monotonic(), record)
+        if len(self._recent) > MAX_RECENT:
+            self._recent.popitem(last=False)
 
     def recent(self, call_id: str) -> callstatus.Record | None:
         """The record of a call accepted here RECENT_FOR seconds ago at most (its own may not be readable yet)."""
         found = self._recent.get(call_id)
         if found is None or time.monotonic() - found[0] > RECENT_FOR:
             return None
-        return found[1]
+        record: callstatus.Record = json.loads(found[1])  # kept encoded: read back for a few calls only
+        return record
 
     def _not_accepted(self, call: contract.Call, e: Exception) -> web.Response:
         """The 503 for a publish that got no PubAck, saying only what is known about the call."""

@@ -5,6 +5,7 @@ bucket, and the queues' streams (every partition's), set up in the background so
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -31,6 +32,7 @@ log = logging.getLogger("jetqueue.gateway")
 STREAM_CHECK_TIMEOUT = 1.0
 LEGACY_RECHECK = 60.0  # whether the cancel bucket of before partitions still exists, asked this often
 PUBACK_START = b'{"stream":'
+SWEEP = 0.05  # seconds: how late a PubAck's timeout may be noticed (PubAcks._sweep)
 
 
 class PubAcks:
@@ -44,6 +46,11 @@ class PubAcks:
         self._loop = asyncio.get_running_loop()
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._tokens = itertools.count()  # unique under this connection's own random inbox prefix
+        # Deadlines in the order they fall, looked at by one timer at least every SWEEP seconds: a timer per
+        # publish (call_later, cancel) cost more. A publish whose deadline falls before the last one's (its
+        # timeout is shorter) gets a timer of its own.
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Msg]]] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @classmethod
     async def open(cls, nc: Client) -> PubAcks:
@@ -56,6 +63,17 @@ class PubAcks:
         if waiter is not None and not waiter.done():
             waiter.set_result(msg)
 
+    def _sweep(self) -> None:
+        """Time out the waiters whose deadline passed; forget the answered ones ahead of the first still waiting."""
+        self._sweeper = None
+        deadlines, now = self._deadlines, self._loop.time()
+        while deadlines and (deadlines[0][1].done() or deadlines[0][0] <= now):
+            waiter = deadlines.popleft()[1]
+            if not waiter.done():
+                waiter.set_exception(NatsTimeoutError())
+        if deadlines:
+            self._sweeper = self._loop.call_at(min(deadlines[0][0], now + SWEEP), self._sweep)
+
     @staticmethod
     def _time_out(waiter: asyncio.Future[Msg]) -> None:
         if not waiter.done():
@@ -67,13 +85,23 @@ class PubAcks:
         token = str(next(self._tokens))
         waiter = self._loop.create_future()
         self._waiting[token] = waiter
-        timer = self._loop.call_later(timeout, self._time_out, waiter)
+        now = self._loop.time()
+        deadline, timer = now + timeout, None
+        if self._deadlines and deadline < self._deadlines[-1][0]:
+            timer = self._loop.call_at(deadline, self._time_out, waiter)
+        else:
+            self._deadlines.append((deadline, waiter))
+            if self._sweeper is None:
+                self._sweeper = self._loop.call_at(min(deadline, now + SWEEP), self._sweep)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             msg = await waiter
         finally:
-            timer.cancel()
             del self._waiting[token]
+            if timer is not None:
+                timer.cancel()
+            if not waiter.done():  # the publish failed: nobody waits, and the sweep forgets it
+                waiter.cancel()
         if msg.headers and msg.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
             raise NoStreamResponseError
         data = msg.data

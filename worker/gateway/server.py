@@ -104,6 +104,7 @@ class Gateway:
         if self.runner:
             await self.runner.shutdown()
             await self.runner.cleanup()
+        await self.accept.records.close()  # the records of the last calls accepted, before the connection drains
         await self.backend.close()
         if self.catalog is not None:
             await self.catalog.close()
