@@ -174,6 +174,8 @@ def resolve(data: dict[str, Any]) -> dict[str, Any]:
                 "retry": deep_merge(q["retry"], ov.get("retry") or {}),
                 "maxEventAge": ov.get("maxEventAge", q["maxEventAge"]),
                 "dispatchRate": ov.get("dispatchRate", 0),  # its own limit; the queue's applies as well
+                "keyConcurrency": ov.get("keyConcurrency", 0),  # by X-Concurrency-Key (docs/keys.md)
+                "keyRate": ov.get("keyRate", 0),
             }
         q["functionOverrides"] = overrides
         queues[name] = q

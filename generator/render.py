@@ -202,6 +202,8 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
                     "retry": _retry(ov["retry"]),
                     "maxEventAge": ov["maxEventAge"],
                     "dispatchRate": ov["dispatchRate"],
+                    # by X-Concurrency-Key (docs/keys.md); only where set, 0 being none
+                    **{k: ov[k] for k in ("keyConcurrency", "keyRate") if ov[k]},
                 }
                 for fn, ov in sorted(q["functionOverrides"].items())
             },

@@ -1,6 +1,6 @@
 """The demo's tour of time, after the burst: a scheduled call, a call's result (sent twice under one idempotency
 key), a cron schedule's ticks, and a queue paused and resumed, each shown as it happens (`jetqueue dev` /
-`make demo`)."""
+`make demo`), and a concurrency key's limit."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ PAUSED_FOR = 2.0  # seconds the tour shows the paused queue holding its calls
 WAIT = 60.0
 CRON = "*/2 * * * * *"  # every 2 seconds
 CRON_TICKS = 2
+KEYED_CALLS = (6, 2)  # calls of a busy key, then of a quiet one, to a function with keyConcurrency
 
 
 class TourError(RuntimeError):
@@ -33,6 +34,8 @@ async def tour(gateway: str, callback: str, nats_url: str, callbacks: dict[str, 
         await _cron(callback, callbacks, nats_url, _default_queue(queues))
         queue, function = _slow_queue(queues)
         await _paused(http, gateway, callback, callbacks, nats_url, queue, function)
+        if (keyed := _keyed_function(queues)) is not None:
+            await _keys(http, gateway, callback, callbacks, *keyed)
 
 
 def _say(text: str) -> None:
@@ -151,3 +154,32 @@ async def _paused(
     await asyncio.to_thread(_jetqueue, nats_url, "resume", queue)
     await _called_back(callbacks, ids)
     _say(f"  all {PAUSED_CALLS} ran and called back {time.monotonic() - t0:.1f}s after the resume")
+
+
+def _keyed_function(queues: dict[str, Any]) -> tuple[str, int] | None:
+    """A function with a keyConcurrency, and that limit (the tour skips keys without one)."""
+    for _, q in sorted(queues.items()):
+        for fn, ov in sorted((q.get("functionOverrides") or {}).items()):
+            if (ov or {}).get("keyConcurrency"):
+                return fn, int(ov["keyConcurrency"])
+    return None
+
+
+async def _keys(
+    http: aiohttp.ClientSession, gateway: str, callback: str, callbacks: dict[str, Any], function: str, limit: int
+) -> None:
+    busy, quiet = KEYED_CALLS
+    _say(f"\nkeys: {function} has keyConcurrency {limit}: {busy} calls with X-Concurrency-Key: customer-a, then")
+    _say(f"  {quiet} with customer-b, 0.3 s each")
+    t0 = time.monotonic()
+
+    async def send(key: str, n: int) -> list[str]:
+        headers = {"X-Callback-Url": callback, "X-Concurrency-Key": key}
+        return [await _submit(http, gateway, function, b"0.3", **headers) for _ in range(n)]
+
+    a, b = await send("customer-a", busy), await send("customer-b", quiet)
+    await _called_back(callbacks, a + b)
+    a_done, b_done = (max(callbacks[c][0] for c in ids) - t0 for ids in (a, b))
+    _say(f"  customer-b's {quiet} done after {b_done:.1f}s; customer-a's {busy} after {a_done:.1f}s, {limit} at a time")
+    if b_done >= a_done:
+        raise TourError("the quiet key waited for the busy one")

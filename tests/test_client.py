@@ -102,3 +102,23 @@ async def test_submit_with_delay_through_the_gateway_and_straight_to_nats(nats_s
         await eventually(lambda: sorted(functions.completed["echo"]) == sorted([by_http, by_nats, by_cli]))
         first = min(functions.times["echo"])
         assert first - t0 >= 1.9  # none ran before its time
+
+
+async def test_a_concurrency_key_straight_to_nats_and_through_the_gateway(nats_server):
+    from jetqueue import contract
+    from jetqueue.client import SubmitError, submit_nats
+    from tests.helpers import connect
+
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(name=contract.stream_name(contract.DEFAULT_QUEUE), subjects=[f"{contract.DEFAULT_QUEUE}.>"])
+    await submit_nats(nc, "echo", b"", concurrency_key="customer-9")
+    msg = await js.get_msg(contract.stream_name(contract.DEFAULT_QUEUE), 1)
+    assert (msg.headers or {})[contract.H_CONCURRENCY_KEY] == "customer-9"
+    with pytest.raises(SubmitError, match="X-Concurrency-Key"):
+        await submit_nats(nc, "echo", b"", concurrency_key="has space")
+    await nc.close()
+    env = {"JETQUEUE_NATS_URL": nats_server.url, "PATH": ""}
+    bad = [sys.executable, "-m", "jetqueue", "submit", "echo", "--concurrency-key", "a b"]
+    res = await asyncio.to_thread(subprocess.run, bad, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "X-Concurrency-Key" in res.stderr

@@ -90,6 +90,7 @@ async def submit_nats(
     partitions: int = 1,
     partition_key: str = "",
     failure_callback_url: str = "",
+    concurrency_key: str = "",
 ) -> str:
     """Publish by the message contract and wait for JetStream's PubAck; returns the call id. With `delay`
     (seconds), the call is held in the queue's schedule stream until then (the queue's worker must have set it
@@ -98,6 +99,8 @@ async def submit_nats(
     if not contract.FUNCTION_NAME.match(function):
         raise SubmitError(f"{function!r} is not a valid function name")
     if partition_key and (reason := contract.partition_key_problem(partition_key)):
+        raise SubmitError(reason)
+    if concurrency_key and (reason := contract.concurrency_key_problem(concurrency_key)):
         raise SubmitError(reason)
     call = contract.Call(
         call_id=call_id or contract.new_call_id(queue),
@@ -109,6 +112,7 @@ async def submit_nats(
         headers=dict(headers or {}),
         not_before=time.time() + delay if delay > 0 else 0.0,
         partition_key=partition_key,
+        concurrency_key=concurrency_key,  # keyConcurrency and keyRate count by it (docs/keys.md)
     )
     partition = contract.choose_partition(function, partitions, partition_key)
     subject, h = contract.subject(queue, function, partition), call.to_headers()

@@ -73,3 +73,17 @@ def test_status_shards_spread_call_ids():
     shards = [contract.status_shard(contract.new_call_id("q"), 3) for _ in range(300)]
     assert set(shards) == {0, 1, 2} and min(shards.count(k) for k in range(3)) > 50
     assert contract.status_shard("any", 1) == 0
+
+
+def test_concurrency_keys_are_checked_and_travel_with_the_call():
+    assert contract.concurrency_key_problem("customer-42/eu:1") is None
+    for bad in ("", "has space", "x" * 129, "tab\there", "é"):
+        assert contract.concurrency_key_problem(bad), bad
+    call = contract.Call(call_id="c1", queue="q", function="f", concurrency_key="customer-42")
+    headers = call.to_headers()
+    assert headers[contract.H_CONCURRENCY_KEY] == "customer-42"
+    assert contract.decode("q.f", b"", headers, "").concurrency_key == "customer-42"
+    assert "X-Concurrency-Key" not in contract.forwardable({"X-Concurrency-Key": "k", "X-A": "1"})
+    # hashed into a key-value key: any visible ASCII fits, and different keys get different records
+    one, other = (contract.key_limit_key("c", "q", "f", k) for k in ("a/b c", "a/b d"))
+    assert one != other and one.startswith("c.q.f.") and len(one) == len("c.q.f.") + 32

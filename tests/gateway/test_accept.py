@@ -64,6 +64,8 @@ async def test_duplicate_call_id_runs_once(nats_server, functions, http):
         ("/async-function/echo", {"X-Callback-Url": "not a url"}, 400, "X-Callback-Url"),
         ("/async-function/echo", {"X-Callback-Url": "ftp://x/y"}, 400, "X-Callback-Url"),
         ("/async-function/echo", {"X-Call-Id": "bad id!"}, 400, "X-Call-Id"),
+        ("/async-function/echo", {"X-Concurrency-Key": "a key"}, 400, "X-Concurrency-Key"),
+        ("/async-function/echo", {"X-Concurrency-Key": "k" * 129}, 400, "X-Concurrency-Key"),
     ],
 )
 async def test_bad_requests_get_4xx_with_a_reason(nats_server, http, path, headers, status, reason):

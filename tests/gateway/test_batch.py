@@ -79,3 +79,17 @@ async def test_limits_refuse_the_whole_batch(nats_server, http):
             await nc.close()
         async with http.post(url, data=json.dumps([{"function": "echo"}] * 3)) as r:
             assert r.status == 200 and (await r.json())["accepted"] == 3
+
+
+async def test_a_concurrency_key_field_is_checked_and_stored_with_the_call(nats_server, http):
+    calls = [{"function": "echo", "concurrencyKey": "customer-7"}, {"function": "echo", "concurrencyKey": "a b"}]
+    async with running_gateway(gateway_settings(nats_server.url)) as gw:
+        async with http.post(f"http://127.0.0.1:{gw.s.http_port}/async-batch", data=json.dumps(calls)) as r:
+            results = (await r.json())["results"]
+        assert [x["status"] for x in results] == [202, 400] and "X-Concurrency-Key" in results[1]["error"]
+        nc = await connect(nats_server.url)
+        try:
+            msg = await nc.jetstream().get_msg(contract.stream_name(contract.DEFAULT_QUEUE), 1)
+            assert (msg.headers or {})[contract.H_CONCURRENCY_KEY] == "customer-7"
+        finally:
+            await nc.close()

@@ -82,6 +82,7 @@ headers = st.fixed_dictionaries(
         "X-Failure-Callback-Url": st.one_of(st.just("http://127.0.0.1:9/failed"), header_value),
         "Content-Type": st.sampled_from(["application/json", "text/plain", "application/octet-stream"]),
         "X-Custom": header_value,
+        "X-Concurrency-Key": st.one_of(st.from_regex(r"[\x21-\x7e]{1,128}", fullmatch=True), header_value),
     },
 )
 
@@ -145,6 +146,7 @@ batch_call = st.fixed_dictionaries(
         "callbackUrl": st.one_of(st.just("http://127.0.0.1:9/cb"), header_value),
         "delay": st.sampled_from(["1s", "-1s", "x"]),
         "idempotencyKey": st.sampled_from(["bk1", "bk2", ""]),
+        "concurrencyKey": st.one_of(st.just("customer-1"), header_value),
         "tags": st.one_of(st.lists(st.sampled_from(["a", "b-c", "BAD TAG"]), max_size=3), header_value),
         "other": st.just(1),
     },

@@ -176,3 +176,20 @@ def test_render_500_queues_is_fast():
     print(f"validate + render of 500 queues: {elapsed * 1000:.0f} ms")
     assert len(files) == 503  # 500 workers, NATS, gateway, plan
     assert elapsed < 30  # generous: a guard against a quadratic blow-up, not a benchmark
+
+
+def test_key_limits_flow_from_queues_yaml_to_the_workers_policy(tmp_path):
+    from jetqueue.queueworker.policy import Policies
+    from jetqueue.settings import WorkerSettings
+
+    doc = "queues:\n  faas-request:\n    functionOverrides:\n      per-customer: {keyConcurrency: 2, keyRate: 10}\n"
+    result = validate_text(doc)
+    assert result.config is not None, result.problems
+    worker = yaml.safe_load(render(result.config, source="q.yaml")["queues/faas-request.yaml"])
+    functions = worker["queue"]["functions"]
+    assert functions["per-customer"]["keyConcurrency"] == 2 and functions["per-customer"]["keyRate"] == 10
+    (tmp_path / "functions.json").write_text(json.dumps(functions))  # as the chart's ConfigMap holds it
+    policy = Policies.from_settings(WorkerSettings(functions_file=str(tmp_path / "functions.json")))("per-customer")
+    assert policy.key_concurrency == 2 and policy.key_rate == 10.0
+    bad = validate_text("queues:\n  faas-request:\n    functionOverrides:\n      f: {keyConcurrency: -1}\n")
+    assert bad.config is None and "keyConcurrency" in bad.problems[0].format("q.yaml")

@@ -293,6 +293,9 @@ def due_consumer(queue: str, max_waiting: int) -> ConsumerSpec:
     )
 
 
+KEY_RECORD_TTL = 3600.0
+
+
 def _bucket(name: str, description: str, ttl: float | None, replicas: int, storage: str) -> KeyValueConfig:
     """A key-value bucket of jetqueue's: the latest value of each key only."""
     return KeyValueConfig(
@@ -344,6 +347,12 @@ def rate_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
     (queueworker/ratelimit.py). No TTL: a key is a few bytes, and one expired while it points ahead would let a
     burst through."""
     return _bucket(names.RATE_BUCKET, "jetqueue dispatch rates", None, replicas, storage)
+
+
+def key_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
+    """Concurrency keys' leases and rates (queueworker/keylimit.py). A record is written at least every lease
+    renewal while a key is in use; one untouched for `KEY_RECORD_TTL` holds only expired leases and a past rate."""
+    return _bucket(names.KEY_BUCKET, "jetqueue concurrency keys", KEY_RECORD_TTL, replicas, storage)
 
 
 def schedule_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:

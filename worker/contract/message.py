@@ -40,6 +40,7 @@ H_PATH = "Jq-Path"
 H_QUERY = "Jq-Query"
 H_CALLBACK = "Jq-Callback-Url"
 H_PARTITION_KEY = "Jq-Partition-Key"  # the caller's X-Partition-Key: a due or replayed call finds its partition again
+H_CONCURRENCY_KEY = "Jq-Concurrency-Key"  # the caller's X-Concurrency-Key: keyConcurrency and keyRate count by it
 H_FAILURE_CALLBACK = "Jq-Failure-Callback-Url"  # called only when the call ends failed (dead letter or expired)
 H_CALLBACK_ATTEMPT = "Jq-Callback-Attempt"  # on a stored callback: the delivery attempt it is waiting for
 H_CALLBACK_KEY = "Jq-Callback-Key"  # on a stored callback, every attempt: its one dead letter's id
@@ -92,6 +93,7 @@ _NOT_FORWARDED = frozenset(
         "X-Delay",
         "X-Not-Before",
         "X-Partition-Key",
+        "X-Concurrency-Key",
         "Expect",
     )
 )
@@ -148,6 +150,7 @@ class Call:
     not_before: float = 0.0  # unix seconds; 0: not scheduled
     prior_attempts: int = 0  # attempts made before this message (a retry that waited for its time)
     partition_key: str = ""  # the caller's X-Partition-Key ('': the partition follows the function)
+    concurrency_key: str = ""  # the caller's X-Concurrency-Key ('': no key limit applies; queueworker/keylimit.py)
 
     def age(self, now: float) -> float:
         """Seconds since the call could first run: its start, or its scheduled time (maxEventAge counts this)."""
@@ -169,6 +172,8 @@ class Call:
             h[H_CALLBACK] = self.callback_url
         if self.partition_key:
             h[H_PARTITION_KEY] = self.partition_key
+        if self.concurrency_key:
+            h[H_CONCURRENCY_KEY] = self.concurrency_key
         if self.failure_callback_url:
             h[H_FAILURE_CALLBACK] = self.failure_callback_url
         for k, v in self.headers.items():
@@ -289,6 +294,7 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_i
         not_before=not_before,
         prior_attempts=prior,
         partition_key=h.get(H_PARTITION_KEY, ""),
+        concurrency_key=h.get(H_CONCURRENCY_KEY, ""),
     )
 
 

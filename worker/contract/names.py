@@ -37,6 +37,7 @@ LEGACY_STATUS_BUCKET = "jetqueue-calls"
 LEGACY_CANCEL_BUCKET = "jetqueue-cancels"
 PAUSE_BUCKET = "jetqueue-pauses"  # pause records, keyed by `pause_key` (jetqueue/pauses.py)
 RATE_BUCKET = "jetqueue-rates"  # dispatch-rate state, keyed by `rate_key` (queueworker/ratelimit.py)
+KEY_BUCKET = "jetqueue-keys"  # leases and rates of concurrency keys, keyed by `key_limit_key` (queueworker/keylimit.py)
 SCHEDULE_BUCKET = "jetqueue-schedules"  # each cron schedule's last tick, keyed by `cron_key` (queueworker/ticks.py)
 CRON_CALL_PREFIX = "cron"  # a tick's call id: `cron_call_id`
 MAX_SCHEDULE_NAME = 63  # a DNS-1123 label: it names the schedule's subject, record key, metric label and call ids
@@ -299,6 +300,12 @@ def pause_key(queue: str, function: str = "") -> str:
 def rate_key(queue: str, function: str = "") -> str:
     """The dispatch-rate state of a whole queue (`<queue>`) or of one function's own rate (`<queue>.<function>`)."""
     return f"{queue}.{function}" if function else queue
+
+
+def key_limit_key(kind: str, queue: str, function: str, key: str) -> str:
+    """A concurrency key's record: `<kind>.<queue>.<function>.<digest>`, kind `c` (its leases) or `r` (its rate). The
+    key is hashed: any visible ASCII is allowed in it, and a key-value key takes fewer characters."""
+    return f"{kind}.{queue}.{function}.{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
 def pause_of_key(key: str) -> tuple[str, str]:

@@ -43,6 +43,18 @@ def partition_key_problem(key: str) -> str | None:
     return f"{PARTITION_KEY} must be 1-{MAX_PARTITION_KEY} visible ASCII characters (no spaces)"
 
 
+CONCURRENCY_KEY = "X-Concurrency-Key"  # the HTTP header a caller names its call's key with (keyConcurrency, keyRate)
+MAX_CONCURRENCY_KEY = 128
+
+
+def concurrency_key_problem(key: str) -> str | None:
+    """Why an `X-Concurrency-Key` cannot be used (the gateway answers 400 with it), or None. As a partition key:
+    visible ASCII, the header value as it travels in NATS."""
+    if len(key) <= MAX_CONCURRENCY_KEY and _KEY.match(key):
+        return None
+    return f"{CONCURRENCY_KEY} must be 1-{MAX_CONCURRENCY_KEY} visible ASCII characters (no spaces)"
+
+
 def status_shard(call_id: str, shards: int) -> int:
     """Which of a queue's `shards` status buckets holds the records of `call_id`."""
     return _crc(call_id) % shards if shards > 1 else 0

@@ -91,6 +91,10 @@ class Accept:
         if key and (reason := contract.partition_key_problem(key)):
             self.metrics.count(name, queue, 400, request.method)
             return problem(400, reason)
+        ckey = request.headers.get(contract.CONCURRENCY_KEY, "")
+        if ckey and (reason := contract.concurrency_key_problem(ckey)):
+            self.metrics.count(name, queue, 400, request.method)
+            return problem(400, reason)
         callback = request.headers.get("X-Callback-Url", "")
         if callback and (reason := self.egress.url_problem(callback)):
             self.metrics.count(name, queue, 400, request.method)
@@ -143,6 +147,7 @@ class Accept:
             headers=headers,
             not_before=when,
             partition_key=key,
+            concurrency_key=ckey,
         )
         if idem_key:  # the first call's answer to a repeat, across gateways (idempotency.py)
             return await self.idempotency.submit(call, idem_key, self._store, self._status_of)

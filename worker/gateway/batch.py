@@ -47,6 +47,7 @@ FIELD_HEADERS = {
     "delay": "X-Delay",
     "notBefore": "X-Not-Before",
     "partitionKey": contract.PARTITION_KEY,
+    "concurrencyKey": contract.CONCURRENCY_KEY,
     "idempotencyKey": "Idempotency-Key",
     "tags": "X-Call-Tags",
 }

@@ -70,6 +70,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         metavar="KEY",
         help="choose the partition by KEY instead of the function (sent as X-Partition-Key through the gateway)",
     )
+    p.add_argument("--concurrency-key", default="", metavar="KEY", help="the call's X-Concurrency-Key (docs/keys.md)")
     nats_args(p)
     p.set_defaults(func=cmd_submit)
 
@@ -295,6 +296,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             raise ValueError(f"--partitions must be 1 to {contract.MAX_PARTITIONS}")
         if args.partition_key and (reason := contract.partition_key_problem(args.partition_key)):
             raise ValueError(reason)
+        if args.concurrency_key and (reason := contract.concurrency_key_problem(args.concurrency_key)):
+            raise ValueError(reason)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -303,6 +306,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.gateway:
             if args.partition_key:
                 headers[contract.PARTITION_KEY] = args.partition_key
+            if args.concurrency_key:
+                headers[contract.CONCURRENCY_KEY] = args.concurrency_key
             return await submit_http(
                 args.gateway,
                 args.function,
@@ -330,6 +335,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 partitions=args.partitions,
                 partition_key=args.partition_key,
                 failure_callback_url=args.failure_callback,
+                concurrency_key=args.concurrency_key,
             )
         finally:
             await nc.close()

@@ -27,6 +27,7 @@ from jetqueue.queueworker.deadletter import dead_letter
 from jetqueue.queueworker.decision import Ack, Cancelled, DeadLetter, Decision, Retry, decide
 from jetqueue.queueworker.heartbeat import AckExtender
 from jetqueue.queueworker.invoke import CANCELLED, Invoker, Outcome
+from jetqueue.queueworker.keylimit import KeyLimits, Lease
 from jetqueue.queueworker.metrics import WorkerMetrics, status_class
 from jetqueue.queueworker.policy import Policies
 from jetqueue.queueworker.schedule import HOLD_AT_LEAST, Holder
@@ -62,6 +63,7 @@ class Context:
     cancelled: Callable[[Call], bool] | None = None
     results: ResultBodies | None = None  # where result bodies too large for the status record go (results.py)
     result_limit: int = 0  # bytes of a function's answer kept as the call's result; 0: none kept
+    keys: KeyLimits | None = None  # keyConcurrency and keyRate by X-Concurrency-Key (keylimit.py); None: none set
 
 
 def _stored_ns(msg: Msg) -> int:
@@ -150,10 +152,21 @@ class Processor:
         elif max_age and call.age(time.time()) >= max_age:
             outcome = Outcome(status=None, error=EXPIRED)
         else:
+            lease = Lease()
+            if c.keys is not None and call.concurrency_key and (policy.key_concurrency or policy.key_rate):
+                got = await c.keys.enter(call.function, call.concurrency_key, policy)
+                if not isinstance(got, Lease):  # over its key's limit: back to the queue, this attempt not spent
+                    await self._key_wait(msg, call, attempt, got)
+                    return
+                lease = got
             if c.status.enabled:  # written only if the call still runs after a grace (most are over by then)
                 fields = _attempt(attempt, max_attempts, started)
                 c.status.started(call.call_id, partial(callstatus.base_record, call, CallState.RUNNING, **fields), seen)
-            outcome = await self._invoke(call, policy.upstream_timeout)
+            try:
+                outcome = await self._invoke(call, policy.upstream_timeout)
+            finally:
+                if c.keys is not None:
+                    await c.keys.leave(lease)
             if c.observer is not None:
                 c.observer(call.function, outcome.status, outcome.retry_after is not None, outcome.duration)
             m = c.metrics
@@ -212,6 +225,18 @@ class Processor:
                 await msg.term()
             case Cancelled():
                 await msg.term()
+
+    async def _key_wait(self, msg: Msg, call: Call, attempt: int, delay: float) -> None:
+        """Put a call over its key's limit back in the queue for `delay` seconds, so the calls behind it (other keys)
+        are taken. Held as a message schedule, it keeps its attempt count (attempt - 1 made); where holding is off
+        (a queue with a length limit) it is a NAK with delay, which JetStream counts as a delivery: an attempt."""
+        holder = self.ctx.holder
+        c = self.ctx
+        c.metrics.child(c.metrics.key_waits, c.queue, call.function).inc()
+        if holder is not None and await holder.hold(msg, call, attempt - 1, max(delay, HOLD_AT_LEAST)):
+            await msg.ack()
+        else:
+            await msg.nak(delay=delay)
 
     def _report(self, call: Call, decision: Decision, outcome: Outcome, attempt: int) -> None:
         c, m = self.ctx, self.ctx.metrics

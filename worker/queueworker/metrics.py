@@ -82,6 +82,13 @@ class WorkerMetrics:
             fn,
             registry=r,
         )
+        self.key_waits = Counter(
+            "queue_worker_key_limit_waits_total",
+            "Calls put back in the queue because their X-Concurrency-Key was at its keyConcurrency or keyRate (the "
+            "key is no label).",
+            fn,
+            registry=r,
+        )
         self.rate_wait = Counter(
             "queue_worker_dispatch_rate_wait_seconds_total",
             "Seconds calls waited for the dispatch rate (the queue's and the function's own) before their invocation.",

@@ -9,7 +9,7 @@ background: a call never waits for them, and a function not yet read runs by the
 
 File shape: ``{"<function>": {"upstreamTimeout": "2m", "retry": {"maxAttempts": 5, "initialWait": "1s",
 "maxWait": "1m", "httpCodes": [429, 503], "backoff": "full", "maxRetryAfter": "0s", "openfaasInternal": true},
-"maxEventAge": "1h", "dispatchRate": 5}}``; every key optional.
+"maxEventAge": "1h", "dispatchRate": 5, "keyConcurrency": 2, "keyRate": 10}}``; every key optional.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ class FunctionPolicy:
     upstream_timeout: float
     retry: RetryPolicy
     dispatch_rate: float = 0.0  # this function's own calls per second across the queue's workers; 0: none
+    key_concurrency: int = 0  # calls of one X-Concurrency-Key running at once, across workers; 0: none
+    key_rate: float = 0.0  # calls of one X-Concurrency-Key started per second, across workers; 0: none
 
 
 class Policies:
@@ -144,7 +146,9 @@ def _override(default: FunctionPolicy, spec: dict[str, Any]) -> FunctionPolicy:
     )
     timeout = parse_duration(spec["upstreamTimeout"]) if "upstreamTimeout" in spec else default.upstream_timeout
     rate = float(spec.get("dispatchRate", 0.0))  # the queue's rate (settings.dispatch_rate) applies as well
-    return FunctionPolicy(upstream_timeout=timeout, retry=retry, dispatch_rate=rate)
+    key_concurrency = int(spec.get("keyConcurrency", 0))  # by X-Concurrency-Key (keylimit.py)
+    key_rate = float(spec.get("keyRate", 0.0))
+    return FunctionPolicy(timeout, retry, rate, key_concurrency, key_rate)
 
 
 Problem = tuple[str, str, str]  # (annotation or variable, its value, why it is ignored)

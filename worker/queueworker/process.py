@@ -33,6 +33,7 @@ from jetqueue.queueworker.fetch import ConsumerLoop, Slots
 from jetqueue.queueworker.functionmode import FunctionMode
 from jetqueue.queueworker.handle import Context, Processor
 from jetqueue.queueworker.invoke import Invoker
+from jetqueue.queueworker.keylimit import KeyLimits
 from jetqueue.queueworker.metrics import WorkerMetrics
 from jetqueue.queueworker.partitions import Partitions
 from jetqueue.queueworker.pauses import PauseFollower
@@ -149,6 +150,7 @@ class Worker:
             admit=rates.admit if rates else None,
             results=ResultBodies.of(js, s.queue, s.status_ttl, s.stream_replicas, s.stream_storage),
             result_limit=s.result_max_bytes if s.call_status else 0,
+            keys=KeyLimits.of(js, s, self.policies),
         )
         self.processor = Processor(ctx)
         if s.call_status:
