@@ -57,6 +57,7 @@ class Part:
     shared: Shared
     consumers: Consumers
     lane: Lane | None = None  # the shared consumer's, while it exists
+    crowded: bool | None = None  # a function has more calls than the shared consumer may serve (last map)
     consolidate_until: float | None = None  # going back to the shared consumer until then
     next_consolidate: float = -math.inf
 
@@ -96,6 +97,7 @@ class FunctionMode:
         self._discovery: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._limits: dict[str, int] = {}  # the concurrency limit last exported, per function
+        self._observed: set[str] = set()  # functions with calls finished since the limits were last exported
         ctx.observer = self._observe
 
     def _part(self, stream: str) -> Part:
@@ -116,10 +118,18 @@ class FunctionMode:
 
     def _observe(self, function: str, status: int | None, retry_after: bool, duration: float) -> None:
         self.adaptive.record(function, status, retry_after, self.dispatch.running.get(function, 1), duration)
-        limit = self.adaptive.limit(function)
-        if self._limits.get(function) != limit:  # a gauge child per call costs more than the call's bookkeeping
-            self._limits[function] = limit
-            self.ctx.metrics.concurrency_limit.labels(self.s.queue, function).set(limit)
+        self._observed.add(function)
+
+    def _export_limits(self) -> None:
+        """The concurrency limits of the functions that had calls since the last time (a gauge child per call costs
+        more than the call's own bookkeeping)."""
+        gauge = self.ctx.metrics.concurrency_limit
+        for function in self._observed:
+            limit = self.adaptive.limit(function)
+            if self._limits.get(function) != limit:
+                self._limits[function] = limit
+                gauge.labels(self.s.queue, function).set(limit)
+        self._observed.clear()
 
     async def start(self) -> None:
         static = None
@@ -148,14 +158,15 @@ class FunctionMode:
     # -- which consumers serve a stream -----------------------------------------------------------------------
 
     def must_split(self, counts: dict[str, int]) -> bool:
-        """Does some function need a consumer of its own: more calls than max_inflight, more than its adaptive
-        limit once 429s set one, or a pause?"""
-        if self.function_paused():
-            return True
-        for function, n in counts.items():
-            if n > self.s.max_inflight or (n > 1 and n > (self.adaptive.ceiling(function) or n)):
-                return True
-        return False
+        """Does some function need a consumer of its own: a pause, or more calls than max_inflight, or than its
+        adaptive limit once 429s set one?"""
+        return self.function_paused() or self.crowded(counts)
+
+    def crowded(self, counts: dict[str, int]) -> bool:
+        return any(
+            n > self.s.max_inflight or (n > 1 and n > (self.adaptive.ceiling(function) or n))
+            for function, n in counts.items()
+        )
 
     def _decide(self, part: Part, now: float, fresh: bool = True) -> None:
         """Bring the stream's consumers to what its calls and the pauses need (sharedconsumer.py); `fresh`: its
@@ -163,7 +174,9 @@ class FunctionMode:
         shared, counts = part.shared, part.discovery.counts
         if shared.state is State.UNKNOWN or shared.asking or self.dispatch.stopping:
             return
-        split = self.must_split(counts)
+        if fresh or part.crowded is None:  # read once per subject map: thousands of functions
+            part.crowded = self.crowded(counts)
+        split = part.crowded or self.function_paused()
         if shared.state is State.OPEN:
             part.consolidate_until = None
             lane = part.lane
@@ -304,6 +317,7 @@ class FunctionMode:
                 self._close(lane, remove=True)
             elif not lane.has_work and now - lane.last_message > dispatch.idle_exit:
                 self._close(lane, remove=False)
+        self._export_limits()
         dispatch.wake()
 
     async def stop(self) -> None:
