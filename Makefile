@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.installed
 QUEUES ?= queues.yaml
 OUT    ?= out
 PYTEST_ARGS ?=
+# make test runs on this many pytest-xdist processes (tests wait on servers far more than they compute); the `slow`
+# tests share one of them (tests/conftest.py), so no two clusters or chaos scenarios run at once. 0 = in-process.
+TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml | head -n 1)
 IMAGE  ?= jetqueue:$(VERSION)
@@ -31,8 +34,8 @@ render: $(STAMP) ## validate $(QUEUES) and render Helm values into $(OUT)/
 install: render ## helm upgrade --install NATS, the workers and the gateway, in order
 	$(BIN)/jetqueue install --plan $(OUT)/install-plan.json
 
-test: $(STAMP) ## run the whole test suite (real nats-server, real Helm engine)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## run the whole test suite (real nats-server, real Helm engine; TEST_WORKERS=2 processes)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff, mypy and hadolint (worker/Dockerfile)
 	$(BIN)/ruff check .

@@ -56,7 +56,6 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 from jetqueue import callstatus, contract  # noqa: E402
-from jetqueue.contract import jetstream  # noqa: E402
 from jetqueue.settings import WorkerSettings  # noqa: E402
 
 STATUS_TTL = float(WorkerSettings.__dataclass_fields__["status_ttl"].default)  # the bucket as the worker makes it
@@ -291,7 +290,7 @@ async def publish(b: Bench, subjects: list[str], prefix: str, batch: int = 1000,
     """Publish one no-op call per subject, each with a PubAck, `batch` at a time. `recorded`: as the gateway
     does with call status on, each with its `queued` submission record in the status bucket."""
     prefix = f"{prefix}-{next(PUBLISHES)}"  # call ids unique within the run (the stream deduplicates them)
-    store = callstatus.StatusStore(b.js, jetstream.status_bucket(STATUS_TTL)) if recorded else None
+    stores: dict[str, callstatus.QueueStatus] = {}
     for start in range(0, len(subjects), batch):
         headers = [call_headers(f"{prefix}-{RUN}-{start + i}") for i in range(len(subjects[start:][:batch]))]
         acks = await asyncio.gather(
@@ -299,11 +298,15 @@ async def publish(b: Bench, subjects: list[str], prefix: str, batch: int = 1000,
         )
         if any(a.duplicate for a in acks):
             raise RuntimeError("a benchmark call was deduplicated: call ids are not unique")
-        if store is not None:
+        if recorded:
             calls = [
                 contract.decode(s, b"{}", h, "") for s, h in zip(subjects[start : start + batch], headers, strict=True)
             ]
-            await asyncio.gather(*(store.submitted_confirmed(callstatus.base_record(c)) for c in calls))
+            for c in calls:
+                stores.setdefault(c.queue, callstatus.QueueStatus.of(b.js, c.queue, 1, STATUS_TTL))
+            await asyncio.gather(
+                *(stores[c.queue].store(c.call_id).submitted_confirmed(callstatus.base_record(c)) for c in calls)
+            )
 
 
 async def messages(b: Bench, queue: str) -> int:

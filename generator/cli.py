@@ -1,4 +1,4 @@
-"""`jetqueue validate | render | install | docs`: the generator's commands."""
+"""`jetqueue validate | render | install | dev | docs | import`: the generator's commands."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from jetqueue.generator import docs, install
+from jetqueue.generator import docs, importer, install
 from jetqueue.generator.render import render, write_atomically
 from jetqueue.generator.validate import Result, validate_text
 
@@ -63,6 +63,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     g.add_argument("--write", action="store_true", help="rewrite the blocks in README.md")
     g.add_argument("--check", action="store_true", help="exit 1 if they are stale (default)")
     p.set_defaults(func=lambda a: docs.run(a.write))
+
+    importer.add_command(sub)
 
 
 def _read(path: str) -> str | None:

@@ -137,6 +137,10 @@ class Dev:
                 path = self.tmp / f"functions-{name}.json"
                 path.write_text(json.dumps(values["queue"]["functions"]))
                 env["JETQUEUE_FUNCTIONS_FILE"] = str(path)
+            if "JETQUEUE_SCHEDULES_FILE" in env:  # queues.yaml's cron schedules of the queue, as the chart mounts them
+                path = self.tmp / f"schedules-{name}.json"
+                path.write_text(json.dumps({"revision": 0, "schedules": values["queue"]["schedules"]}))
+                env["JETQUEUE_SCHEDULES_FILE"] = str(path)
             proc = self._spawn(f"worker {name}", [sys.executable, "-m", "jetqueue", "worker"], env)
             proc.http = f"http://127.0.0.1:{env['JETQUEUE_HTTP_PORT']}"
         gw_values = gateway_values(cfg)
@@ -145,6 +149,7 @@ class Dev:
         routes.write_text(json.dumps(envmap.routes_document(gw_values)))
         port = self.gateway_port or free_port()
         env.update(JETQUEUE_HTTP_HOST="127.0.0.1", JETQUEUE_HTTP_PORT=str(port), JETQUEUE_ROUTES_FILE=str(routes))
+        env["JETQUEUE_DASHBOARD"] = "true"  # on loopback, without credentials: answers only to loopback names
         gw = self._spawn("gateway", [sys.executable, "-m", "jetqueue", "gateway"], env)
         gw.http = f"http://127.0.0.1:{port}"
         self.gateway = gw.http
@@ -295,7 +300,8 @@ class Dev:
             f"  curl -s {g}/async-calls/<X-Call-Id from above>\n"
             f"  curl -i -X POST {g}/async-function/sleep -d 20 && curl -X DELETE {g}/async-calls/<call id>\n"
             f"  curl -s {g}/metrics | grep gateway_async\n"
-            f"  JETQUEUE_NATS_URL={self.nats_url} .venv/bin/jetqueue status"
+            f"  JETQUEUE_NATS_URL={self.nats_url} .venv/bin/jetqueue status\n"
+            f"  open {g}/dashboard/   (queues live, dead letters, call lookup, pause: docs/dashboard.md)"
         )
 
     # ---- stop ------------------------------------------------------------------------------------

@@ -10,10 +10,14 @@ combination and checks the Deployments carry exactly these variables.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
-from jetqueue.generator.chartenv import lookup, wiring
-from jetqueue.settings import CALLBACK_SIGNING, GATEWAY_AUTH, NATS
+import yaml
+
+from jetqueue.generator.chartenv import CHARTS_DIR, lookup, wiring
+from jetqueue.generator.model import deep_merge
+from jetqueue.settings import CALLBACK_SIGNING, GATEWAY_AUTH, NATS, OPENFAAS_AUTH
 
 NATS_TLS_DIR = "/etc/jetqueue/nats-tls"
 NATS_CREDS_DIR = "/etc/jetqueue/nats-creds"
@@ -40,6 +44,8 @@ def nats_env(values: dict[str, Any]) -> Env:
         if nats["tls"]["clientCert"]:
             env["JETQUEUE_NATS_TLS_CERT"] = f"{NATS_TLS_DIR}/tls.crt"
             env["JETQUEUE_NATS_TLS_KEY"] = f"{NATS_TLS_DIR}/tls.key"
+    if nats["tls"]["insecure"]:
+        env["JETQUEUE_NATS_TLS_INSECURE"] = "true"
     auth = nats["auth"]
     secrets: dict[str, tuple[str, str]] = {}
     if auth["method"] == "creds":
@@ -71,8 +77,21 @@ def signing_env(values: dict[str, Any]) -> Env:
     return {}, {"JETQUEUE_CALLBACK_SIGNING_KEYS": (signing["secretName"], signing["key"])}
 
 
+def openfaas_env(values: dict[str, Any]) -> Env:
+    """charts/jetqueue-lib's `jetqueue.openfaasEnv`."""
+    auth = values["openfaas"]["auth"]
+    if not auth["secretName"]:
+        return {}, {}
+    secret = auth["secretName"]
+    return {}, {
+        "JETQUEUE_OPENFAAS_USER": (secret, auth["userKey"]),
+        "JETQUEUE_OPENFAAS_PASSWORD": (secret, auth["passwordKey"]),
+    }
+
+
 HELPERS: dict[str, Callable[[dict[str, Any]], Env]] = {
     NATS: nats_env,
+    OPENFAAS_AUTH: openfaas_env,
     GATEWAY_AUTH: gateway_auth_env,
     CALLBACK_SIGNING: signing_env,
 }
@@ -98,14 +117,26 @@ def chart_env(chart: str, values: dict[str, Any]) -> Env:
     return env, secrets
 
 
+@cache
+def _chart_defaults(chart: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CHARTS_DIR / chart / "values.yaml").read_text(encoding="utf-8"))
+    return loaded
+
+
+def with_defaults(chart: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Rendered values over the chart's own values.yaml, as Helm merges them (render leaves out what is empty)."""
+    merged: dict[str, Any] = deep_merge(_chart_defaults(chart), values)
+    return merged
+
+
 def worker_env(values: dict[str, Any]) -> dict[str, str]:
     """The queue-worker container's plain variables (Secret references are not values one can run with)."""
-    return chart_env("queue-worker", values)[0]
+    return chart_env("queue-worker", with_defaults("queue-worker", values))[0]
 
 
 def gateway_env(values: dict[str, Any]) -> dict[str, str]:
     """The gateway container's plain variables."""
-    return chart_env("gateway", values)[0]
+    return chart_env("gateway", with_defaults("gateway", values))[0]
 
 
 def routes_document(values: dict[str, Any]) -> dict[str, Any]:

@@ -121,6 +121,7 @@ def _nats_client(cfg: dict[str, Any]) -> dict[str, Any]:
             "secretName": n["tls"]["secretName"],
             "caKey": n["tls"]["caKey"],
             "clientCert": n["tls"]["verifyClients"],
+            **({"insecure": True} if n["tls"]["insecure"] else {}),
         },
     }
 
@@ -135,7 +136,30 @@ def _bytes(quantity: str) -> int:
 
 
 def _retry(r: dict[str, Any]) -> dict[str, Any]:
-    return {k: r[k] for k in ("maxAttempts", "initialWait", "maxWait", "httpCodes", "backoff", "maxRetryAfter")}
+    keys = ("maxAttempts", "initialWait", "maxWait", "httpCodes", "backoff", "maxRetryAfter", "openfaasInternal")
+    return {k: r[k] for k in keys}
+
+
+def _image(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: cfg["image"][k] for k in ("repository", "tag", "pullPolicy")}
+
+
+def _pod(cfg: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """The pod values both charts take, set only when queues.yaml sets them (the charts' defaults are empty)."""
+    out: dict[str, Any] = {}
+    if cfg["image"]["pullSecrets"]:
+        out["imagePullSecrets"] = [{"name": name} for name in cfg["image"]["pullSecrets"]]
+    if block["podAnnotations"]:
+        out["podAnnotations"] = dict(block["podAnnotations"])
+    if block["topologySpreadConstraints"]:
+        out["topologySpreadConstraints"] = {k: dict(v) for k, v in block["topologySpreadConstraints"].items()}
+    if cfg["openfaas"]["url"]:
+        out["openfaas"] = {
+            "url": cfg["openfaas"]["url"],
+            "refreshInterval": cfg["openfaas"]["refreshInterval"],
+            "auth": dict(cfg["openfaas"]["auth"]),
+        }
+    return out
 
 
 def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
@@ -144,12 +168,13 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     grace = parse_duration(q["shutdownTimeout"]) + 15
     return {
         "replicaCount": q["replicas"],
-        "image": dict(cfg["image"]),
+        "image": _image(cfg),
         "queue": {
             "name": name,
             "stream": contract.stream_name(name),
             "durable": contract.durable_name(name),
             "deadLetterStream": contract.dlq_stream_name(name),
+            "partitions": q["partitions"],
             "mode": q["mode"],
             "streamReplicas": q["streamReplication"],
             "streamStorage": _storage(cfg),
@@ -180,6 +205,7 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
                 }
                 for fn, ov in sorted(q["functionOverrides"].items())
             },
+            "schedules": {name: dict(spec) for name, spec in sorted(q["schedules"].items())},
         },
         "nats": _nats_client(cfg),
         "logs": dict(q["logs"]),
@@ -190,6 +216,7 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
         "metrics": {"port": 8081},
         "terminationGracePeriodSeconds": int(grace),
         "autoscaling": _autoscaling(cfg, name),
+        **_pod(cfg, q),
     }
 
 
@@ -202,17 +229,22 @@ def _autoscaling(cfg: dict[str, Any], name: str) -> dict[str, Any]:
         endpoint = f"{host}:8222"
     else:
         endpoint = f"{n['releaseName']}.{n['namespace']}.svc.cluster.local:8222"
-    if q["mode"] == "static":
-        consumers = [contract.durable_name(name)]
+    n = q["partitions"]
+    if q["mode"] == "static":  # the static consumer is on every partition
+        watched = [(p, contract.durable_name(name)) for p in range(n)]
     else:
-        consumers = [contract.function_consumer_name(name, fn) for fn in q["functions"]]
+        # A function's consumer exists only on the partition its calls go to (KEDA counts a consumer it does not find
+        # as the stream's last sequence): calls partitioned by X-Partition-Key in function mode want the HPA.
+        functions = q["functions"]
+        watched = [(contract.choose_partition(fn, n), contract.function_consumer_name(name, fn)) for fn in functions]
     return {
         "type": a["type"],
         "minReplicas": a["minReplicas"],
         "maxReplicas": a["maxReplicas"],
         "lagThreshold": a["lagThreshold"],
         "natsMonitoringEndpoint": endpoint,
-        "consumers": consumers,
+        # One KEDA trigger each; with partitions the chart scales on their sum (scalingModifiers).
+        "triggers": [{"stream": contract.stream_name(name, p), "consumer": c} for p, c in watched],
     }
 
 
@@ -221,7 +253,7 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
     routes = {fn: name for name, q in sorted(cfg["queues"].items()) for fn in q["functions"]}
     return {
         "replicaCount": g["replicas"],
-        "image": dict(cfg["image"]),
+        "image": _image(cfg),
         "gateway": {
             "port": 8080,
             "defaultQueue": g["defaultQueue"],
@@ -238,12 +270,14 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
                     "streamStorage": _storage(cfg),
                     "maxQueueLength": q["maxQueueLength"],
                     "maxQueueBytes": _bytes(q["maxQueueBytes"]),
+                    "partitions": q["partitions"],
                 }
                 for name, q in sorted(cfg["queues"].items())
             },
         },
         "nats": _nats_client(cfg),
         "logs": dict(cfg["defaults"]["logs"]),
+        **_pod(cfg, g),
     }
 
 
@@ -251,20 +285,22 @@ def nack_resources(cfg: dict[str, Any], name: str) -> list[dict[str, Any]]:
     """NACK Stream and Consumer resources for a queue, from the same definitions the worker applies
     (`jetqueue.contract.jetstream`)."""
     q = cfg["queues"][name]
-    storage, replicas = _storage(cfg), q["streamReplication"]
-    specs: list[tuple[str, str, dict[str, Any]]] = [
-        (
-            "Stream",
-            f"{name}-stream",
-            jetstream.work_stream(name, replicas, storage, q["maxQueueLength"], _bytes(q["maxQueueBytes"])).to_nack(),
-        ),
-        ("Stream", f"{name}-dlq-stream", jetstream.dead_letter_stream(name, replicas, storage).to_nack()),
-    ]
-    if q["mode"] == "static":  # function mode creates its per-function consumers on demand
-        consumer = jetstream.static_consumer(
-            name, parse_duration(q["ackWait"]), q["maxAckPending"], q["maxWaiting"]
-        ).to_nack()
-        specs.append(("Consumer", contract.durable_name(name), consumer))
+    storage, replicas, n = _storage(cfg), q["streamReplication"], q["partitions"]
+    length, size = q["maxQueueLength"], _bytes(q["maxQueueBytes"])
+    specs: list[tuple[str, str, dict[str, Any]]] = []
+    for p in range(n):
+        # Partition 0 keeps the resource names of before partitions; a dot (no queue name has one) marks the others.
+        part = f".p{p}" if p else ""
+        stream = jetstream.work_stream(name, replicas, storage, length, size, p, n)
+        specs.append(("Stream", f"{name}{part}-stream", stream.to_nack()))
+        if p == 0:
+            dlq = jetstream.dead_letter_stream(name, replicas, storage)
+            specs.append(("Stream", f"{name}-dlq-stream", dlq.to_nack()))
+        if q["mode"] == "static":  # function mode creates its per-function consumers on demand
+            consumer = jetstream.static_consumer(
+                name, parse_duration(q["ackWait"]), q["maxAckPending"], q["maxWaiting"], p
+            ).to_nack()
+            specs.append(("Consumer", f"{contract.durable_name(name)}{part}", consumer))
     return [
         {
             "apiVersion": "jetstream.nats.io/v1beta2",

@@ -11,6 +11,7 @@ from jetqueue.contract import jetstream
 from jetqueue.durations import format_duration, parse_duration
 from jetqueue.generator import model
 from jetqueue.generator.problems import Path, Problem
+from jetqueue.generator.schedulerules import check_schedules
 from jetqueue.generator.source import Source
 
 MIN_ACK_WAIT = 2.0
@@ -114,6 +115,14 @@ def check_nats(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
             yield _at(src, ("nats", part), f"nats.{part} needs secretName: credentials come from an existing Secret")
     if (nats.get("tls") or {}).get("verifyClients") and not (nats.get("tls") or {}).get("enabled"):
         yield _at(src, ("nats", "tls", "verifyClients"), "verifyClients needs tls.enabled: true")
+    if (nats.get("tls") or {}).get("insecure") and profile == "production":
+        yield _at(
+            src,
+            ("nats", "tls", "insecure"),
+            "insecure TLS leaves the server's certificate unchecked: anyone on the path can read and change every "
+            "call; it is for a development NATS with a self-signed certificate, never for production",
+            "warning",
+        )
 
 
 def check_replication(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
@@ -156,6 +165,8 @@ def _duration_fields(data: dict[str, Any]) -> Iterator[tuple[Path, Any]]:
         yield ("gateway", "callStatus", "ttl"), ttl
     if "maxDelay" in gateway:
         yield ("gateway", "maxDelay"), gateway["maxDelay"]
+    if "refreshInterval" in (data.get("openfaas") or {}):
+        yield ("openfaas", "refreshInterval"), data["openfaas"]["refreshInterval"]
 
 
 def check_durations(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
@@ -242,6 +253,11 @@ def check_urls(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
     for qname, q in _queues(data).items():
         if q.get("functionURL") is not None:
             candidates.append((("queues", qname, "functionURL"), q["functionURL"]))
+    openfaas = data.get("openfaas") or {}
+    if openfaas.get("url") and not str(openfaas["url"]).startswith(("http://", "https://")):
+        yield _at(src, ("openfaas", "url"), f"{openfaas['url']!r} must be an http:// or https:// URL")
+    if (openfaas.get("auth") or {}).get("secretName") and not openfaas.get("url"):
+        yield _at(src, ("openfaas", "auth"), "credentials without openfaas.url are never used", "warning")
     for path, url in candidates:
         if not str(url).startswith(("http://", "https://")):
             yield _at(src, path, f"{url!r} must be an http:// or https:// URL")
@@ -286,6 +302,22 @@ def check_autoscaling(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
             )
 
 
+def check_partitions(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
+    """Partitions lift a queue past one stream leader by spreading leaders over servers: more partitions than
+    servers put two partitions' leaders (and their disk writes) on one server."""
+    servers = model.nats_servers(model.fill_defaults(model.schema()["properties"]["nats"], data.get("nats") or {}))
+    for qname in _queues(data):
+        partitions, path = _effective(data, qname, "partitions")
+        if servers is not None and partitions > servers and path != ("queues", qname):
+            yield _at(
+                src,
+                path,
+                f"partitions {partitions} is more than the {servers} NATS server(s): some servers lead several of the "
+                "queue's partitions, which adds no server's disk to its intake (see docs/partitions.md)",
+                "warning",
+            )
+
+
 CHECKS: list[Check] = [
     check_queue_names,
     check_routing,
@@ -296,4 +328,6 @@ CHECKS: list[Check] = [
     check_urls,
     check_body_size,
     check_autoscaling,
+    check_partitions,
+    check_schedules,
 ]

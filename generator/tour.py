@@ -1,5 +1,5 @@
-"""The demo's tour of time, after the burst: a scheduled call, and a queue paused and resumed, each shown as it
-happens (`jetqueue dev` / `make demo`)."""
+"""The demo's tour of time, after the burst: a scheduled call, a cron schedule's ticks, and a queue paused and
+resumed, each shown as it happens (`jetqueue dev` / `make demo`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ DELAY = 3  # seconds the scheduled call waits
 PAUSED_CALLS = 3
 PAUSED_FOR = 2.0  # seconds the tour shows the paused queue holding its calls
 WAIT = 60.0
+CRON = "*/2 * * * * *"  # every 2 seconds
+CRON_TICKS = 2
 
 
 class TourError(RuntimeError):
@@ -26,6 +28,7 @@ async def tour(gateway: str, callback: str, nats_url: str, callbacks: dict[str, 
     """`callbacks`: call id -> what the sample receiver got (filled as callbacks arrive)."""
     async with aiohttp.ClientSession() as http:
         await _scheduled(http, gateway, callback, callbacks)
+        await _cron(callback, callbacks, nats_url, _default_queue(queues))
         queue, function = _slow_queue(queues)
         await _paused(http, gateway, callback, callbacks, nats_url, queue, function)
 
@@ -62,6 +65,29 @@ async def _scheduled(http: aiohttp.ClientSession, gateway: str, callback: str, c
     _say(f"\nscheduled call: X-Delay: {DELAY}s → 202 at once, status {state['state']!r}, runs not before {when}")
     await _called_back(callbacks, [call_id])
     _say(f"  it ran and called back {time.monotonic() - t0:.1f}s after it was sent (never before its time)")
+
+
+def _default_queue(queues: dict[str, Any]) -> str:
+    """A queue whose worker calls `echo` (a cron tick runs on the queue its schedule is in)."""
+    return next((n for n, q in sorted(queues.items()) if "echo" in q.get("functions", [])), "") or next(
+        n for n, q in sorted(queues.items()) if not q.get("functions")
+    )
+
+
+async def _cron(callback: str, callbacks: dict[str, Any], nats_url: str, queue: str) -> None:
+    prefix = f"cron.{queue}.demo-tick."
+    _say(f'\ncron: jetqueue schedule add {queue} demo-tick --function echo --cron "{CRON}" --callback ...')
+    add = ("schedule", "add", queue, "demo-tick", "--function", "echo", "--cron", CRON, "--data", "tick")
+    await asyncio.to_thread(_jetqueue, nats_url, *add, "--callback", callback, "--replace")
+    deadline = time.monotonic() + WAIT
+    try:
+        while len(ticks := sorted(c for c in callbacks if c.startswith(prefix))) < CRON_TICKS:
+            if time.monotonic() > deadline:
+                raise TourError(f"{len(ticks)} cron tick(s) called back after {WAIT:.0f}s; expected {CRON_TICKS}")
+            await asyncio.sleep(0.05)
+    finally:
+        await asyncio.to_thread(_jetqueue, nats_url, "schedule", "rm", queue, "demo-tick")
+    _say(f"  {CRON_TICKS} ticks, one call each, ids from the schedule and the tick: {', '.join(ticks[:CRON_TICKS])}")
 
 
 def _slow_queue(queues: dict[str, Any]) -> tuple[str, str]:

@@ -96,6 +96,11 @@ def _describe(err: ValidationError, src: Source) -> Iterator[Problem]:
                 continue
             yield Problem(*src.where((*path, key), key=True), (*path, key), f"unknown key {key!r}{_hint(key, allowed)}")
         return
+    if "propertyNames" in err.absolute_schema_path and isinstance(err.instance, str):  # a bad key: point at it
+        path = (*path, err.instance)
+        why = err.message.removeprefix(repr(err.instance) + " ")
+        yield Problem(*src.where(path, key=True), path, f"name {err.instance!r} {why}")
+        return
     if err.validator == "enum":
         options = ", ".join(repr(o) for o in err.validator_value)
         hint = _hint(str(err.instance), [str(o) for o in err.validator_value])

@@ -47,3 +47,12 @@ async def http():
 
     async with aiohttp.ClientSession() as s:
         yield s
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`, --dist loadgroup) the `slow` tests (clusters, chaos, network namespaces)
+    all run in one worker process, one after another, beside the quick ones: two of them at once would load the
+    machine in ways their scenarios do not intend, and a module's namespaces lab is set up once."""
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("slow"))

@@ -106,6 +106,17 @@ async def dead_letters(nc: Client, queue: str = contract.DEFAULT_QUEUE) -> list[
     return out
 
 
+async def status_record(nc: Client, call_id: str, *queues: str, partitions: int = 1) -> dict[str, Any] | None:
+    """A call's status record as the gateway finds it from its id (statuslookup.py), among `queues`."""
+    from jetqueue.callstatus import QueueStatus
+    from jetqueue.statuslookup import StatusLookup
+
+    js = nc.jetstream()
+    status = {q: QueueStatus.of(js, q, partitions, 3600.0) for q in queues or (contract.DEFAULT_QUEUE,)}
+    entry = await StatusLookup(js, status).get(call_id)
+    return entry.record if entry else None
+
+
 async def connect(url: str) -> Client:
     return await nats.connect(url.split(","), max_reconnect_attempts=-1, reconnect_time_wait=0.2)
 
@@ -129,10 +140,15 @@ async def running_gateway(settings: Any) -> AsyncIterator[Any]:
     gw = Gateway(settings)
     await gw.start()
     try:
-        for _ in range(400):  # connected and streams ready
-            if gw.backend.connected and gw.backend.ready_streams:
+        # Connected, and the streams of every queue it routes to set up (not just the first one's: a test may use
+        # a queue's stream before it submits, e.g. pause it); generous, as the machine may be loaded.
+        for _ in range(2400):
+            b = gw.backend
+            if b.connected and b.ready_streams and set(b.routing.queues) <= b.ready_streams:
                 break
             await asyncio.sleep(0.025)
+        else:
+            raise AssertionError(f"gateway not ready after 60 s: streams of {sorted(gw.backend.ready_streams)} ready")
         yield gw
     finally:
         await gw.stop()

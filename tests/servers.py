@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -11,10 +12,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -149,7 +151,39 @@ def cluster(base: Path, n: int = 3) -> list[NatsServer]:
         s.start(wait=False)
     for s in servers:
         s.wait_ready(timeout=60, js=False)  # full health: JetStream has a meta leader
+    wait_meta_current(servers)
     return servers
+
+
+def meta_current(views: list[dict[str, Any]], nodes: int) -> bool:
+    """Whether one node's /jsz shows it is the JetStream meta leader with every other node current: /healthz can
+    answer 200 before, and a replicated stream then fails with "no suitable peers for placement, peer offline"
+    (seen on a loaded machine)."""
+    for view in views:
+        meta = view.get("meta_cluster") or {}
+        replicas = meta.get("replicas") or []
+        names = {r.get("name") for r in replicas}
+        if meta.get("leader") and meta["leader"] not in names and len(replicas) == nodes - 1:
+            if all(r.get("current") and not r.get("offline") for r in replicas):
+                return True
+    return False
+
+
+def wait_meta_current(servers: list[NatsServer], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        views = []
+        for s in servers:
+            try:
+                with urllib.request.urlopen(f"{s.monitor_url}/jsz", timeout=2) as r:
+                    views.append(json.load(r))
+            except (OSError, ValueError):
+                pass
+        if meta_current(views, len(servers)):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the JetStream meta leader does not see every node current after {timeout}s: {views}")
+        time.sleep(0.1)
 
 
 Handler = Callable[[web.Request, "FunctionServer"], Awaitable[web.StreamResponse]]
@@ -229,6 +263,7 @@ class CallbackReceiver:
     headers: dict[str, str] = field(default_factory=dict)  # answered with every response (e.g. Location)
     runner: web.AppRunner | None = None
     event: asyncio.Event = field(default_factory=asyncio.Event)
+    refused: int = 0  # attempts answered with a status >= 300 (while `status` says so)
 
     @property
     def url(self) -> str:
@@ -249,6 +284,7 @@ class CallbackReceiver:
 
     async def _receive(self, request: web.Request) -> web.Response:
         if self.status >= 300:
+            self.refused += 1
             return web.Response(status=self.status, headers=self.headers)
         self.received.append((dict(request.headers), await request.read()))
         self.event.set()
@@ -259,6 +295,18 @@ class CallbackReceiver:
         for headers, _ in self.received:
             out[headers.get("X-Call-Id", "")].append(headers)
         return out
+
+    def tally(self, name: str, ids: list[str]) -> Counter[int]:
+        """How many calls of `ids` got 0, 1, 2, ... callbacks; printed (as `callbacks [name]: ...`) so a
+        repeated run (bench/repeat.py) can count outcomes."""
+        got = self.by_call()
+        counts = Counter(len(got.get(i, [])) for i in ids)
+        per_call = ", ".join(f"{n} × {k}" for k, n in sorted(counts.items()))
+        print(
+            f"\ncallbacks [{name}]: missing {counts[0]}, once {counts[1]}, more {len(ids) - counts[0] - counts[1]}"
+            f" (calls × callbacks: {per_call})"
+        )
+        return counts
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 30.0, interval: float = 0.05) -> None:

@@ -11,7 +11,7 @@ from tests.helpers import connect
 
 async def test_the_submission_record_shows_until_the_call_has_its_own(nats_server):
     nc = await connect(nats_server.url)
-    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    store = StatusStore(nc.jetstream(), jetstream.status_bucket("q", 60))
     call = Call(call_id="c1", queue="q", function="f", start_time_ns=1)
     assert await store.get("c1") is None
     await store.submitted_confirmed(callstatus.base_record(call, CallState.QUEUED))
@@ -27,7 +27,7 @@ async def test_a_later_call_under_the_same_id_shows_over_the_earlier_call_s_reco
     """Sent again under its id once the duplicate window is over: the new submission shows, and a cancel of it
     replaces the earlier call's record (compare-and-set against that record's revision)."""
     nc = await connect(nats_server.url)
-    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    store = StatusStore(nc.jetstream(), jetstream.status_bucket("q", 60))
     earlier, later = (Call(call_id="again", queue="q", function="f", start_time_ns=t) for t in (1, 2))
     done = await store.update("again", callstatus.base_record(earlier, CallState.SUCCEEDED, attempt=1), None)
     await store.submitted_confirmed(callstatus.base_record(later, CallState.QUEUED))
@@ -42,7 +42,7 @@ async def test_a_later_call_under_the_same_id_shows_over_the_earlier_call_s_reco
 
 async def test_an_earlier_submission_does_not_hide_the_call_s_own_record(nats_server):
     nc = await connect(nats_server.url)
-    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    store = StatusStore(nc.jetstream(), jetstream.status_bucket("q", 60))
     call = Call(call_id="c2", queue="q", function="f", start_time_ns=5)
     await store.submitted_confirmed(callstatus.base_record(call, CallState.QUEUED))
     await store.update("c2", callstatus.base_record(call, CallState.SUCCEEDED, attempt=1), None)

@@ -62,6 +62,12 @@ ALL_FEATURES = {
             "tls": {"enabled": True, "secretName": "nats-tls", "clientCert": True},
         },
         "queue": {"functions": {"train": {"upstreamTimeout": "10m"}}},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "podAnnotations": {"example.com/team": "platform"},
+        "topologySpreadConstraints": {
+            "kubernetes.io/hostname": {"maxSkew": 1, "whenUnsatisfiable": "ScheduleAnyway"},
+            "topology.kubernetes.io/zone": {"maxSkew": 2, "labelSelector": {"matchLabels": {"team": "a"}}},
+        },
     },
     "gateway": {
         "metrics": {"serviceMonitor": {"enabled": True}},
@@ -72,6 +78,8 @@ ALL_FEATURES = {
             "routes": {"a": "q"},
             "queues": {"q": {"streamReplicas": 3, "streamStorage": "file"}},
         },
+        "imagePullSecrets": [{"name": "regcred"}],
+        "topologySpreadConstraints": {"kubernetes.io/hostname": {"maxSkew": 1}},
     },
 }
 
@@ -80,7 +88,7 @@ CASES = (
     + [(c, ALL_FEATURES[c], f"{c} every feature") for c in CHARTS]
     + [
         (chart_for(rel), v, f"{src}:{rel}")
-        for src in ("queues.yaml", "tests/data/dev.yaml", "tests/data/external.yaml")
+        for src in ("queues.yaml", "tests/data/dev.yaml", "tests/data/external.yaml", "tests/data/openfaas.yaml")
         for rel, v in rendered_values(src).items()
     ]
 )
@@ -115,6 +123,63 @@ def test_pods_are_locked_down():
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+def test_pods_take_pull_secrets_spread_and_annotations_as_the_openfaas_charts_do():
+    """imagePullSecrets and podAnnotations as given; topologySpreadConstraints a map keyed by topologyKey (the NATS
+    chart's form): each entry gets its topologyKey and, unless it has one, a labelSelector for the release's pods."""
+    for chart in CHARTS:
+        docs = manifests(chart, ALL_FEATURES[chart], name="rel")
+        pod = deployment(docs)["spec"]["template"]
+        spec = pod["spec"]
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+        selector = deployment(docs)["spec"]["selector"]["matchLabels"]
+        spread = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}
+        assert spread["kubernetes.io/hostname"]["labelSelector"] == {"matchLabels": selector}
+        assert spread["kubernetes.io/hostname"]["maxSkew"] == 1
+        test_pod = next(d for d in docs if d["kind"] == "Pod")
+        assert test_pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    worker = deployment(manifests("queue-worker", ALL_FEATURES["queue-worker"]))["spec"]["template"]
+    zone = {c["topologyKey"]: c for c in worker["spec"]["topologySpreadConstraints"]}["topology.kubernetes.io/zone"]
+    assert zone == {
+        "topologyKey": "topology.kubernetes.io/zone",
+        "maxSkew": 2,
+        "whenUnsatisfiable": "ScheduleAnyway",  # the default, as OpenFaaS's chart spreads its queue-worker
+        "labelSelector": {"matchLabels": {"team": "a"}},  # given: kept
+    }
+    assert worker["metadata"]["annotations"]["example.com/team"] == "platform"
+    for chart in CHARTS:
+        spec = deployment(manifests(chart, None))["spec"]["template"]["spec"]
+        assert "imagePullSecrets" not in spec and "topologySpreadConstraints" not in spec
+
+
+def test_queues_yaml_pod_settings_and_openfaas_reach_both_charts():
+    values = rendered_values("tests/data/openfaas.yaml")
+    worker, gateway = values["queues/faas-request.yaml"], values["gateway/values.yaml"]
+    for v in (worker, gateway):
+        assert v["imagePullSecrets"] == [{"name": "regcred"}]
+        assert v["openfaas"] == {
+            "url": "http://gateway.openfaas:8080",
+            "refreshInterval": "10s",
+            "auth": {"secretName": "basic-auth", "userKey": "basic-auth-user", "passwordKey": "basic-auth-password"},
+        }
+        assert v["nats"]["tls"]["insecure"] is True
+    assert worker["podAnnotations"] == {"prometheus.io/scrape": "true"}
+    assert worker["topologySpreadConstraints"]["topology.kubernetes.io/zone"] == {
+        "maxSkew": 2,
+        "whenUnsatisfiable": "DoNotSchedule",
+    }
+    assert gateway["topologySpreadConstraints"] == {
+        "kubernetes.io/hostname": {"maxSkew": 1, "whenUnsatisfiable": "ScheduleAnyway"}
+    }
+    assert worker["queue"]["retry"]["openfaasInternal"] is False
+    env = envmap.chart_env("queue-worker", helm_python.Chart.load(CHARTS["queue-worker"]).merge_values(worker))
+    assert (
+        env[0]["JETQUEUE_OPENFAAS_URL"] == "http://gateway.openfaas:8080"
+        and env[0]["JETQUEUE_NATS_TLS_INSECURE"] == "true"
+    )
+    assert env[1]["JETQUEUE_OPENFAAS_PASSWORD"] == ("basic-auth", "basic-auth-password")
+    assert env[0]["JETQUEUE_RETRY_OPENFAAS_INTERNAL"] == "false"
+
+
 def test_the_gateway_keeps_serving_until_endpoints_update_then_drains():
     """preStop before SIGTERM (Services stop sending first), and a grace period that covers it and the drain."""
     from jetqueue.settings import GatewaySettings
@@ -139,7 +204,13 @@ def values_files() -> dict[str, tuple[str, dict[str, Any]]]:
         if path.parent.name in ("queues", "gateway"):
             chart = "gateway" if path.parent.name == "gateway" else "queue-worker"
             files[str(path.relative_to(ROOT))] = (chart, yaml.safe_load(path.read_text()))
-    for src in ("queues.yaml", "examples/dev.yaml", "tests/data/dev.yaml", "tests/data/external.yaml"):
+    for src in (
+        "queues.yaml",
+        "examples/dev.yaml",
+        "tests/data/dev.yaml",
+        "tests/data/external.yaml",
+        "tests/data/openfaas.yaml",
+    ):
         files |= {f"{src}:{rel}": (chart_for(rel), v) for rel, v in rendered_values(src).items()}
     return files
 
@@ -155,6 +226,8 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         {"nats": {"auth": {"method": "creds", "secretName": "c", "credsKey": "u.creds"}}},
         {"queue": {"maxAckPending": 2000000, "retry": {"httpCodes": [503]}, "functions": {}}},
         {"queue": {"callbackSigning": {"secretName": "signing", "key": "keys"}}},
+        {"openfaas": {"url": "http://gateway.openfaas:8080", "auth": {"secretName": "basic-auth"}}},
+        {"nats": {"tls": {"insecure": True}}},
     ],
     "gateway": [
         {},
@@ -163,6 +236,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
             "gateway": {"auth": {"method": "basic", "secretName": "b"}, "callbackHosts": ["a.example", "b.example"]},
             "nats": {"auth": {"method": "userPassword", "secretName": "u"}, "tls": {"enabled": True}},
         },
+        {"openfaas": {"url": "http://gateway.openfaas:8080", "auth": {"secretName": "of", "userKey": "u"}}},
     ],
 }
 
@@ -368,7 +442,9 @@ def test_generated_values_match_chart_values_shape():
         for k, v in d.items():
             p = f"{prefix}.{k}" if prefix else k
             out.add(p)
-            if k not in ("functions", "routes", "queues", "resources") or not prefix.startswith(("queue", "gateway")):
+            if k not in ("functions", "schedules", "routes", "queues", "resources") or not prefix.startswith(
+                ("queue", "gateway")
+            ):
                 out |= keys(v, p)
         return out
 
@@ -387,6 +463,7 @@ def test_autoscaling_renders_keda_per_consumer_and_hpa():
     consumers = [t["metadata"]["consumer"] for t in scaled["spec"]["triggers"]]
     assert consumers == ["ml-batch-fn-train", "ml-batch-fn-infer"]
     assert scaled["spec"]["maxReplicaCount"] == 8 and scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] == "50"
+    assert "advanced" not in scaled["spec"] and all("name" not in t for t in scaled["spec"]["triggers"])  # one stream
     assert "replicas" not in deployment(docs)["spec"]  # the scaler owns the replica count
     hpa_values = {**values, "autoscaling": {**values["autoscaling"], "type": "hpa"}}
     hpa = next(d for d in manifests("queue-worker", hpa_values) if d["kind"] == "HorizontalPodAutoscaler")
@@ -410,3 +487,27 @@ def test_the_dashboard_charts_only_what_the_worker_exports():
     assert queried <= exported, queried - exported
     assert {"queue_worker_paused", "queue_worker_scheduled_messages"} <= queried
     assert any('reason="expired"' in t["expr"] for p in dashboard["panels"] for t in p["targets"])
+
+
+def test_keda_scales_a_partitioned_queue_on_the_sum_of_its_partitions():
+    values = rendered_values("queues.yaml")["queues/faas-request.yaml"]  # 3 partitions, static mode
+    keda = {**values, "autoscaling": {**values["autoscaling"], "type": "keda"}}
+    scaled = next(d for d in manifests("queue-worker", keda) if d["kind"] == "ScaledObject")
+    triggers = scaled["spec"]["triggers"]
+    assert [(t["metadata"]["stream"], t["metadata"]["consumer"]) for t in triggers] == [
+        (f"OF_faas-request{suffix}", "faas-request-workers") for suffix in ("", "_P1", "_P2")
+    ]
+    modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
+    assert modifiers == {"formula": "t0 + t1 + t2", "target": "100", "metricType": "AverageValue"}
+    assert [t["name"] for t in triggers] == ["t0", "t1", "t2"]
+    hpa_values = {**values, "autoscaling": {**values["autoscaling"], "type": "hpa"}}
+    hpa = next(d for d in manifests("queue-worker", hpa_values) if d["kind"] == "HorizontalPodAutoscaler")
+    selector = hpa["spec"]["metrics"][0]["external"]["metric"]["selector"]
+    assert selector == {"matchLabels": {"queue_name": "faas-request"}}  # every partition's pending, summed
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+    gateway = rendered_values("queues.yaml")["gateway/values.yaml"]
+    assert gateway["gateway"]["queues"]["faas-request"]["partitions"] == 3
+    helm_python.Chart.load(CHARTS["gateway"]).validate_schema(gateway)
+    bad = {**values, "queue": {**values["queue"], "partitions": 33}}
+    with pytest.raises(Exception, match="partitions"):
+        helm_python.Chart.load(CHARTS["queue-worker"]).validate_schema(bad)

@@ -100,11 +100,38 @@ async def test_nats_tls_end_to_end(tmp_path, functions, callbacks, ca, mutual):
         server.stop()
 
 
+async def test_insecure_tls_connects_to_a_self_signed_nats_and_says_so_loudly(
+    tmp_path, functions, callbacks, ca, caplog
+):
+    """JETQUEUE_NATS_TLS_INSECURE: a dev NATS whose certificate no CA given here vouches for. Without it, refused."""
+    from jetqueue.connection import connect
+    from jetqueue.settings import SharedSettings
+
+    f = tls_files(ca, tmp_path)
+    conf = f'tls {{ cert_file: "{f["cert"]}", key_file: "{f["key"]}" }}'
+    server = NatsServer(tmp_path / "nats", extra_conf=conf).start()
+    url = f"tls://127.0.0.1:{server.port}"
+    try:
+        with pytest.raises(ConnectionError):  # the system's CAs do not know trustme's
+            await connect(SharedSettings(nats_url=url), "probe", connect_attempts=2)
+        with caplog.at_level(logging.WARNING, logger="jetqueue.nats"):
+            await round_trip(url, functions, callbacks, nats_tls_insecure=True)
+        warnings = [
+            r.getMessage() for r in caplog.records if r.name == "jetqueue.nats" and "INSECURE" in r.getMessage()
+        ]
+        assert len(warnings) == 2  # the worker's connection and the gateway's
+        assert "anyone on the path can read and change every call" in warnings[0]
+    finally:
+        server.stop()
+
+
 def test_settings_repr_hides_every_secret():
     from jetqueue.settings import GatewaySettings, WorkerSettings
 
-    g = GatewaySettings(nats_password="p1", nats_token="t1", auth_token="t2", auth_password="p2")
-    w = WorkerSettings(nats_password="p1", nats_token="t1")
+    g = GatewaySettings(
+        nats_password="p1", nats_token="t1", auth_token="t2", auth_password="p2", openfaas_password="p3"
+    )
+    w = WorkerSettings(nats_password="p1", nats_token="t1", openfaas_password="p3")
     for text in (repr(g), repr(w)):
-        for secret in ("p1", "t1", "t2", "p2"):
+        for secret in ("p1", "t1", "t2", "p2", "p3"):
             assert f"'{secret}'" not in text

@@ -225,6 +225,21 @@ def test_validate_says_it_needs_the_generator_extra(runtime: RuntimeVenv) -> Non
     assert version.returncode == 0 and version.stdout.strip() == f"jetqueue {VERSION}", version
 
 
+def test_the_dashboard_ships_its_templates_and_static_files(runtime: RuntimeVenv) -> None:
+    """package-data: the wheel carries what `jetqueue dashboard` and JETQUEUE_DASHBOARD serve."""
+    code = (
+        "from jetqueue.dashboard import app\n"
+        "from jetqueue.settings import GatewaySettings\n"
+        "d = app.Dashboard(GatewaySettings(), lambda: None)\n"
+        "names = ('overview.html', 'queues.html', 'deadletters.html', 'call.html', 'login.html', 'error.html')\n"
+        "print(all(d.templates.get_template(n) for n in names))\n"
+        "print(all((app.HERE / 'static' / n).is_file() for n in ('live.js', 'dashboard.css')))\n"
+    )
+    done = runtime.run(runtime.python, "-c", code)
+    assert done.returncode == 0 and done.stdout.split() == ["True", "True"], done
+    assert runtime.run(runtime.jetqueue, "dashboard", "--help").returncode == 0
+
+
 @dataclass
 class Process:
     name: str

@@ -59,7 +59,7 @@ async def test_recovers_from_what_is_deleted_underneath(nats_server, functions, 
                 contract.stream_name(contract.DEFAULT_QUEUE), contract.durable_name(contract.DEFAULT_QUEUE)
             )
         if what in ("status-bucket", "everything"):
-            await js.delete_key_value(contract.STATUS_BUCKET)
+            await js.delete_key_value(contract.status_bucket_name(contract.DEFAULT_QUEUE))
         if what == "everything":
             await js.delete_stream(contract.dlq_stream_name(contract.DEFAULT_QUEUE))
         await check_round_trip(gw, functions, http, "after")

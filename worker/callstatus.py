@@ -1,4 +1,5 @@
-"""Call status in a JetStream key-value bucket (`jetqueue-calls`), with a TTL. Two keys per call:
+"""Call status in JetStream key-value buckets of the call's queue (`jetqueue-calls-<queue>`, and one more per
+partition: `QueueStatus`, a call's bucket chosen by its id), with a TTL. Two keys per call:
 
 - the call's record, under its id: written by the workers running it (queueworker/statuswriter.py) and by a
   cancel, each write a compare-and-set;
@@ -8,7 +9,8 @@
 
 A reader shows the call's record, or the submission record while the call has none yet (or has only an earlier
 call's under the same id: `start` tells). The states are `contract.CallState`. Status is observability: a
-failing write is logged, never allowed to stop a call.
+failing write is logged, never allowed to stop a call. Finding a call's records from its id alone, across queues,
+buckets of an earlier partition count and the bucket of before partitions: statuslookup.py.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from typing import Any
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from jetqueue import contract, keyvalue, provision
-from jetqueue.contract import CallState
+from jetqueue.contract import CallState, jetstream
 
 log = logging.getLogger("jetqueue.status")
 Record = dict[str, Any]
@@ -42,15 +44,18 @@ def now() -> float:
 class Entry:
     record: Record  # what the call's status is: its own record, or its submission record
     revision: int  # of the call's own record (0: none yet): what a compare-and-set on it is made against
+    store: StatusStore | None = None  # the bucket that compare-and-set goes to (the record's, or the call's own)
 
 
 class StatusStore:
-    """The call-status bucket, opened (and created) on first use and again whenever it is found missing:
-    deleted by hand, or lost with a dev NATS's memory store. `StatusStore.off()` when status is switched off."""
+    """One call-status bucket, opened (and created) on first use and again whenever it is found missing:
+    deleted by hand, or lost with a dev NATS's memory store. `create=False`: only opened, never created (a bucket
+    looked in for records written before: statuslookup.py). `StatusStore.off()` when status is switched off."""
 
-    def __init__(self, js: JetStreamContext | None, config: KeyValueConfig | None) -> None:
+    def __init__(self, js: JetStreamContext | None, config: KeyValueConfig | None, create: bool = True) -> None:
         self.js = js
         self.config = config
+        self.create = create
         self.kv: KeyValue | None = None
         self._lock = asyncio.Lock()
 
@@ -62,16 +67,25 @@ class StatusStore:
     def enabled(self) -> bool:
         return self.config is not None
 
+    @property
+    def name(self) -> str:
+        return self.config.bucket if self.config is not None else ""
+
     async def bucket(self) -> KeyValue | None:
-        """The open bucket; None when switched off or NATS cannot open or create it now."""
+        """The open bucket; None when switched off, missing (`create=False`) or NATS cannot open it now."""
         if self.kv is not None or self.js is None or self.config is None:
             return self.kv
         async with self._lock:
             if self.kv is None:
                 try:
-                    self.kv = await provision.ensure_bucket(self.js, self.config)
+                    if self.create:
+                        self.kv = await provision.ensure_bucket(self.js, self.config)
+                    else:
+                        self.kv = await self.js.key_value(self.config.bucket)
+                except BucketNotFoundError:
+                    pass
                 except Exception as e:
-                    log.warning("cannot open the call-status bucket: %r", e)
+                    log.warning("cannot open the call-status bucket %s: %r", self.name, e)
         return self.kv
 
     def _failed(self, kv: KeyValue) -> None:
@@ -90,13 +104,13 @@ class StatusStore:
             return None
         own, submitted = await asyncio.gather(self._read(kv, call_id), self._read(kv, contract.submission_key(call_id)))
         if submitted is not None and (own is None or submitted[0].get("start", 0) > own[0].get("start", 0)):
-            return Entry(submitted[0], own[1] if own else 0)
-        return Entry(*own) if own else None
+            return Entry(submitted[0], own[1] if own else 0, self)
+        return Entry(own[0], own[1], self) if own else None
 
     async def _read(self, kv: KeyValue, key: str) -> tuple[Record, int] | None:
         assert self.js is not None
         try:
-            found = await keyvalue.latest(self.js, contract.STATUS_BUCKET, key)
+            found = await keyvalue.latest(self.js, self.name, key)
         except Exception:
             self._failed(kv)
             raise
@@ -113,7 +127,7 @@ class StatusStore:
         bucket's subject, no reply inbox, no round trip; lost if the connection is (the worker's records follow)."""
         if not self.enabled:
             return
-        subject = contract.kv_subject(contract.STATUS_BUCKET, contract.submission_key(record["call_id"]))
+        subject = contract.kv_subject(self.name, contract.submission_key(record["call_id"]))
         with contextlib.suppress(Exception):
             await nc.publish(subject, json.dumps(record).encode())
 
@@ -143,6 +157,40 @@ class StatusStore:
         except Exception:
             self._failed(kv)
             raise
+
+
+class QueueStatus:
+    """A queue's call-status buckets: one per partition of the queue, a call's chosen by its id
+    (`contract.status_shard`), so a queue of many partitions has no one bucket leader as its ceiling either."""
+
+    def __init__(self, stores: list[StatusStore]) -> None:
+        self.stores = stores
+
+    @classmethod
+    def of(
+        cls, js: JetStreamContext, queue: str, shards: int, ttl: float, replicas: int = 1, storage: str = "file"
+    ) -> QueueStatus:
+        return cls([StatusStore(js, jetstream.status_bucket(queue, ttl, replicas, storage, k)) for k in range(shards)])
+
+    @classmethod
+    def off(cls) -> QueueStatus:
+        return cls([StatusStore.off()])
+
+    @property
+    def enabled(self) -> bool:
+        return self.stores[0].enabled
+
+    @property
+    def js(self) -> JetStreamContext | None:
+        return self.stores[0].js
+
+    def store(self, call_id: str) -> StatusStore:
+        """The bucket that holds (or is to hold) the records of `call_id`."""
+        return self.stores[contract.status_shard(call_id, len(self.stores))]
+
+    async def open(self) -> None:
+        """Open (creating) every bucket now if NATS lets us; otherwise each on first use."""
+        await asyncio.gather(*(s.bucket() for s in self.stores))
 
 
 def base_record(call: contract.Call, state: CallState = CallState.QUEUED, **fields: Any) -> Record:

@@ -1,4 +1,4 @@
-"""`jetqueue`: one command for the generator (validate, render, install, docs) and the runtime.
+"""`jetqueue`: one command for the generator (validate, render, install, docs, import) and the runtime.
 
 The generator's commands are imported only when asked for, so the worker image (which does not
 carry pyyaml/jsonschema) still runs `jetqueue worker` and `jetqueue gateway`.
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
             return 2
 
-        for name in ("validate", "render", "install", "docs"):
+        for name in ("validate", "render", "install", "docs", "import"):
             stand_in = sub.add_parser(name, help="(needs the generator extra)")
             stand_in.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # say why, not "usage"
             stand_in.set_defaults(func=unavailable)

@@ -34,6 +34,7 @@ async def submit_http(
     session: aiohttp.ClientSession | None = None,
     attempts: int = 3,
     delay: float = 0.0,
+    failure_callback_url: str = "",
 ) -> str:
     """POST /async-function/<function>; returns the call id once the gateway stored the call (202).
 
@@ -46,6 +47,8 @@ async def submit_http(
         h["X-Not-Before"] = f"{time.time() + delay:.3f}"
     if callback_url:
         h["X-Callback-Url"] = callback_url
+    if failure_callback_url:  # called only when the call ends failed
+        h["X-Failure-Callback-Url"] = failure_callback_url
     if token:
         h["Authorization"] = f"Bearer {token}"
     url = f"{gateway.rstrip('/')}/async-function/{function}"
@@ -84,22 +87,31 @@ async def submit_nats(
     headers: Mapping[str, str] | None = None,
     call_id: str = "",
     delay: float = 0.0,
+    partitions: int = 1,
+    partition_key: str = "",
+    failure_callback_url: str = "",
 ) -> str:
     """Publish by the message contract and wait for JetStream's PubAck; returns the call id. With `delay`
     (seconds), the call is held in the queue's schedule stream until then (the queue's worker must have set it
-    up: it creates `OF_<queue>_SCHED` at start)."""
+    up: it creates `OF_<queue>_SCHED` at start). `partitions`: the queue's, as in queues.yaml (the partition is
+    chosen as the gateway chooses it, by `partition_key` when given, else by the function)."""
     if not contract.FUNCTION_NAME.match(function):
         raise SubmitError(f"{function!r} is not a valid function name")
+    if partition_key and (reason := contract.partition_key_problem(partition_key)):
+        raise SubmitError(reason)
     call = contract.Call(
-        call_id=call_id or contract.new_call_id(),
+        call_id=call_id or contract.new_call_id(queue),
         queue=queue,
         function=function,
         body=body,
         callback_url=callback_url,
+        failure_callback_url=failure_callback_url,
         headers=dict(headers or {}),
         not_before=time.time() + delay if delay > 0 else 0.0,
+        partition_key=partition_key,
     )
-    subject, h = contract.subject(queue, function), call.to_headers()
+    partition = contract.choose_partition(function, partitions, partition_key)
+    subject, h = contract.subject(queue, function, partition), call.to_headers()
     if call.not_before:
         subject, h = contract.held_message(call, h, call.not_before, call.call_id)
     await nc.jetstream().publish(subject, body, headers=h)

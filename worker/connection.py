@@ -17,12 +17,16 @@ from jetqueue.settings import SharedSettings
 log = logging.getLogger("jetqueue.nats")
 PING_INTERVAL = 5
 MAX_OUTSTANDING_PINGS = 2
+DRAIN_TIMEOUT = 5
 
 
 def tls_context(s: SharedSettings) -> ssl.SSLContext | None:
-    if not (s.nats_tls_ca or s.nats_tls_cert):
+    if not (s.nats_tls_ca or s.nats_tls_cert or s.nats_tls_insecure):
         return None
     ctx = ssl.create_default_context(cafile=s.nats_tls_ca or None)
+    if s.nats_tls_insecure:  # a dev NATS with a self-signed certificate: encrypted, but to whoever answers
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
     if s.nats_tls_cert:
         ctx.load_cert_chain(s.nats_tls_cert, s.nats_tls_key)
     return ctx
@@ -75,6 +79,9 @@ async def connect(
         "error_cb": error,
         # Publishes (acks included) made while reconnecting are buffered and flushed after.
         "pending_size": 64 * 1024 * 1024,
+        # A drain waits until every subscription is read empty; one nobody reads would hold it for nats-py's 30 s,
+        # past the pod's grace. What is sent is flushed after the drain either way.
+        "drain_timeout": DRAIN_TIMEOUT,
     }
     if s.nats_user:
         opts["user"], opts["password"] = s.nats_user, s.nats_password
@@ -85,6 +92,11 @@ async def connect(
     ctx = tls_context(s)
     if ctx is not None:
         opts["tls"] = ctx
+    if s.nats_tls_insecure:
+        log.warning(
+            "INSECURE: TLS to NATS without verifying the server's certificate (JETQUEUE_NATS_TLS_INSECURE); anyone "
+            "on the path can read and change every call. For a development NATS only, never in production."
+        )
     last: BaseException | None = None
     deadline = asyncio.get_running_loop().time() + max(1, connect_attempts)
     while asyncio.get_running_loop().time() < deadline:

@@ -40,16 +40,16 @@ class Egress:
                     raise ValueError(f"{text!r} is not a network (CIDR, e.g. 169.254.0.0/16)") from None
         return cls(frozenset(h.strip().lower() for h in hosts.split(",") if h.strip()), tuple(networks))
 
-    def url_problem(self, url: str) -> str | None:
-        """Why a callback URL is refused, or None."""
+    def url_problem(self, url: str, header: str = "X-Callback-Url") -> str | None:
+        """Why a callback URL is refused, or None; `header` names it in the reason."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            return "X-Callback-Url must be an absolute http:// or https:// URL"
+            return f"{header} must be an absolute http:// or https:// URL"
         if any(c in url for c in "\r\n "):
-            return "X-Callback-Url must not contain spaces or line breaks"
+            return f"{header} must not contain spaces or line breaks"
         host = parts.hostname.lower()
         if self.allowed_hosts and host not in self.allowed_hosts:
-            return f"X-Callback-Url host {host!r} is not in the allowed callback hosts"
+            return f"{header} host {host!r} is not in the allowed callback hosts"
         try:
             literal = ipaddress.ip_address(host)
         except ValueError:

@@ -9,7 +9,7 @@ once idle (inactive_threshold) and made again by a worker later, and a pause set
 How it is applied: as JetStream consumer pause (nats-server 2.11+): the consumer delivers nothing while the stream
 keeps storing calls, and the server lifts the pause at its time by itself. A consumer is paused until the latest
 end among the records that cover it (`pause_until`): the static consumer by `<queue>`; a function consumer by
-`<queue>` and `<queue>.<function>`.
+`<queue>` and `<queue>.<function>`. A partitioned queue's consumers on every partition's stream are paused alike.
 
 - `jetqueue pause|resume` (ops/pauses.py) writes the record, then pauses or resumes the consumers that exist, so
   it works with no worker running.
@@ -25,6 +25,7 @@ lands finish; the time a call waits paused counts toward maxEventAge.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -34,7 +35,7 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetqueue import contract, keyvalue, provision
@@ -45,6 +46,10 @@ RESYNC = 30.0  # seconds between a worker's full comparisons of records and cons
 # "Until resumed": the server takes a far end as well as any other (it reports the time left as the longest duration).
 FOREVER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 CONSUMER_PAGE = 256  # consumers the server lists per request
+# A consumer deleted and made again under the same name can refuse an update for a moment ("error creating store
+# for consumer": the server is still removing the old one's files); seen on a loaded machine. Tried again so.
+STORE_RACE = "error creating store"
+STORE_RACE_TRIES, STORE_RACE_WAIT = 5, 0.5
 
 
 def rfc3339(when: datetime) -> str:
@@ -153,8 +158,9 @@ def consumer_function(queue: str, info: ConsumerInfo, static_durable: str) -> st
     None for a consumer jetqueue did not make for this queue (never touched)."""
     if info.name in (static_durable, contract.shared_consumer_name(queue)):  # every function's calls
         return ""
-    function = (info.config.filter_subject or "").removeprefix(f"{queue}.")
-    if function and info.name == contract.function_consumer_name(queue, function):
+    token, _, function = (info.config.filter_subject or "").partition(".")  # on any partition of the queue
+    ours = contract.split_token(token)
+    if function and ours and ours[0] == queue and info.name == contract.function_consumer_name(queue, function):
         return function
     return None
 
@@ -168,14 +174,22 @@ def consumer_pause(info: ConsumerInfo) -> datetime | None:
 
 async def set_pause(js: JetStreamContext, stream: str, consumer: str, until: datetime | None) -> bool:
     """Pause a consumer until `until`, or resume it (None). False when the consumer does not exist."""
-    try:
-        if until is None:
-            await js.resume_consumer(stream, consumer)
+    tries = 0
+    while True:
+        try:
+            if until is None:
+                await js.resume_consumer(stream, consumer)
+            else:
+                await js.pause_consumer(stream, consumer, rfc3339(until))
+        except NotFoundError:
+            return False
+        except APIError as e:
+            tries += 1
+            if STORE_RACE not in (e.description or "") or tries >= STORE_RACE_TRIES:
+                raise
+            await asyncio.sleep(STORE_RACE_WAIT * tries)
         else:
-            await js.pause_consumer(stream, consumer, rfc3339(until))
-    except NotFoundError:
-        return False
-    return True
+            return True
 
 
 def same_end(a: datetime | None, b: datetime | None) -> bool:
@@ -230,8 +244,8 @@ async def bring_consumers(
 async def close_shared(js: JetStreamContext, stream: str, info: ConsumerInfo) -> bool:
     """Close an open shared consumer (queueworker/sharedconsumer.py): its filter becomes one no call has, so it
     delivers nothing new; what it delivered stays with it. False when it was closed already (or is gone)."""
-    queue = contract.queue_of_stream(stream) or ""
-    closed = contract.closed_subject(queue)
+    token = (info.config.filter_subject or "").partition(".")[0]  # its partition's (the stream may be adopted)
+    closed = contract.closed_subject(*(contract.split_token(token) or (contract.queue_of_stream(stream) or "", 0)))
     if info.config.filter_subject == closed and not info.config.filter_subjects:
         return False
     config = replace(info.config, filter_subject=closed, filter_subjects=None)

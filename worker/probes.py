@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
 def add_probes(
@@ -28,10 +30,19 @@ def add_probes(
     app.router.add_get("/readyz", readyz)
 
 
-async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float = 60.0) -> web.AppRunner:
-    """Serve `app`; on shutdown, requests in flight get `shutdown_timeout` seconds to finish."""
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    shutdown_timeout: float = 60.0,
+    front: Callable[[Handler], Handler] | None = None,
+) -> web.AppRunner:
+    """Serve `app`; on shutdown, requests in flight get `shutdown_timeout` seconds to finish. `front` wraps the
+    application's request handler (router and middlewares) before the first connection (gateway/front.py)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
+    if front is not None and runner.server is not None:
+        runner.server.request_handler = front(runner.server.request_handler)
     try:
         await web.TCPSite(runner, host, port, reuse_address=True).start()
     except OSError as e:

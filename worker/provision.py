@@ -15,7 +15,7 @@ from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, NotFo
 from nats.js.kv import KeyValue
 
 from jetqueue.contract import names
-from jetqueue.contract.jetstream import SERVER_ACK_WAIT, ConsumerSpec, StreamSpec
+from jetqueue.contract.jetstream import MANAGED_METADATA, SERVER_ACK_WAIT, ConsumerSpec, StreamSpec
 
 log = logging.getLogger("jetqueue.provision")
 
@@ -73,6 +73,8 @@ async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
         changes.update(max_msgs=wanted[0], max_bytes=wanted[1])
     if want.allow_msg_schedules and not cfg.allow_msg_schedules:
         changes["allow_msg_schedules"] = True  # later attempts are held by the server as message schedules
+    if (metadata := _metadata(cfg.metadata or {}, dict(want.metadata))) is not None:
+        changes["metadata"] = metadata
     if changes:
         try:
             await js.update_stream(replace(cfg, **changes))
@@ -83,6 +85,15 @@ async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
             ) from None
         log.info("updated stream %s: %s", want.name, changes)
     log.info("using existing stream %s", want.name)
+
+
+def _metadata(have: dict[str, str], ours: dict[str, str]) -> dict[str, str] | None:
+    """The stream metadata to set so that jetqueue's keys say what `ours` says (one left from an earlier setting
+    removed), the others kept (the server's own `_nats.*` it sets itself); None when nothing differs."""
+    stale = {k for k in MANAGED_METADATA if k in have and k not in ours}
+    if not stale and all(have.get(k) == v for k, v in ours.items()):
+        return None
+    return {k: v for k, v in have.items() if not k.startswith("_nats.") and k not in stale} | ours
 
 
 async def ensure_dlq_stream(js: JetStreamContext, want: StreamSpec) -> None:
@@ -110,11 +121,14 @@ async def ensure_consumer(js: JetStreamContext, want: ConsumerSpec, pause_until:
             info = await js.add_consumer(stream, want.to_nats(), pause_until=pause_until)
         except BadRequestError as e:
             if e.err_code in (10100, 10099):  # overlapping / non-unique consumers on a work queue
+                others = await _consumer_names(js, stream)
                 raise StreamSetupError(
-                    f"cannot add consumer {name} to {stream}: {e.description}. A work queue takes either one "
-                    "static consumer or per-function consumers, never both: static and function mode must not "
-                    f"run on the same queue. See `nats consumer ls {stream}`; stop the other mode's workers and "
-                    "remove its consumers."
+                    f"cannot add consumer {name} to {stream}: {e.description}. A work queue gives each call to one "
+                    f"consumer, and {stream} has {', '.join(others) or 'others'}. If they are this queue's "
+                    "function-mode consumers: static and function mode must not run on the same queue; stop the "
+                    "other mode's workers and remove its consumers. If another queue-worker (OpenFaaS's) takes "
+                    "this stream's calls: drain it and remove its consumer first, or give the jetqueue queue another "
+                    "name (docs/migrating-from-openfaas.md)."
                 ) from None
             raise
         log.info("created consumer %s on %s", name, stream)
@@ -133,6 +147,13 @@ async def ensure_consumer(js: JetStreamContext, want: ConsumerSpec, pause_until:
             f"(nats consumer rm {stream} {name}) and the worker recreates it as a pull consumer."
         )
     return await _reconcile(js, want, info.config)
+
+
+async def _consumer_names(js: JetStreamContext, stream: str) -> list[str]:
+    try:
+        return sorted(c.name for c in await js.consumers_info(stream) if c.name)
+    except Exception:  # only for the message
+        return []
 
 
 def _differs(a: float | int | None, b: float | int | None) -> bool:

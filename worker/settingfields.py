@@ -28,6 +28,7 @@ CHARTS = ("queue-worker", "gateway")  # the Helm charts: queue-worker runs Worke
 NATS = "jetqueue.natsEnv"  # charts/jetqueue-lib: the NATS connection (TLS and creds files, Secret refs)
 GATEWAY_AUTH = "gateway.authEnv"  # charts/gateway: the API credentials, from a Secret
 CALLBACK_SIGNING = "queue-worker.signingEnv"  # charts/queue-worker: the callback signing keys, from a Secret
+OPENFAAS_AUTH = "jetqueue.openfaasEnv"  # charts/jetqueue-lib: the OpenFaaS gateway's basic-auth, from a Secret
 DEFAULT = "the default applies"  # the usual reason a chart does not set a setting
 
 

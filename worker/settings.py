@@ -19,6 +19,7 @@ from jetqueue.settingfields import (
     DEFAULT,
     GATEWAY_AUTH,
     NATS,
+    OPENFAAS_AUTH,
     PREFIX,
     EnvSettings,
     SettingsError,
@@ -32,6 +33,7 @@ __all__ = [
     "CHARTS",
     "GATEWAY_AUTH",
     "NATS",
+    "OPENFAAS_AUTH",
     "PREFIX",
     "GatewaySettings",
     "SettingsError",
@@ -39,6 +41,11 @@ __all__ = [
     "WorkerSettings",
     "chart_values",
 ]
+
+
+def check_partitions(n: int) -> None:
+    if not 1 <= n <= contract.MAX_PARTITIONS:
+        raise SettingsError(f"{PREFIX}PARTITIONS={n}: must be 1 to {contract.MAX_PARTITIONS}")
 
 
 @dataclass(repr=False)
@@ -60,6 +67,13 @@ class SharedSettings(EnvSettings):
     )
     nats_tls_cert: str = _f("", "Path of the client certificate (mutual TLS).", values="nats.tls", helper=NATS)
     nats_tls_key: str = _f("", "Path of the client key (mutual TLS).", values="nats.tls", helper=NATS)
+    nats_tls_insecure: bool = _f(
+        False,
+        "Use TLS to NATS without verifying the server's certificate, for a dev NATS with a self-signed one. Never in "
+        "production: anyone on the path can read and change every call; logged as a warning at start.",
+        values="nats.tls",
+        helper=NATS,
+    )
     callback_hosts: str = _f(
         "",
         "Comma-separated host names callback URLs may point at (empty = any host); checked by both processes.",
@@ -73,7 +87,7 @@ class SharedSettings(EnvSettings):
     )
     call_status: bool = _f(
         True,
-        "Record each call's status in the JetStream KV bucket `jetqueue-calls`.",
+        "Record each call's status in its queue's JetStream KV buckets `jetqueue-calls-<queue>`.",
         values={"queue-worker": "queue.callStatus.enabled", "gateway": "gateway.callStatus.enabled"},
     )
     status_ttl: float = _f(
@@ -89,6 +103,23 @@ class SharedSettings(EnvSettings):
         values={"queue-worker": "queue.streamStorage"},
         not_in_chart="per queue, in `gateway.queues`",
     )
+    openfaas_url: str = _f(
+        "",
+        "The OpenFaaS gateway (e.g. http://gateway.openfaas:8080) whose function annotations apply: "
+        "`com.openfaas.retry.*` and `exec_timeout` (worker), `com.openfaas.queue` (gateway). Empty = not read.",
+        values="openfaas.url",
+    )
+    openfaas_user: str = _f(
+        "", "Basic-auth user of the OpenFaaS gateway's API.", values="openfaas.auth", helper=OPENFAAS_AUTH
+    )
+    openfaas_password: str = _f("", "Its password.", secret=True, values="openfaas.auth", helper=OPENFAAS_AUTH)
+    openfaas_refresh: float = _f(
+        30.0,
+        "How often every function's annotations are read again; a function not yet read is looked up at its first "
+        "call (which runs by queues.yaml meanwhile).",
+        kind="duration",
+        values="openfaas.refreshInterval",
+    )
     log_format: str = _f("console", "Log format.", choices=("console", "json"), values="logs.format")
     log_level: str = _f(
         "info", "Minimum log level.", choices=("debug", "info", "warning", "error"), values="logs.level"
@@ -102,6 +133,10 @@ class SharedSettings(EnvSettings):
             raise SettingsError(f"{PREFIX}CALLBACK_BLOCKED_NETWORKS: {e}") from None
         if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
             raise SettingsError(f"{PREFIX}NATS_TLS_CERT and {PREFIX}NATS_TLS_KEY go together")
+        if self.openfaas_url and not self.openfaas_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{PREFIX}OPENFAAS_URL={self.openfaas_url!r}: an http:// or https:// URL")
+        if self.openfaas_refresh < 1:
+            raise SettingsError(f"{PREFIX}OPENFAAS_REFRESH: at least 1s")
 
     @property
     def nats_servers(self) -> list[str]:
@@ -116,6 +151,13 @@ class WorkerSettings(SharedSettings):
     dlq_stream: str = _f("", "Dead-letter stream (default `OF_<queue>_DLQ`).", values="queue.deadLetterStream")
     stream_replicas: int = _f(
         1, "Replicas of the streams this worker creates (1, 3 or 5).", values="queue.streamReplicas"
+    )
+    partitions: int = _f(
+        1,
+        f"Partitions of the queue (1-{contract.MAX_PARTITIONS}): work streams `OF_<queue>`, `OF_<queue>_P1` ..., each "
+        "with a leader of its own; the worker takes calls from all of them, and also drains partitions beyond this "
+        "that still exist (docs/partitions.md).",
+        values="queue.partitions",
     )
     max_queue_length: int = _f(
         0,
@@ -167,6 +209,12 @@ class WorkerSettings(SharedSettings):
     backoff: str = _f(
         "exponential", "Backoff jitter.", choices=("exponential", "full", "equal"), values="queue.retry.backoff"
     )
+    retry_openfaas_internal: bool = _f(
+        True,
+        "Retry an error answer that carries `X-OpenFaaS-Internal` (the OpenFaaS gateway's own, e.g. its 404 or 503 "
+        "while a function scales from zero) whatever its status, as OpenFaaS does; attempts and waits as any retry.",
+        values="queue.retry.openfaasInternal",
+    )
     max_retry_after: float = _f(
         0.0,
         "Longest Retry-After (429/503) honoured; a longer one waits this long. 0 = the longest retry wait.",
@@ -192,6 +240,13 @@ class WorkerSettings(SharedSettings):
         values="queue.functions",
         file="/etc/jetqueue/functions.json",
         if_set=True,
+    )
+    schedules_file: str = _f(
+        "",
+        "JSON file of the queue's cron schedules (queues.yaml `schedules:`), from the generator: applied at start, "
+        "each created, replaced or removed to match. Empty = the schedules stored are left as they are.",
+        values="queue.schedules",
+        file="/etc/jetqueue/schedules.json",
     )
     callback_attempts: int = _f(
         20,
@@ -251,6 +306,7 @@ class WorkerSettings(SharedSettings):
             raise SettingsError(f"{PREFIX}QUEUE={self.queue!r}: must be a DNS-1123 label")
         if self.stream_replicas not in (1, 3, 5):
             raise SettingsError(f"{PREFIX}STREAM_REPLICAS={self.stream_replicas}: must be 1, 3 or 5")
+        check_partitions(self.partitions)
         for name in (
             "max_inflight",
             "max_retry_attempts",
@@ -284,6 +340,7 @@ class WorkerSettings(SharedSettings):
 class GatewaySettings(SharedSettings):
     def check(self) -> None:
         super().check()
+        check_partitions(self.partitions)
         if self.max_delay > jetstream.MAX_SCHEDULE_AHEAD:
             raise SettingsError(
                 f"{PREFIX}MAX_DELAY: at most {format_duration(jetstream.MAX_SCHEDULE_AHEAD)} (cancel requests are kept "
@@ -307,6 +364,11 @@ class GatewaySettings(SharedSettings):
     stream_replicas: int = _f(
         1,
         "Replicas of streams the gateway creates for queues the routing table does not describe.",
+        not_in_chart="per queue, in `gateway.queues`",
+    )
+    partitions: int = _f(
+        1,
+        "Partitions of the queues the routing table does not describe (docs/partitions.md).",
         not_in_chart="per queue, in `gateway.queues`",
     )
     max_body_size: int = _f(
@@ -337,4 +399,9 @@ class GatewaySettings(SharedSettings):
     auth_password: str = _f("", "Basic-auth password.", secret=True, values="gateway.auth", helper=GATEWAY_AUTH)
     shutdown_timeout: float = _f(
         10.0, "On SIGTERM, how long open requests may finish.", kind="duration", not_in_chart=DEFAULT
+    )
+    dashboard: bool = _f(
+        False,
+        "Serve the dashboard under /dashboard/, behind the API's credentials (docs/dashboard.md).",
+        values="gateway.dashboard.enabled",
     )

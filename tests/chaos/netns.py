@@ -19,10 +19,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-from tests.servers import NatsServer
+from tests.servers import NatsServer, meta_current
 
 CLIENT_PORT, ROUTE_PORT, MONITOR_PORT = 4222, 6222, 8222  # each node has a namespace, so ports of its own
 
@@ -233,15 +234,24 @@ async def healthy(http: aiohttp.ClientSession, server: NatsServer) -> bool:
         return False
 
 
+async def jsz(http: aiohttp.ClientSession, server: NatsServer) -> dict[str, Any]:
+    try:
+        async with http.get(f"{server.monitor_url}/jsz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+            return dict(await r.json()) if r.status == 200 else {}
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return {}
+
+
 async def wait_all_healthy(servers: list[NatsServer], timeout: float = 60.0) -> float:
-    """Wait until every node's /healthz answers 200; returns the seconds it took."""
+    """Wait until every node's /healthz answers 200 and the meta leader sees every node current (else a
+    replicated stream may not be placed yet); returns the seconds it took."""
     t0 = time.monotonic()
     deadline = t0 + timeout
     states = [False] * len(servers)
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             states = await asyncio.gather(*(healthy(http, s) for s in servers))
-            if all(states):
+            if all(states) and meta_current(await asyncio.gather(*(jsz(http, s) for s in servers)), len(servers)):
                 return time.monotonic() - t0
             for s in servers:
                 if s.proc is not None and s.proc.poll() is not None:

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.chaos.ledger import Ledger
@@ -24,6 +25,8 @@ from tests.helpers import (
     worker_settings,
 )
 from tests.servers import eventually
+
+pytestmark = pytest.mark.slow  # chaos under load: one at a time beside the quick tests (tests/conftest.py)
 
 
 def worker_process(nats_url: str, function_url: str, log: Path, **kw: str) -> subprocess.Popen[bytes]:
@@ -50,7 +53,9 @@ async def test_kill_9_worker_mid_flight(nats_server, functions, tmp_path):
     try:
         await eventually(lambda: set(ledger.accepted) <= set(functions.completed["job"]), timeout=90)
         await asyncio.sleep(0.5)
-        await ledger.check(nc, functions.calls["job"], max_duplicates=40)  # at most the in-flight window, twice
+        # At most the in-flight window twice; and the calls the killed worker had acked but not yet recorded
+        # keep no status record (the record follows the ack: a known window, at most max_inflight calls).
+        await ledger.check(nc, functions.calls["job"], max_duplicates=40, max_unrecorded=20)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(30)
@@ -127,7 +132,8 @@ async def test_flapping_function_and_callback_receiver_down_then_back(nats_serve
         await eventually(lambda: set(ledger.accepted) <= set(callbacks.by_call()), timeout=90)
     report = await ledger.check(nc, functions.calls["flap"], max_duplicates=400)  # retries are by design here
     assert report["final succeeded"] + report.get("final dead-lettered", 0) == 100
-    assert all(len(v) == 1 for k, v in callbacks.by_call().items() if k in ledger.accepted)  # one final callback
+    counts = callbacks.tally("flapping function, receiver down then back", ledger.accepted)
+    assert counts[1] == len(ledger.accepted)  # one final callback each
     await nc.close()
 
 

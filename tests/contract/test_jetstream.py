@@ -3,6 +3,7 @@ what the generator renders for NACK, setting by setting."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from jetqueue.contract import jetstream
@@ -66,12 +67,16 @@ def seconds(spec: dict[str, Any]) -> dict[str, Any]:
     return {k: parse_duration(v) if k in durations else v for k, v in spec.items()}
 
 
-async def test_worker_applies_what_nack_renders(nats_server, functions):
+async def test_worker_applies_what_nack_renders(nats_server, functions, tmp_path):
     result = validate_text(QUEUES)
     assert result.config is not None, result.problems
     cfg = result.config
-    env = envmap.worker_env(worker_values(cfg, "billing"))
+    values = worker_values(cfg, "billing")
+    env = envmap.worker_env(values)
+    schedules = {"revision": 1, "schedules": values["queue"]["schedules"]}
+    (tmp_path / "schedules.json").write_text(json.dumps(schedules))  # the chart mounts it
     env.update(
+        JETQUEUE_SCHEDULES_FILE=str(tmp_path / "schedules.json"),
         JETQUEUE_NATS_URL=nats_server.url,
         JETQUEUE_FUNCTION_URL=functions.url_template,
         JETQUEUE_HTTP_HOST="127.0.0.1",

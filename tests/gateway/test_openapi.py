@@ -79,6 +79,7 @@ headers = st.fixed_dictionaries(
     optional={
         "X-Call-Id": st.one_of(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_=.-]{0,40}", fullmatch=True), header_value),
         "X-Callback-Url": st.one_of(st.just("http://127.0.0.1:9/cb"), header_value),
+        "X-Failure-Callback-Url": st.one_of(st.just("http://127.0.0.1:9/failed"), header_value),
         "Content-Type": st.sampled_from(["application/json", "text/plain", "application/octet-stream"]),
         "X-Custom": header_value,
     },

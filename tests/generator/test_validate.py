@@ -247,3 +247,14 @@ def test_autoscaling_checks():
     assert "cannot scale to zero" in only_error("queues:\n  faas-request: {autoscaling: {type: hpa, minReplicas: 0}}\n")
     out = only_error("queues:\n  faas-request: {mode: function, autoscaling: {type: keda}}\n")
     assert out.startswith("q.yaml:2:47: $.queues.faas-request.autoscaling:") and "list the queue's functions" in out
+
+
+def test_partitions_are_bounded_and_more_than_servers_is_a_warning():
+    out = only_error("queues:\n  faas-request:\n    partitions: 33\n")
+    assert out.startswith("q.yaml:3:17: $.queues.faas-request.partitions:") and "32" in out
+    out = only_error("queues:\n  faas-request:\n    partitions: 0\n")
+    assert "$.queues.faas-request.partitions" in out
+    found = problems("nats: {profile: dev}\nqueues:\n  faas-request:\n    partitions: 3\n")
+    assert len(found) == 1 and ": warning: " in found[0] and "$.queues.faas-request.partitions" in found[0]
+    assert "more than the 1 NATS server" in found[0]
+    assert problems("queues:\n  faas-request:\n    partitions: 3\n") == []  # production: 3 servers

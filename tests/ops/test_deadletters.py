@@ -109,3 +109,21 @@ async def test_a_replayed_callback_that_fails_again_is_a_dead_letter_again(nats_
     (again,) = await callback_dead_letters()
     assert again.headers[contract.H_DLQ_REASON] == "rejected"
     await nc.close()
+
+
+async def test_two_replays_of_one_dead_letter_at_once_run_it_once_and_neither_fails(nats_server):
+    """Two operators (or a double click on the dashboard's Replay) replay the same dead letter at once: both read it
+    before either removes it. The second publish is the first's duplicate (same Nats-Msg-Id), and its delete finds
+    the dead letter gone: that is done, not an error."""
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    await provision.ensure_stream(js, jetstream.work_stream("q"))
+    await provision.ensure_dlq_stream(js, jetstream.dead_letter_stream("q"))
+    headers = {contract.H_CALL_ID: "c-1", contract.H_DLQ_REASON: "exhausted", contract.H_DLQ_SUBJECT: "q.fn"}
+    await js.publish(contract.dlq_subject("q", "fn"), b"job", headers=headers)
+    yes = lambda _: True  # noqa: E731
+    codes = await asyncio.gather(*(deadletters.dlq_replay(nc, "q", None, "c-1", yes, io.StringIO()) for _ in range(2)))
+    assert codes == [0, 0]
+    assert (await js.stream_info("OF_q")).state.messages == 1
+    assert (await js.stream_info("OF_q_DLQ")).state.messages == 0
+    await nc.close()

@@ -7,11 +7,14 @@ import io
 import time
 from datetime import UTC, datetime, timedelta
 
+from aiohttp import web
+
 from jetqueue import contract
 from jetqueue.client import submit_nats
 from jetqueue.ops import pauses as ops
-from jetqueue.ops.status import status
+from jetqueue.ops.status import collect, status
 from tests.helpers import connect, dead_letters, enqueue, running_worker, worker_settings
+from tests.servers import eventually
 
 
 def rows(text: str) -> dict[tuple[str, str], dict[str, str]]:
@@ -63,8 +66,33 @@ async def test_status_shows_pending_scheduled_expired_and_paused(nats_server, fu
     assert (table[(q, "*")]["PENDING"], table[(q, "*")]["SCHEDULED"], table[(q, "*")]["EXPIRED"]) == ("2", "1", "1")
     assert table[(q, "echo")]["PENDING"] == "2" and table[(q, "echo")]["PAUSED"].startswith("until 20")
     assert table[(q, "later")]["SCHEDULED"] == "1" and table[(q, "later")]["PENDING"] == "0"
-    assert table[(q, "old")]["EXPIRED"] == "1" and table[(q, "old")]["DEAD LETTERS"] == ""
+    assert table[(q, "old")]["EXPIRED"] == "1" and table[(q, "old")]["DEAD LETTERS"] == "1"
     assert table[("fnq", "*")]["PAUSED"] == "-"  # one function paused, not the queue
     assert table[("fnq", "slow")]["PAUSED"] == "until resumed" and table[("fnq", "slow")]["PENDING"] == "1"
+    assert table[(q, "echo")]["IN FLIGHT"] == "" and table[("fnq", "slow")]["IN FLIGHT"] == "0"  # static: per queue
     assert "note:" not in text
+    await nc.close()
+
+
+async def test_function_mode_shows_each_functions_running_calls(nats_server, functions):
+    release = asyncio.Event()
+
+    async def hang(request, _):
+        await release.wait()
+        return web.Response(text="done")
+
+    functions.handlers["hang"] = hang
+    nc = await connect(nats_server.url)
+    js = nc.jetstream()
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, queue="fnq", mode="function")):
+        await enqueue(nc, "hang", queue="fnq")
+        await enqueue(nc, "hang", queue="fnq")
+        await eventually(lambda: len(functions.calls["hang"]) == 2)
+        reports = await collect(js, "fnq")
+        hang_row = next(f for f in reports[0].functions if f.name == "hang")
+        # Pending counts what the stream holds: a running call stays stored until acked. The shared consumer
+        # delivered both: the server does not tell its calls apart by function, so only the queue's row counts them.
+        assert (reports[0].in_flight, hang_row.running, hang_row.pending) == (2, None, 2)
+        release.set()
+        await eventually(lambda: len(functions.completed["hang"]) == 2)
     await nc.close()

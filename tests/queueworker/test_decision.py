@@ -32,10 +32,21 @@ POLICY = RetryPolicy(max_attempts=3, initial_wait=1.0, max_wait=8.0, http_codes=
         (Outcome(status=None, error=CANCELLED), 1, Cancelled()),
         (Outcome(status=500), 1, Retry(1.0)),
         (Outcome(status=None, error="ConnectionRefused"), 2, Retry(2.0)),
+        # The OpenFaaS gateway's own error (X-OpenFaaS-Internal), e.g. a 404 while the function scales from zero:
+        # retried whatever its status, with the same attempts and waits.
+        (Outcome(status=404, internal=True), 1, Retry(1.0)),
+        (Outcome(status=502, internal=True), 3, DeadLetter("exhausted")),
+        (Outcome(status=200, internal=True), 1, Ack()),
     ],
 )
 def test_decide(outcome, attempt, expected):
     assert decide(outcome, attempt, POLICY) == expected
+
+
+def test_the_openfaas_internal_mark_can_be_ignored():
+    policy = RetryPolicy(max_attempts=3, http_codes=frozenset({503}), openfaas_internal=False)
+    assert decide(Outcome(status=404, internal=True), 1, policy) == DeadLetter("rejected")
+    assert decide(Outcome(status=503, internal=True), 1, policy) == Retry(policy.initial_wait)
 
 
 def test_retry_after_on_429_and_503_only_and_never_below_the_minimum():

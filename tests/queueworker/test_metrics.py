@@ -55,3 +55,17 @@ async def test_scheduled_and_paused_gauges(nats_server, functions):
         await eventually(lambda: sample("queue_worker_scheduled_messages", "later") == 1.0, timeout=20)
         assert sample("queue_worker_paused", "*") == 0.0 and sample("queue_worker_paused", "later") == 0.0
     await nc.close()
+
+
+async def test_submitted_is_the_queues_stream_count_as_openfaas_exports_it(nats_server, functions):
+    """queue_worker_messages_submitted_total: a gauge of the calls the queue's stream ever took (its last sequence)."""
+    nc = await connect(nats_server.url)
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)) as w:
+        for _ in range(3):
+            await enqueue(nc, "echo")
+        await eventually(lambda: len(functions.completed["echo"]) == 3)
+        labels = {"queue_name": "faas-request"}
+        await eventually(
+            lambda: w.metrics.registry.get_sample_value("queue_worker_messages_submitted_total", labels) == 3.0
+        )
+    await nc.close()

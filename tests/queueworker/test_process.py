@@ -12,7 +12,9 @@ from collections import Counter
 import pytest
 from aiohttp import web
 
-from tests.helpers import connect, enqueue, start_worker, worker_env
+from jetqueue.queueworker.metrics import WorkerMetrics
+from jetqueue.queueworker.process import Worker
+from tests.helpers import connect, enqueue, start_worker, worker_env, worker_settings
 from tests.servers import cluster, eventually
 
 
@@ -146,3 +148,19 @@ async def test_cluster_stream_leader_killed_under_load(tmp_path, functions):
         await nc.close()
         for s in servers:
             s.stop()
+
+
+async def test_a_subscription_nobody_reads_does_not_hold_the_stop(nats_server, functions):
+    """The connection's drain waits until every subscription is read empty; one nobody reads (the callback
+    sender's old pull subscription was one, test_callbacks.py) held the stop for nats-py's 30 s drain timeout,
+    past Kubernetes' grace (shutdownTimeout + 15 s), so the SIGKILL took what was still unsent."""
+    w = Worker(worker_settings(nats_server.url, functions.url_template, shutdown_timeout=1.0), WorkerMetrics())
+    await w.start()
+    assert w.nc is not None
+    inbox = w.nc.new_inbox()
+    await w.nc.subscribe(inbox)  # no callback, never read
+    await w.nc.publish(inbox, b"a late answer")
+    await w.nc.flush()
+    t0 = time.monotonic()
+    await w.stop()
+    assert time.monotonic() - t0 < 1.0 + 15.0

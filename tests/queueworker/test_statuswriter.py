@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 
 from jetqueue import callstatus, contract
-from jetqueue.callstatus import StatusStore
+from jetqueue.callstatus import QueueStatus, StatusStore
 from jetqueue.contract import Call, CallState, jetstream
 from jetqueue.queueworker.statuswriter import IN_FLIGHT, StatusWriter, ahead
 from tests.helpers import connect, gateway_settings, post, running_gateway, running_worker, worker_settings
@@ -23,16 +23,24 @@ def record(call: Call, state: CallState, attempt: int = 1) -> callstatus.Record:
     return callstatus.base_record(call, state, attempt=attempt)
 
 
+BUCKET = contract.status_bucket_name("q")  # queue q's one status bucket
+
+
+def one_bucket(store: StatusStore) -> QueueStatus:
+    """The status of a queue of one partition: one bucket."""
+    return QueueStatus([store])
+
+
 async def writes(nc) -> int:
     """Messages ever stored in the status bucket's stream (every write adds one)."""
-    return int((await nc.jetstream().stream_info(contract.kv_stream_name(contract.STATUS_BUCKET))).state.last_seq)
+    return int((await nc.jetstream().stream_info(contract.kv_stream_name(BUCKET))).state.last_seq)
 
 
 async def test_a_call_that_ends_within_the_grace_costs_one_write(nats_server):
     nc = await connect(nats_server.url)
-    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    store = StatusStore(nc.jetstream(), jetstream.status_bucket("q", 60))
     await store.bucket()
-    writer = StatusWriter(store)
+    writer = StatusWriter(one_bucket(store))
     await writer.start()
     call = Call(call_id="fast", queue="q", function="f")
     writer.started("fast", lambda: record(call, CallState.RUNNING))
@@ -45,10 +53,10 @@ async def test_a_call_that_ends_within_the_grace_costs_one_write(nats_server):
 
 async def test_a_record_further_along_is_not_overwritten(nats_server):
     nc = await connect(nats_server.url)
-    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    store = StatusStore(nc.jetstream(), jetstream.status_bucket("q", 60))
     call = Call(call_id="twice", queue="q", function="f")
     await store.update("twice", record(call, CallState.SUCCEEDED, attempt=3), None)  # another worker, later
-    writer = StatusWriter(store, grace=0)
+    writer = StatusWriter(one_bucket(store), grace=0)
     await writer.start()
     writer.report(record(call, CallState.RUNNING, attempt=2))
     await writer.close(5)
@@ -69,9 +77,9 @@ def test_ahead():
 
 async def test_a_call_running_past_the_grace_gets_its_running_record(nats_server):
     nc = await connect(nats_server.url)
-    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    store = StatusStore(nc.jetstream(), jetstream.status_bucket("q", 60))
     await store.bucket()
-    writer = StatusWriter(store, grace=0.1)
+    writer = StatusWriter(one_bucket(store), grace=0.1)
     await writer.start()
     call = Call(call_id="slow", queue="q", function="f")
     writer.started("slow", lambda: record(call, CallState.RUNNING))
@@ -96,14 +104,14 @@ async def test_a_call_running_past_the_grace_gets_its_running_record(nats_server
 async def test_an_earlier_attempt_s_record_is_read_first_and_replaced(nats_server, direct):
     """An earlier attempt's record (or a deleted key, or none at all) is read, then replaced by compare-and-set."""
     nc = await connect(nats_server.url)
-    store = StatusStore(nc.jetstream(), replace(jetstream.status_bucket(60), direct=direct))
+    store = StatusStore(nc.jetstream(), replace(jetstream.status_bucket("q", 60), direct=direct))
     kv = await store.bucket()
     assert kv is not None
     queued, deleted, missing = (Call(call_id=i, queue="q", function="f") for i in ("queued", "deleted", "missing"))
     await store.update("queued", record(queued, CallState.QUEUED, attempt=0), None)
     await store.update("deleted", record(deleted, CallState.QUEUED, attempt=0), None)
     await kv.delete("deleted")
-    writer = StatusWriter(store)
+    writer = StatusWriter(one_bucket(store))
     await writer.start()
     for call in (queued, deleted, missing):
         await writer.final(record(call, CallState.SUCCEEDED), read_first=True)
@@ -117,11 +125,11 @@ async def test_an_earlier_attempt_s_record_is_read_first_and_replaced(nats_serve
 async def test_a_bucket_deleted_underneath_is_made_again(nats_server):
     nc = await connect(nats_server.url)
     js = nc.jetstream()
-    store = StatusStore(js, jetstream.status_bucket(60))
+    store = StatusStore(js, jetstream.status_bucket("q", 60))
     await store.bucket()
-    writer = StatusWriter(store)
+    writer = StatusWriter(one_bucket(store))
     await writer.start()
-    await js.delete_key_value(contract.STATUS_BUCKET)
+    await js.delete_key_value(BUCKET)
     call = Call(call_id="again", queue="q", function="f")
     await writer.final(record(call, CallState.SUCCEEDED))
     await writer.close(10)
@@ -132,9 +140,9 @@ async def test_a_bucket_deleted_underneath_is_made_again(nats_server):
 
 async def test_a_bucket_that_never_answers_holds_no_call_for_long(nats_server):
     nc = await connect(nats_server.url)
-    store = StatusStore(nc.jetstream(), jetstream.status_bucket(60))
+    store = StatusStore(nc.jetstream(), jetstream.status_bucket("q", 60))
     await store.bucket()
-    writer = StatusWriter(store, limit=4)
+    writer = StatusWriter(one_bucket(store), limit=4)
     await writer.start()
     assert nats_server.proc is not None
     os.kill(nats_server.proc.pid, signal.SIGSTOP)  # connected, and silent
@@ -152,7 +160,7 @@ async def test_a_bucket_that_never_answers_holds_no_call_for_long(nats_server):
 
 async def test_a_dropped_record_leaves_nothing_remembered():
     writer = StatusWriter(
-        StatusStore(None, jetstream.status_bucket(60)), limit=1
+        one_bucket(StatusStore(None, jetstream.status_bucket("q", 60))), limit=1
     )  # not started: the backlog stays full
     call = Call(call_id="a", queue="q", function="f")
     writer.report(record(call, CallState.RUNNING), read_first=True)
@@ -166,7 +174,8 @@ async def test_a_gateway_call_costs_the_worker_one_write_and_no_read(nats_server
     """The gateway's `queued` record is its submission record, under a key of its own: the worker creates the
     call's record (one round trip) instead of reading the gateway's and replacing it (two)."""
     nc = await connect(nats_server.url)
-    stream = contract.kv_stream_name(contract.STATUS_BUCKET)
+    bucket = contract.status_bucket_name(contract.DEFAULT_QUEUE)
+    stream = contract.kv_stream_name(bucket)
     reads: list[str] = []
     written: dict[str, list[tuple[str | None, str]]] = {}  # key -> (expected last sequence, state) of each write
 
@@ -174,14 +183,14 @@ async def test_a_gateway_call_costs_the_worker_one_write_and_no_read(nats_server
         reads.append(msg.subject)
 
     async def wrote(msg) -> None:  # every write is a publish on the key's subject: seen here as it is sent
-        key = msg.subject.removeprefix(contract.kv_subject(contract.STATUS_BUCKET, ""))
+        key = msg.subject.removeprefix(contract.kv_subject(bucket, ""))
         expected = (msg.headers or {}).get("Nats-Expected-Last-Subject-Sequence")
         written.setdefault(key, []).append((expected, json.loads(msg.data)["state"]))
 
     subs = [
         await nc.subscribe(f"$JS.API.DIRECT.GET.{stream}.>", cb=read),
         await nc.subscribe(f"$JS.API.STREAM.MSG.GET.{stream}", cb=read),
-        await nc.subscribe(contract.kv_subject(contract.STATUS_BUCKET, ">"), cb=wrote),
+        await nc.subscribe(contract.kv_subject(bucket, ">"), cb=wrote),
     ]
     ids = [f"gw-{i}" for i in range(20)]
     async with running_gateway(gateway_settings(nats_server.url)) as gw:

@@ -3,11 +3,13 @@
 - `names`: every stream, consumer, subject and bucket name, and the name patterns;
 - `message`: how a call travels as a NATS message (subject, headers, body) and is decoded;
 - `states`: the states of a call, as its status record shows them;
+- `partitions`: which partition a call goes to and which status bucket holds its records;
 - `jetstream`: the streams, consumers and bucket of a queue, for nats-py and for NACK.
 
-`from jetqueue import contract` gives the first three flat (`contract.stream_name`, `contract.Call`, ...).
+`from jetqueue import contract` gives all but `jetstream` flat (`contract.stream_name`, `contract.Call`, ...).
 """
 
 from jetqueue.contract.message import *  # noqa: F403
 from jetqueue.contract.names import *  # noqa: F403
+from jetqueue.contract.partitions import *  # noqa: F403
 from jetqueue.contract.states import *  # noqa: F403

@@ -1,5 +1,5 @@
-"""The JetStream objects of a queue, defined once: the work-queue stream, the dead-letter stream, the
-consumers and the call-status bucket.
+"""The JetStream objects of a queue, defined once: the work-queue stream of each partition, the dead-letter
+stream, the consumers and the call-status and cancel buckets.
 
 The worker and gateway apply `to_nats()`; the generator renders `to_nack()` for clusters whose streams
 are managed by NACK. Both come from the same fields, so they cannot disagree (tests/contract checks
@@ -37,6 +37,10 @@ CALLBACK_MAX_TIMEOUT = DUPLICATE_WINDOW / 2
 CALLBACK_MAX_ACK_PENDING = 100_000
 MAX_SCHEDULE_AHEAD = 31 * 86400.0  # the furthest ahead a call may be scheduled (the gateway's maxDelay at most)
 CANCEL_KEEP = MAX_SCHEDULE_AHEAD + 86400.0  # cancel requests outlive every schedule
+# Stream metadata: the queue's partitions as the gateway or worker that set the stream up last had them. On
+# partition 0 only; `jetqueue status` reads it to tell partitions being drained (beyond it) from the others.
+PARTITIONS_METADATA = "jetqueue.partitions"
+MANAGED_METADATA = (PARTITIONS_METADATA,)  # metadata keys jetqueue sets, and removes when no longer wanted
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class StreamSpec:
     max_msgs: int = 0  # 0: no limit (with discard new, a full stream refuses new calls)
     max_bytes: int = 0
     allow_msg_schedules: bool = False  # server 2.12+: messages published for later (retries that hold nothing)
+    metadata: tuple[tuple[str, str], ...] = ()  # ours only: the server adds keys of its own (`_nats.*`)
 
     def to_nats(self) -> StreamConfig:
         return StreamConfig(
@@ -68,6 +73,7 @@ class StreamSpec:
             max_msgs=self.max_msgs or None,
             max_bytes=self.max_bytes or None,
             allow_msg_schedules=self.allow_msg_schedules or None,
+            metadata=dict(self.metadata) or None,
         )
 
     def to_nack(self) -> dict[str, Any]:
@@ -88,20 +94,36 @@ class StreamSpec:
             spec["maxBytes"] = self.max_bytes
         if self.allow_msg_schedules:
             spec["allowMsgSchedules"] = True
+        if self.metadata:
+            spec["metadata"] = dict(self.metadata)
         return spec
 
 
+def partition_limit(limit: int, partitions: int) -> int:
+    """A queue's maxQueueLength or maxQueueBytes, divided among its partitions (rounded up): the queue as a whole
+    holds about what was declared, and a full partition refuses a call (503) as a full queue does. 0: no limit."""
+    return -(-limit // max(1, partitions)) if limit else 0
+
+
 def work_stream(
-    queue: str, replicas: int = 1, storage: str = "file", max_length: int = 0, max_bytes: int = 0
+    queue: str,
+    replicas: int = 1,
+    storage: str = "file",
+    max_length: int = 0,
+    max_bytes: int = 0,
+    partition: int = 0,
+    partitions: int = 1,
 ) -> StreamSpec:
+    """The work stream of one partition of a queue of `partitions` (the queue's limits divided among them)."""
     return StreamSpec(
-        name=names.stream_name(queue),
-        subjects=(names.queue_subjects(queue),),
+        name=names.stream_name(queue, partition),
+        subjects=(names.queue_subjects(queue, partition),),
         retention=RetentionPolicy.WORK_QUEUE.value,
         storage=storage,
         replicas=replicas,
-        max_msgs=max_length,
-        max_bytes=max_bytes,
+        max_msgs=partition_limit(max_length, partitions),
+        max_bytes=partition_limit(max_bytes, partitions),
+        metadata=((PARTITIONS_METADATA, str(partitions)),) if partition == 0 and partitions > 1 else (),
     )
 
 
@@ -196,41 +218,51 @@ class ConsumerSpec:
         return spec
 
 
-def static_consumer(queue: str, ack_wait: float, max_ack_pending: int, max_waiting: int) -> ConsumerSpec:
-    """Static mode: one consumer takes every function's calls."""
-    return ConsumerSpec(names.stream_name(queue), names.durable_name(queue), ack_wait, max_ack_pending, max_waiting)
+def static_consumer(
+    queue: str, ack_wait: float, max_ack_pending: int, max_waiting: int, partition: int = 0
+) -> ConsumerSpec:
+    """Static mode: one consumer takes every function's calls, of the same name on every partition."""
+    stream = names.stream_name(queue, partition)
+    return ConsumerSpec(stream, names.durable_name(queue), ack_wait, max_ack_pending, max_waiting)
 
 
 def function_consumer(
-    queue: str, function: str, ack_wait: float, max_ack_pending: int, max_waiting: int, inactive_threshold: float
+    queue: str,
+    function: str,
+    ack_wait: float,
+    max_ack_pending: int,
+    max_waiting: int,
+    inactive_threshold: float,
+    partition: int = 0,
 ) -> ConsumerSpec:
-    """Function mode: one consumer per function, removed by the server when idle (or by the worker when others
-    wait for one). Its state is in memory: made and removed often, and losing it costs a redelivery, not a call."""
+    """Function mode: one consumer per function (and partition holding its calls: the same name on each), removed
+    by the server when idle (or by the worker when others wait for one). Its state is in memory: made and removed
+    often, and losing it costs a redelivery, not a call."""
     return ConsumerSpec(
-        names.stream_name(queue),
+        names.stream_name(queue, partition),
         names.function_consumer_name(queue, function),
         ack_wait,
         max_ack_pending,
         max_waiting,
-        filter_subject=names.subject(queue, function),
+        filter_subject=names.subject(queue, function, partition),
         inactive_threshold=inactive_threshold,
         mem_storage=True,
     )
 
 
 def shared_function_consumer(
-    queue: str, ack_wait: float, max_ack_pending: int, max_waiting: int, closed: bool = False
+    queue: str, ack_wait: float, max_ack_pending: int, max_waiting: int, closed: bool = False, partition: int = 0
 ) -> ConsumerSpec:
     """Function mode's shared consumer: open, every call of the queue (`<queue>.>`); closed, none new (its filter
     matches no call). Kept like the static consumer (file state, no inactive_threshold): made rarely, and while it
     exists its lag is the queue's."""
     return ConsumerSpec(
-        names.stream_name(queue),
+        names.stream_name(queue, partition),
         names.shared_consumer_name(queue),
         ack_wait,
         max_ack_pending,
         max_waiting,
-        filter_subject=names.closed_subject(queue) if closed else names.queue_subjects(queue),
+        filter_subject=names.closed_subject(queue, partition) if closed else names.queue_subjects(queue, partition),
     )
 
 
@@ -267,16 +299,20 @@ def _bucket(name: str, description: str, ttl: float | None, replicas: int, stora
     )
 
 
-def status_bucket(ttl: float, replicas: int = 1, storage: str = "file") -> KeyValueConfig:
-    """The call-status bucket: two keys per call (its record, its submission record: callstatus.py), the latest
-    record of each only, expired after `ttl`."""
-    return _bucket(names.STATUS_BUCKET, "jetqueue call status", ttl, replicas, storage)
+def status_bucket(queue: str, ttl: float, replicas: int = 1, storage: str = "file", shard: int = 0) -> KeyValueConfig:
+    """One of a queue's call-status buckets (one per partition, a call's by its id: contract.status_shard): two
+    keys per call (its record, its submission record: callstatus.py), the latest record of each only, expired
+    after `ttl`. A queue's own, so queues never share a leader."""
+    name = names.status_bucket_name(queue, shard)
+    return _bucket(name, f"jetqueue call status of queue {queue}", ttl, replicas, storage)
 
 
-def cancel_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
-    """Cancel requests, one key per cancelled call id (cancels.py), kept longer than any call can be scheduled
-    ahead, so a cancelled scheduled call never runs, whatever the status TTL."""
-    return _bucket(names.CANCEL_BUCKET, "jetqueue cancel requests", CANCEL_KEEP, replicas, storage)
+def cancel_bucket(queue: str, replicas: int = 1, storage: str = "file") -> KeyValueConfig:
+    """A queue's cancel requests, one key per cancelled call id (cancels.py), kept longer than any call can be
+    scheduled ahead, so a cancelled scheduled call never runs, whatever the status TTL. Its workers watch it."""
+    return _bucket(
+        names.cancel_bucket_name(queue), f"jetqueue cancel requests of queue {queue}", CANCEL_KEEP, replicas, storage
+    )
 
 
 def pause_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
@@ -289,3 +325,10 @@ def rate_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
     (queueworker/ratelimit.py). No TTL: a key is a few bytes, and one expired while it points ahead would let a
     burst through."""
     return _bucket(names.RATE_BUCKET, "jetqueue dispatch rates", None, replicas, storage)
+
+
+def schedule_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:
+    """Each cron schedule's last tick that became a call, key `<queue>.<schedule>` (queueworker/ticks.py): what
+    makes a tick delivered twice, or fired twice by the server, one call. No TTL: a record is a few bytes, and one
+    expired would let a late duplicate of its tick through."""
+    return _bucket(names.SCHEDULE_BUCKET, "jetqueue cron schedules", None, replicas, storage)

@@ -3,12 +3,20 @@ operator commands all call these; nothing else types a prefix).
 
 Stream ``OF_<queue>`` and durable ``<queue>-workers`` follow OpenFaaS; queue names are DNS-1123
 labels, so no queue subject can start with ``_`` and the ``_DLQ``/``_JQ`` subjects never collide.
+
+Partitions (docs/partitions.md): partition 0 of a queue is ``OF_<queue>`` with subjects ``<queue>.<function>``, as
+before partitions, so a queue of one partition is unchanged and existing streams are adopted. Partition p >= 1 is
+``OF_<queue>_P<p>`` with subjects ``<queue>_P<p>.<function>``: a DNS-1123 label has no ``_``, so these are never
+another queue's stream or subjects, and they end in no ``_DLQ``/``_CB``/``_SCHED`` suffix. Dead letters and held
+calls stay one stream per queue (cold paths); the call-status records are split by call id into buckets named the
+same way (``jetqueue-calls-<queue>``, ``jetqueue-calls-<queue>_P<k>``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 
 DEFAULT_QUEUE = "faas-request"
 STREAM_PREFIX = "OF_"
@@ -20,11 +28,19 @@ SCHEDULE_STREAM_SUFFIX = "_SCHED"
 SCHEDULE_SUBJECT_PREFIX = "_SCHED"
 CALLBACK_DLQ_FUNCTION = "_callback"  # undeliverable callbacks' dead-letter subject part (no function starts with _)
 KV_SUBJECT_PREFIX = "$KV."  # a key-value bucket's keys are subjects `$KV.<bucket>.<key>` of its stream
-STATUS_BUCKET = "jetqueue-calls"
-CANCEL_BUCKET = "jetqueue-cancels"
+STATUS_BUCKET_PREFIX = "jetqueue-calls-"  # + partition_token(queue, shard): a queue's own call-status buckets
+CANCEL_BUCKET_PREFIX = "jetqueue-cancels-"  # + queue: a queue's own cancel requests
+# Before partitions, one bucket of each served every queue: read (never created) while they exist (callstatus.py).
+LEGACY_STATUS_BUCKET = "jetqueue-calls"
+LEGACY_CANCEL_BUCKET = "jetqueue-cancels"
 PAUSE_BUCKET = "jetqueue-pauses"  # pause records, keyed by `pause_key` (jetqueue/pauses.py)
 RATE_BUCKET = "jetqueue-rates"  # dispatch-rate state, keyed by `rate_key` (queueworker/ratelimit.py)
+SCHEDULE_BUCKET = "jetqueue-schedules"  # each cron schedule's last tick, keyed by `cron_key` (queueworker/ticks.py)
+CRON_CALL_PREFIX = "cron"  # a tick's call id: `cron_call_id`
+MAX_SCHEDULE_NAME = 63  # a DNS-1123 label: it names the schedule's subject, record key, metric label and call ids
 MAX_QUEUE_NAME = 40  # it names the stream, the consumers and the Helm release
+PARTITION_MARK = "_P"  # partition p >= 1 of queue q: `q_P<p>` (stream OF_q_P<p>, subjects q_P<p>.<function>)
+MAX_PARTITIONS = 32  # partitions of one queue, at most (queues.yaml `partitions`)
 # nats-server refuses consumer names over 255 characters (a file name); longer ones end in a hash instead.
 MAX_CONSUMER_NAME = 200
 
@@ -52,8 +68,39 @@ FUNCTION_NAME = re.compile(rf"^{DNS_LABEL}(\.{DNS_LABEL})?$")
 CALL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_=.-]{0,127}$")
 
 
-def stream_name(queue: str) -> str:
-    return f"{STREAM_PREFIX}{queue}"
+def partition_token(queue: str, partition: int = 0) -> str:
+    """What partition `partition` of a queue puts first in its stream name and subjects: the queue itself for
+    partition 0 (today's layout), `<queue>_P<p>` for the others."""
+    return f"{queue}{PARTITION_MARK}{partition}" if partition else queue
+
+
+def split_token(token: str) -> tuple[str, int] | None:
+    """(queue, partition) of a `partition_token`, or None when `token` is none."""
+    queue, mark, number = token.rpartition(PARTITION_MARK)
+    if not mark:
+        return (token, 0) if QUEUE_NAME.match(token) else None
+    if not QUEUE_NAME.match(queue) or not number.isdigit() or number != str(int(number)):
+        return None
+    return (queue, int(number)) if 0 < int(number) < MAX_PARTITIONS else None
+
+
+def stream_name(queue: str, partition: int = 0) -> str:
+    """The work stream of one partition of a queue (partition 0: `OF_<queue>`, as OpenFaaS names it)."""
+    return f"{STREAM_PREFIX}{partition_token(queue, partition)}"
+
+
+def partition_of_stream(stream: str) -> tuple[str, int] | None:
+    """(queue, partition) of a work stream, or None for any other stream (dead letters, callbacks, schedules)."""
+    return split_token(stream[len(STREAM_PREFIX) :]) if stream.startswith(STREAM_PREFIX) else None
+
+
+def status_bucket_name(queue: str, shard: int = 0) -> str:
+    """One of a queue's call-status buckets: a call's records are in shard `contract.status_shard(call_id, n)`."""
+    return STATUS_BUCKET_PREFIX + partition_token(queue, shard)
+
+
+def cancel_bucket_name(queue: str) -> str:
+    return CANCEL_BUCKET_PREFIX + queue
 
 
 def dlq_stream_name(queue: str) -> str:
@@ -61,12 +108,10 @@ def dlq_stream_name(queue: str) -> str:
 
 
 def queue_of_stream(stream: str) -> str | None:
-    """The queue a work-queue stream belongs to, or None for any other stream (dead letters included)."""
-    if not stream.startswith(STREAM_PREFIX) or stream.endswith(
-        (DLQ_STREAM_SUFFIX, CALLBACK_STREAM_SUFFIX, SCHEDULE_STREAM_SUFFIX)
-    ):
-        return None
-    return stream[len(STREAM_PREFIX) :]
+    """The queue a work stream (of any partition) belongs to, or None for any other stream (dead letters
+    included)."""
+    found = partition_of_stream(stream)
+    return found[0] if found else None
 
 
 def durable_name(queue: str) -> str:
@@ -89,19 +134,24 @@ def shared_consumer_name(queue: str) -> str:
     return f"{queue}-functions"
 
 
-def closed_subject(queue: str) -> str:
+def closed_subject(queue: str, partition: int = 0) -> str:
     """The filter of a closed shared consumer: no call is ever published on it (no function name starts with `_`),
     so the consumer delivers nothing new and keeps only the calls it had delivered."""
-    return f"{queue}._closed"
+    return f"{partition_token(queue, partition)}._closed"
 
 
-def subject(queue: str, function: str) -> str:
-    return f"{queue}.{function}"
+def subject(queue: str, function: str, partition: int = 0) -> str:
+    return f"{partition_token(queue, partition)}.{function}"
 
 
-def queue_subjects(queue: str) -> str:
-    """The subjects of every call of a queue."""
-    return f"{queue}.>"
+def queue_subjects(queue: str, partition: int = 0) -> str:
+    """The subjects of every call of a queue's partition."""
+    return f"{partition_token(queue, partition)}.>"
+
+
+def function_of_subject(subject: str) -> str:
+    """`<queue>.<function>` or `<queue>_P<p>.<function>` → the function."""
+    return subject.partition(".")[2]
 
 
 def dlq_subject(queue: str, function: str) -> str:
@@ -171,6 +221,39 @@ def function_of_held(queue: str, subject: str) -> str:
     """The function of a held call's subject (`schedule_subject`), or '' for another subject."""
     prefix = f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.at."
     return subject[len(prefix) :].rpartition(".")[0] if subject.startswith(prefix) else ""
+
+
+def cron_subject(queue: str, name: str) -> str:
+    """A cron schedule (a repeating message schedule): the server fires it onto a due subject at every tick."""
+    return f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.cron.{name}"
+
+
+def cron_subjects(queue: str) -> str:
+    return f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.cron.>"
+
+
+def schedule_of_cron(queue: str, subject: str) -> str:
+    """The schedule name of a cron schedule's subject (`cron_subject`; the `Nats-Scheduler` of its ticks), or ''."""
+    prefix = f"{SCHEDULE_SUBJECT_PREFIX}.{queue}.cron."
+    return subject[len(prefix) :] if subject.startswith(prefix) else ""
+
+
+def cron_key(queue: str, name: str) -> str:
+    """A cron schedule's record in the schedules bucket: its last tick made a call."""
+    return f"{queue}.{name}"
+
+
+def cron_applied_key(queue: str) -> str:
+    """The schedules bucket's record of the Helm revision whose workers last applied queue's schedules (a schedule
+    name is a DNS-1123 label, so `_applied` is no schedule's key)."""
+    return f"{queue}._applied"
+
+
+def cron_call_id(queue: str, name: str, tick: float) -> str:
+    """The call of one tick: the same for every delivery of the tick (at most 5 + 40 + 63 + 16 + 2 = 126
+    characters, within CALL_ID), readable: `cron.<queue>.<schedule>.<UTC time, whole seconds>`."""
+    when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(int(tick)))
+    return f"{CRON_CALL_PREFIX}.{queue}.{name}.{when}"
 
 
 def due_durable_name(queue: str) -> str:

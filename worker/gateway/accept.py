@@ -29,6 +29,7 @@ log = logging.getLogger("jetqueue.gateway")
 RETRY_AFTER = "5"
 MAX_FUNCTION_NAME = 253  # a DNS-1123 subdomain
 PREFIX = "/async-function/"
+FAILURE_CALLBACK = "X-Failure-Callback-Url"  # called only when the call ends failed (QStash's Upstash-Failure-Callback)
 # Room kept in every stored call for the metadata a dead letter adds (deadletter.py fits it in this).
 DEAD_LETTER_ROOM = 1024
 STORED_OVERHEAD = 64  # what JetStream adds to a stored message's size beyond subject, headers and body (bound)
@@ -41,43 +42,56 @@ class Accept:
         self.s = s
         self.routing = routing
         self.backend = backend
-        self.metrics = GatewayMetrics(registry)
+        self.metrics = GatewayMetrics(registry, lambda: backend.reconnects)
         self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
         self._recent: OrderedDict[str, tuple[float, callstatus.Record]] = OrderedDict()
 
     async def submit(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
+        """The submission routes' handler (server.py); most submissions come by the front door instead (front.py)."""
+        url = request.rel_url
+        return await self.submit_as(request, request.match_info["name"], url.raw_path, url.raw_query_string)
+
+    async def submit_as(self, request: web.BaseRequest, name: str, raw_path: str, query: str) -> web.Response:
+        """A submission to function `name` at `raw_path`?`query` (still percent-encoded, as the client sent them)."""
         if not contract.FUNCTION_NAME.match(name) or len(name) > MAX_FUNCTION_NAME:
-            self.metrics.count("_invalid", "", 400)
+            self.metrics.count("_invalid", "", 400, request.method)
             return problem(400, "function name must be a DNS-1123 name, optionally with .namespace")
         queue = self.routing.queue_for(name)
         if queue is None:
-            self.metrics.count("_unrouted", "", 404)
+            self.metrics.count("_unrouted", "", 404, request.method)
             return problem(404, f"function {name!r} is not routed to any queue (strict routing)")
         given = request.headers.get("X-Call-Id")
         if given and not contract.CALL_ID.match(given):
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
             return problem(
                 400, "X-Call-Id must be 1-128 characters of [A-Za-z0-9_=.-], starting with a letter or digit"
             )
-        call_id = given or contract.new_call_id()
+        call_id = given or contract.new_call_id(queue)  # ours carry the queue's hint: status finds it by id alone
+        key = request.headers.get(contract.PARTITION_KEY, "")
+        if key and (reason := contract.partition_key_problem(key)):
+            self.metrics.count(name, queue, 400, request.method)
+            return problem(400, reason)
         callback = request.headers.get("X-Callback-Url", "")
         if callback and (reason := self.egress.url_problem(callback)):
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
+            return problem(400, reason)
+        failure_callback = request.headers.get(FAILURE_CALLBACK, "")
+        if failure_callback and (reason := self.egress.url_problem(failure_callback, FAILURE_CALLBACK)):
+            self.metrics.count(name, queue, 400, request.method)
             return problem(400, reason)
         # The path as the client sent it (still percent-encoded): what the worker will send on, unchanged.
-        raw_path, own = request.rel_url.raw_path, PREFIX + name
+        own = PREFIX + name
         if not raw_path.startswith(own):
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
             return problem(400, "the function name in the path must not be percent-encoded")
-        path, query = raw_path[len(own) :], request.rel_url.raw_query_string
+        path = raw_path[len(own) :]
         if (path or query) and (reason := contract.path_problem(path) or contract.query_problem(query)) is not None:
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
             return problem(400, reason)
         try:
             when = not_before(request.headers, time.time(), self.s.max_delay)
         except BadSchedule as e:
-            self.metrics.count(name, queue, 400)
+            self.metrics.count(name, queue, 400, request.method)
             return problem(400, str(e))
         body = await request.read()
         headers = contract.forwardable(request.headers)
@@ -92,8 +106,10 @@ class Accept:
             path=path,
             query=query,
             callback_url=callback,
+            failure_callback_url=failure_callback,
             headers=headers,
             not_before=when,
+            partition_key=key,
         )
         return await self._store(call)
 
@@ -116,43 +132,47 @@ class Accept:
             f"the largest body with these headers is {largest} bytes",
         )
 
-    def _over_queue_bytes(self, call: contract.Call, headers: dict[str, str]) -> web.Response | None:
-        """413 for a call larger than its queue's maxQueueBytes: the stream would refuse it every time (a 503
-        "queue full" that no retry cures), and a scheduled one would wait for ever to be moved in."""
+    def _over_queue_bytes(self, call: contract.Call, headers: dict[str, str], subject: str) -> web.Response | None:
+        """413 for a call larger than its partition's share of the queue's maxQueueBytes: the stream would refuse
+        it every time (a 503 "queue full" that no retry cures), and a scheduled one would wait for ever to be
+        moved in."""
         info = self.routing.queues.get(call.queue)
         if info is None or not info.max_bytes:
             return None
-        subject = contract.subject(call.queue, call.function)
         size = len(call.body) + contract.header_size(headers) + len(subject) + STORED_OVERHEAD
-        if size <= info.max_bytes:
+        limit = jetstream.partition_limit(info.max_bytes, info.partitions)
+        if size <= limit:
             return None
+        share = f" (its share of {info.max_bytes} among {info.partitions} partitions)" if info.partitions > 1 else ""
         return problem(
-            413,
-            f"request too large for queue {call.queue!r}: about {size} bytes stored; maxQueueBytes {info.max_bytes}",
+            413, f"request too large for queue {call.queue!r}: about {size} bytes stored; maxQueueBytes {limit}{share}"
         )
 
     async def _store(self, call: contract.Call) -> web.Response:
         b, name, queue = self.backend, call.function, call.queue
-        subject, headers = contract.subject(call.queue, call.function), call.to_headers()
-        if call.not_before:  # held by the server until its time (OF_<queue>_SCHED), then moved into the queue
+        partition = contract.choose_partition(name, b.partitions(queue), call.partition_key)
+        subject, headers = contract.subject(queue, name, partition), call.to_headers()
+        stored_on = subject
+        if call.not_before:  # held by the server until its time (OF_<queue>_SCHED), then moved into its partition
             subject, headers = contract.held_message(call, headers, call.not_before, call.call_id)
-        if (too_large := self._too_large(len(call.body), headers) or self._over_queue_bytes(call, headers)) is not None:
-            self.metrics.count(name, queue, 413)
+        too_large = self._too_large(len(call.body), headers) or self._over_queue_bytes(call, headers, stored_on)
+        if too_large is not None:
+            self.metrics.count(name, queue, 413, call.method)
             return too_large
         # The set looked up here first: ensure_queue is a coroutine, and the queue is nearly always ready.
         if b.acks is None or not b.connected or (queue not in b.ready_streams and not await b.ensure_queue(queue)):
-            self.metrics.count(name, queue, 503)
+            self.metrics.count(name, queue, 503, call.method)
             return problem(503, "NATS is unavailable; nothing was stored, retry later", **{"Retry-After": RETRY_AFTER})
         t0 = time.perf_counter()
         try:
-            duplicate = await self._publish(b.acks, call, subject, headers)
+            duplicate = await self._publish(b.acks, call, subject, headers, partition)
         except Exception as e:
-            self.metrics.count(name, queue, 503)
+            self.metrics.count(name, queue, 503, call.method)
             return self._not_accepted(call, e)
         self.metrics.observe(time.perf_counter() - t0)
-        if not duplicate and b.status.enabled:
+        if not duplicate and b.status_enabled:
             await self._record_queued(call)
-        self.metrics.count(name, queue, 202)
+        self.metrics.count(name, queue, 202, call.method)
         answer = {"X-Call-Id": call.call_id, "X-Start-Time": str(call.start_time_ns), "X-Queue": queue}
         if call.not_before:
             answer[NOT_BEFORE] = datetime.fromtimestamp(math.ceil(call.not_before), UTC).isoformat()
@@ -169,11 +189,12 @@ class Accept:
         self._recent[call.call_id] = (time.monotonic(), record)
         if len(self._recent) > MAX_RECENT:
             self._recent.popitem(last=False)
+        store = self.backend.queue_status(call.queue).store(call.call_id)
         if call.not_before:  # rare, and followed by no worker's record for a while: written and confirmed
             with contextlib.suppress(Exception):
-                await self.backend.status.submitted_confirmed(record)
+                await store.submitted_confirmed(record)
         elif self.backend.nc is not None:
-            await self.backend.status.submitted(self.backend.nc, record)
+            await store.submitted(self.backend.nc, record)
 
     def recent(self, call_id: str) -> callstatus.Record | None:
         """The record of a call accepted here RECENT_FOR seconds ago at most (its own may not be readable yet)."""
@@ -201,12 +222,14 @@ class Accept:
             **{"X-Call-Id": call.call_id},
         )
 
-    async def _publish(self, acks: PubAcks, call: contract.Call, subject: str, headers: dict[str, str]) -> bool:
+    async def _publish(
+        self, acks: PubAcks, call: contract.Call, subject: str, headers: dict[str, str], partition: int
+    ) -> bool:
         """Publish and wait for the PubAck (True: a duplicate). A stream deleted underneath (`jetqueue reset`, a
         dev NATS restarted empty) answers no-responders: set it up again and publish once more."""
         try:
             return await acks.publish(subject, call.body, headers, self.s.publish_timeout)
         except NoStreamResponseError:
-            if not await self.backend.stream_deleted(call.queue):
+            if not await self.backend.stream_deleted(call.queue, partition):
                 raise
             return await acks.publish(subject, call.body, headers, self.s.publish_timeout)

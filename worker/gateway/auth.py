@@ -25,25 +25,47 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
 
 
-def auth_middleware(s: GatewaySettings) -> Middleware:
+def authorized(s: GatewaySettings, header: str) -> bool:
+    """Does this `Authorization` header carry the credential the gateway requires (the API, and the dashboard's
+    login form: dashboard/guard.py)?"""
+    scheme, _, cred = header.partition(" ")
+    # Compared as bytes: compare_digest refuses non-ASCII str, and a stranger's header must not cause a 500.
+    if s.auth_token and scheme.lower() == "bearer" and _same(cred.strip(), s.auth_token):
+        return True
+    if s.auth_user and scheme.lower() == "basic":
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            user, _, password = base64.b64decode(cred.strip(), validate=True).decode().partition(":")
+            if _same(user, s.auth_user) & _same(password, s.auth_password):
+                return True
+    return False
+
+
+def refused(s: GatewaySettings, request: web.BaseRequest) -> web.Response | None:
+    """The 401 for a request without the credential the gateway requires, or None (the middleware below, and
+    the front door for the submissions it takes: front.py)."""
+    if authorized(s, request.headers.get("Authorization", "")):
+        return None
+    challenge = 'Bearer realm="jetqueue"' if s.auth_token else 'Basic realm="jetqueue"'
+    return problem(401, "authentication required", **{"WWW-Authenticate": challenge})
+
+
+def auth_middleware(s: GatewaySettings, own_auth: str = "") -> Middleware:
+    """`own_auth`: a path prefix whose pages check the same credentials themselves (the dashboard's, which also
+    takes them through a login form and a session cookie: dashboard/guard.py)."""
+
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in PUBLIC or not (s.auth_token or s.auth_user):
+        mine = own_auth and (request.path == own_auth or request.path.startswith(own_auth + "/"))
+        if request.path in PUBLIC or mine or not (s.auth_token or s.auth_user):
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        scheme, _, cred = header.partition(" ")
-        # Compared as bytes: compare_digest refuses non-ASCII str, and a stranger's header must not cause a 500.
-        if s.auth_token and scheme.lower() == "bearer" and _same(cred.strip(), s.auth_token):
-            return await handler(request)
-        if s.auth_user and scheme.lower() == "basic":
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                user, _, password = base64.b64decode(cred.strip(), validate=True).decode().partition(":")
-                if _same(user, s.auth_user) & _same(password, s.auth_password):
-                    return await handler(request)
-        challenge = 'Bearer realm="jetqueue"' if s.auth_token else 'Basic realm="jetqueue"'
-        return problem(401, "authentication required", **{"WWW-Authenticate": challenge})
+        no = refused(s, request)
+        return await handler(request) if no is None else no
 
     return auth
+
+
+def too_large(max_body_size: int) -> web.Response:
+    return problem(413, f"body larger than {max_body_size} bytes")
 
 
 def errors_middleware(max_body_size: int) -> Middleware:
@@ -52,7 +74,7 @@ def errors_middleware(max_body_size: int) -> Middleware:
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            return problem(413, f"body larger than {max_body_size} bytes")
+            return too_large(max_body_size)
         except web.HTTPException as e:
             if e.status >= 400 and e.content_type != "application/json":
                 return problem(e.status, e.reason, **{k: v for k, v in e.headers.items() if k == "Allow"})

@@ -1,5 +1,6 @@
-"""The gateway's side of NATS: the connection, the JetStream context, the status store and the queues'
-streams, set up in the background so the HTTP server answers (503, and /readyz says why) meanwhile."""
+"""The gateway's side of NATS: the connection, the JetStream context, each queue's status buckets and cancel
+bucket, and the queues' streams (every partition's), set up in the background so the HTTP server answers (503, and
+/readyz says why) meanwhile."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 
 from nats.aio.client import NO_RESPONDERS_STATUS, Client
 from nats.aio.msg import Msg
@@ -18,14 +20,16 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 
 from jetqueue import cancels, contract, provision
-from jetqueue.callstatus import StatusStore
+from jetqueue.callstatus import QueueStatus
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
-from jetqueue.gateway.routing import Routing
+from jetqueue.gateway.routing import QueueInfo, Routing
 from jetqueue.settings import GatewaySettings
+from jetqueue.statuslookup import StatusLookup
 
 log = logging.getLogger("jetqueue.gateway")
 STREAM_CHECK_TIMEOUT = 1.0
+LEGACY_RECHECK = 60.0  # whether the cancel bucket of before partitions still exists, asked this often
 PUBACK_START = b'{"stream":'
 
 
@@ -97,9 +101,21 @@ class Backend:
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self.acks: PubAcks | None = None
-        self.status = StatusStore.off()
-        self.ready_streams: set[str] = set()
-        self._cancels: KeyValue | None = None
+        self.status: dict[str, QueueStatus] = {}  # each routed queue's status buckets, once connected
+        self.lookup: StatusLookup | None = None  # a call's status from its id alone
+        self.ready_streams: set[str] = set()  # queues whose streams (every partition's) are set up
+        self._cancels: dict[str, KeyValue] = {}
+        self._legacy_cancels: KeyValue | None = None
+        self._legacy_checked = -LEGACY_RECHECK
+        self.reconnects = 0  # gateway_nats_reconnect_total
+
+    @property
+    def status_enabled(self) -> bool:
+        return self.s.call_status
+
+    def queue_status(self, queue: str) -> QueueStatus:
+        """The queue's status buckets (switched off until connected, or with call status off)."""
+        return self.status.get(queue) or QueueStatus.off()
 
     @property
     def connected(self) -> bool:
@@ -117,35 +133,51 @@ class Backend:
         """Connect, open the status bucket and create the routed queues' streams; retries until NATS answers."""
         while self.nc is None:
             try:
-                self.nc = await connect(self.s, "jetqueue-gateway", connect_attempts=1)
+                self.nc = await connect(self.s, "jetqueue-gateway", self._reconnected, connect_attempts=1)
             except ConnectionError as e:
                 log.warning("%s; retrying", e)
                 await asyncio.sleep(1)
         self.js = self.nc.jetstream()  # publish_timeout applies to publishes (accept.py), not to API calls
         self.acks = await PubAcks.open(self.nc)
         if self.s.call_status:
-            bucket = jetstream.status_bucket(self.s.status_ttl, self.s.stream_replicas, self.s.stream_storage)
-            self.status = StatusStore(self.js, bucket)
-            await self.status.bucket()  # opened now if it can be; otherwise on first use
+            status = {
+                queue: QueueStatus.of(self.js, queue, info.partitions, self.s.status_ttl, info.replicas, info.storage)
+                for queue, info in self.routing.queues.items()
+            }
+            for queue_status in status.values():  # opened now if they can be; otherwise on first use
+                await queue_status.open()
+            self.status, self.lookup = status, StatusLookup(self.js, status)
         for queue in sorted(self.routing.queues):
             await self.ensure_queue(queue)
 
-    async def cancel_requests(self) -> KeyValue:
-        """The cancel-request bucket (cancels.py), opened (or created) on first use."""
-        if self._cancels is None:
-            if self.js is None:
-                raise ConnectionError("not connected to NATS")
-            s = self.s
-            self._cancels = await cancels.open_bucket(self.js, s.stream_replicas, s.stream_storage)
-        return self._cancels
+    async def cancel_requests(self, queue: str) -> list[KeyValue]:
+        """Where a cancel of the queue's call is stored (cancels.py): the queue's bucket, opened (or created) on
+        first use, and the bucket of before partitions while it exists (workers not upgraded yet watch it)."""
+        if self.js is None:
+            raise ConnectionError("not connected to NATS")
+        if queue not in self._cancels:
+            info = self.routing.queues.get(queue)
+            replicas, storage = (info.replicas, info.storage) if info else (self.s.stream_replicas, "file")
+            self._cancels[queue] = await cancels.open_bucket(self.js, queue, replicas, storage)
+        if time.monotonic() - self._legacy_checked >= LEGACY_RECHECK:
+            self._legacy_cancels = await cancels.open_legacy(self.js)
+            self._legacy_checked = time.monotonic()
+        return [self._cancels[queue], *([self._legacy_cancels] if self._legacy_cancels else [])]
 
-    async def stream_deleted(self, queue: str) -> bool:
+    async def _reconnected(self) -> None:
+        self.reconnects += 1
+
+    def partitions(self, queue: str) -> int:
+        info = self.routing.queues.get(queue)
+        return info.partitions if info else 1
+
+    async def stream_deleted(self, queue: str, partition: int = 0) -> bool:
         """A publish got no answer from any stream: deleted underneath, or only electing a new leader? Only a
-        definite 'not found' counts as deleted; then the stream is set up again (True when it is back)."""
+        definite 'not found' counts as deleted; then the streams are set up again (True when they are back)."""
         if self.js is None:
             return False
         try:
-            for stream in (contract.stream_name(queue), contract.schedule_stream_name(queue)):
+            for stream in (contract.stream_name(queue, partition), contract.schedule_stream_name(queue)):
                 await asyncio.wait_for(self.js.stream_info(stream), STREAM_CHECK_TIMEOUT)
             return False  # they exist: a leader election or a passing fault
         except NotFoundError:
@@ -155,20 +187,25 @@ class Backend:
             return False
 
     async def ensure_queue(self, queue: str) -> bool:
-        """Create the queue's streams if missing (its work stream, and the stream that holds scheduled calls), so
-        calls are stored even before its worker starts."""
+        """Create the queue's streams if missing (the work stream of each partition, and the stream that holds
+        scheduled calls), so calls are stored even before its worker starts."""
         if queue in self.ready_streams:
             return True
         if self.js is None:
             return False
-        info = self.routing.queues.get(queue)
-        if info is None:
-            want = jetstream.work_stream(queue, self.s.stream_replicas, self.s.stream_storage)
-        else:
-            want = jetstream.work_stream(queue, info.replicas, info.storage, info.max_length, info.max_bytes)
+        info = self.routing.queues.get(queue) or QueueInfo(self.s.stream_replicas, self.s.stream_storage)
+        wants = [
+            jetstream.work_stream(
+                queue, info.replicas, info.storage, info.max_length, info.max_bytes, p, info.partitions
+            )
+            for p in range(info.partitions)
+        ]
         try:
-            await provision.ensure_stream(self.js, want)
-            await provision.ensure_stream(self.js, jetstream.schedule_stream(queue, want.replicas, want.storage))
+            for want in wants:
+                await provision.ensure_stream(self.js, want)
+            await provision.ensure_stream(
+                self.js, jetstream.schedule_stream(queue, wants[0].replicas, wants[0].storage)
+            )
         except Exception as e:
             log.warning("cannot set up stream for queue %s: %s", queue, e)
             return False

@@ -1,5 +1,8 @@
 """The gateway process: the HTTP app (routes → accept.py, calls.py; auth.py in front), NATS in the
-background (backend.py), SIGTERM. The API is described in schemas/gateway.openapi.json."""
+background (backend.py), SIGTERM. The API is described in schemas/gateway.openapi.json.
+
+Requests meet front.py first: plain submissions go from there to accept.py directly, everything else through the
+app's router and middlewares below (same answers; the app stays the whole API, and the only one described)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from functools import partial
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -15,12 +19,14 @@ from jetqueue.gateway.accept import Accept
 from jetqueue.gateway.auth import auth_middleware, errors_middleware
 from jetqueue.gateway.backend import Backend
 from jetqueue.gateway.calls import Calls
+from jetqueue.gateway.front import SUBMIT_METHODS, front
 from jetqueue.gateway.routing import Routing
+from jetqueue.openfaas import FunctionCatalog
 from jetqueue.probes import add_probes, serve
 from jetqueue.settings import GatewaySettings
 
 log = logging.getLogger("jetqueue.gateway")
-INVOKE_METHODS = ("POST", "PUT", "PATCH", "GET")
+DASHBOARD = "/dashboard"  # where JETQUEUE_DASHBOARD serves it
 
 
 class Gateway:
@@ -28,6 +34,8 @@ class Gateway:
         self.s = settings
         self.registry = registry or CollectorRegistry()
         routing = Routing.from_settings(settings)
+        # com.openfaas.queue of each function (JETQUEUE_OPENFAAS_URL), read in the background for the routing.
+        self.catalog = routing.catalog = FunctionCatalog.of(settings, routing.annotations_changed)
         self.backend = Backend(settings, routing)
         self.accept = Accept(settings, routing, self.backend, self.registry)
         self.calls = Calls(settings, self.backend, self.accept.recent)
@@ -38,10 +46,20 @@ class Gateway:
     def app(self) -> web.Application:
         middlewares = [errors_middleware(self.s.max_body_size)]
         if self.s.auth_token or self.s.auth_user:
-            middlewares.insert(0, auth_middleware(self.s))
+            # The dashboard checks the same credentials itself: it also takes them through its sign-in page.
+            middlewares.insert(0, auth_middleware(self.s, DASHBOARD if self.s.dashboard else ""))
         app = web.Application(client_max_size=self.s.max_body_size, middlewares=middlewares)
+        if self.s.dashboard:
+            from jetqueue.dashboard.app import Dashboard
+            from jetqueue.dashboard.guard import LOOPBACK
+
+            open_door = not (self.s.auth_token or self.s.auth_user)
+            if open_door:
+                log.warning("the dashboard is on without API credentials: whoever reaches the gateway can use it")
+            local = open_door and self.s.http_host in LOOPBACK  # `jetqueue dev`: answers only to loopback names
+            app.add_subapp(DASHBOARD, Dashboard(self.s, lambda: self.backend.nc, DASHBOARD, local).app())
         r = app.router
-        for method in INVOKE_METHODS:
+        for method in SUBMIT_METHODS:
             r.add_route(method, "/async-function/{name}", self.accept.submit)
             r.add_route(method, "/async-function/{name}/{path:.*}", self.accept.submit)
         r.add_delete("/async-function/{name}", self.calls.cancel)  # OpenFaaS form: the segment is the call id
@@ -55,8 +73,12 @@ class Gateway:
         return "shutting down" if self._stop.is_set() else self.backend.not_ready()
 
     async def start(self) -> None:
-        self.runner = await serve(self.app(), self.s.http_host, self.s.http_port, self.s.shutdown_timeout)
+        s = self.s
+        door = partial(front, s, self.accept)
+        self.runner = await serve(self.app(), s.http_host, s.http_port, s.shutdown_timeout, front=door)
         self._connector = asyncio.create_task(self.backend.connect())
+        if self.catalog is not None:
+            self.catalog.start()
         log.info("gateway listening on %s:%d: %r", self.s.http_host, self.s.http_port, self.s)
 
     def request_stop(self) -> None:
@@ -74,6 +96,8 @@ class Gateway:
             await self.runner.shutdown()
             await self.runner.cleanup()
         await self.backend.close()
+        if self.catalog is not None:
+            await self.catalog.close()
 
 
 async def run(settings: GatewaySettings) -> int:

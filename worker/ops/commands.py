@@ -11,7 +11,7 @@ from typing import Any
 
 from jetqueue import contract, logs
 from jetqueue.durations import parse_duration
-from jetqueue.ops import deadletters, pauses, queues, status
+from jetqueue.ops import deadletters, pauses, queues, schedules, status
 from jetqueue.settings import GatewaySettings, SettingsError, SharedSettings, WorkerSettings
 
 ENV_HELP = "Every setting is an environment variable; see README.md, 'Runtime settings'."
@@ -50,6 +50,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("function", help="function name (name or name.namespace)")
     p.add_argument("--data", default="", help="body: text, @FILE, or - for standard input")
     p.add_argument("--callback", default="", help="callback URL")
+    p.add_argument("--failure-callback", default="", metavar="URL", help="callback URL called only if the call fails")
     p.add_argument("--header", action="append", default=[], metavar="K=V", help="a header for the function")
     p.add_argument("--call-id", default="", help="call id (default: a new UUID)")
     p.add_argument(
@@ -57,6 +58,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.add_argument("--gateway", help="gateway URL, e.g. http://127.0.0.1:8080 (token: JETQUEUE_AUTH_TOKEN)")
     p.add_argument("--queue", default=contract.DEFAULT_QUEUE, help="queue, when publishing to NATS directly")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="the queue's partitions as in queues.yaml, when publishing to NATS directly (default 1)",
+    )
+    p.add_argument(
+        "--partition-key",
+        default="",
+        metavar="KEY",
+        help="choose the partition by KEY instead of the function (sent as X-Partition-Key through the gateway)",
+    )
     nats_args(p)
     p.set_defaults(func=cmd_submit)
 
@@ -64,8 +77,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "status",
         help="pending, scheduled, in-flight, dead and expired calls, and pauses, per queue and function",
         description="Per queue (FUNCTION *) and per function: PENDING calls waiting to run, SCHEDULED calls held "
-        "for later, IN FLIGHT, REDELIVERED, DEAD LETTERS, EXPIRED (dead letters older than maxEventAge, among the "
-        "latest 10000), CONSUMERS, REPLICAS, LEADER, and PAUSED (until when).",
+        "for later, IN FLIGHT (per function in function mode, once functions have consumers of their own), "
+        "REDELIVERED, DEAD LETTERS, EXPIRED (dead letters older than maxEventAge, among the latest 10000), "
+        "CONSUMERS, REPLICAS, LEADER, and PAUSED (until when).",
     )
     p.add_argument("queue", nargs="?", help="one queue (default: every OF_* stream)")
     nats_args(p)
@@ -137,6 +151,47 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     nats_args(p)
     p.set_defaults(func=cmd_dlq)
 
+    p = sub.add_parser(
+        "schedule",
+        help="add, list or remove cron schedules (a call at every tick, exactly once)",
+        description=schedules.HELP,
+        epilog=schedules.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="{add,list,rm}")
+    a = actions.add_parser("add", help="add a schedule (or replace one with --replace)", description=schedules.HELP)
+    a.add_argument("queue", type=pauses.queue_argument, help="the queue whose worker makes the calls")
+    a.add_argument("name", help="a DNS-1123 label; it names the calls: cron.<queue>.<name>.<UTC time>")
+    a.add_argument("--function", required=True, help="function to call (name or name.namespace)")
+    a.add_argument("--cron", required=True, metavar="EXPR", help='cron expression, e.g. "0 0 2 * * *" or "@hourly"')
+    a.add_argument("--time-zone", default="UTC", metavar="ZONE", help="IANA time zone of the expression (default UTC)")
+    a.add_argument("--data", default="", help="body of every call: text, @FILE, or - for standard input")
+    a.add_argument("--header", action="append", default=[], metavar="K=V", help="a header for the function")
+    a.add_argument("--callback", default="", metavar="URL", help="callback URL of every call")
+    a.add_argument("--failure-callback", default="", metavar="URL", help="called only when a call ends failed")
+    a.add_argument("--replace", action="store_true", help="replace a schedule of that name added before")
+    nats_args(a)
+    a.set_defaults(func=cmd_schedule_add)
+    a = actions.add_parser("list", help="every schedule: function, cron, zone, next run, last run")
+    a.add_argument("queue", nargs="?", help="one queue (default: every queue)")
+    nats_args(a)
+    a.set_defaults(func=lambda x: _ops(x, lambda nc: schedules.schedule_list(nc.jetstream(), x.queue)))
+    a = actions.add_parser("rm", help="remove a schedule (not one queues.yaml declares, unless --force)")
+    a.add_argument("queue", type=pauses.queue_argument)
+    a.add_argument("name")
+    a.add_argument(
+        "--force",
+        action="store_true",
+        help="remove it even if queues.yaml declares it (a queue removed from queues.yaml keeps its schedules; "
+        "a worker applying a queues.yaml that still declares it makes it again)",
+    )
+    nats_args(a)
+    a.set_defaults(func=lambda x: _ops(x, lambda nc: schedules.schedule_rm(nc.jetstream(), x.queue, x.name, x.force)))
+
+    from jetqueue.dashboard.command import add_command as add_dashboard
+
+    add_dashboard(sub)
+
 
 def _settings_for_cli(nats_url: str | None) -> SharedSettings:
     s = SharedSettings.from_env()
@@ -174,6 +229,37 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return _ops(args, lambda nc: deadletters.dlq_purge(nc.jetstream(), args.queue, args.function, queues.ask(args.yes)))
 
 
+def cmd_schedule_add(args: argparse.Namespace) -> int:
+    from jetqueue.egress import Egress
+    from jetqueue.schedules import Schedule
+
+    try:
+        headers = dict(h.split("=", 1) for h in args.header)
+        body = _body(args.data)
+        shared = _settings_for_cli(args.nats_url)
+        egress = Egress.parse(shared.callback_hosts, shared.callback_blocked_networks)
+    except (OSError, ValueError, SettingsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    schedule = Schedule(
+        name=args.name,
+        function=args.function,
+        cron=args.cron,
+        time_zone=args.time_zone,
+        body=body,
+        headers=headers,
+        callback_url=args.callback,
+        failure_callback_url=args.failure_callback,
+    )
+    if problems := schedule.problems(egress):
+        flags = {"name": "NAME", "timeZone": "--time-zone", "callbackUrl": "--callback", "body": "--data"}
+        flags |= {"failureCallbackUrl": "--failure-callback", "headers": "--header"}
+        for key, message in problems:
+            print(f"error: {flags.get(key, '--' + key)}: {message}", file=sys.stderr)
+        return 2
+    return _ops(args, lambda nc: schedules.schedule_add(nc.jetstream(), args.queue, schedule, egress, args.replace))
+
+
 def _body(data: str) -> bytes:
     if data == "-":
         return sys.stdin.buffer.read()
@@ -190,12 +276,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body = _body(args.data)
         headers = dict(h.split("=", 1) for h in args.header)
         delay = parse_duration(args.delay) if args.delay else 0.0
+        if not 1 <= args.partitions <= contract.MAX_PARTITIONS:
+            raise ValueError(f"--partitions must be 1 to {contract.MAX_PARTITIONS}")
+        if args.partition_key and (reason := contract.partition_key_problem(args.partition_key)):
+            raise ValueError(reason)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     async def go() -> str:
         if args.gateway:
+            if args.partition_key:
+                headers[contract.PARTITION_KEY] = args.partition_key
             return await submit_http(
                 args.gateway,
                 args.function,
@@ -205,13 +297,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 args.call_id,
                 token=os.environ.get("JETQUEUE_AUTH_TOKEN", ""),
                 delay=delay,
+                failure_callback_url=args.failure_callback,
             )
         from jetqueue.connection import connect
 
         nc = await connect(_settings_for_cli(args.nats_url), "jetqueue-submit", connect_attempts=3)
         try:
             return await submit_nats(
-                nc, args.function, body, args.queue, args.callback, headers, args.call_id, delay=delay
+                nc,
+                args.function,
+                body,
+                args.queue,
+                args.callback,
+                headers,
+                args.call_id,
+                delay=delay,
+                partitions=args.partitions,
+                partition_key=args.partition_key,
+                failure_callback_url=args.failure_callback,
             )
         finally:
             await nc.close()
@@ -241,6 +344,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from jetqueue.queueworker.policy import Policies
 
         Policies.from_settings(settings)  # a bad overrides file fails now, not at the first call
+        if settings.schedules_file:
+            from jetqueue.schedules import ScheduleError, load_file
+
+            try:
+                load_file(settings.schedules_file)
+            except (OSError, ValueError, ScheduleError) as e:
+                raise SettingsError(f"JETQUEUE_SCHEDULES_FILE: {e}") from None
     except SettingsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

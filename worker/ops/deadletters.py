@@ -13,13 +13,14 @@ from typing import TextIO
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
-from jetqueue import contract
+from jetqueue import contract, partitioned
 from jetqueue.ops.queues import Confirm, OpsError, table
 
 REASON_SCAN = 10_000  # `jetqueue status` reads the reasons of at most this many dead letters: the latest ones
 REASON_BATCH = 1_000
+MESSAGE_GONE = 10057  # JetStream's error code for deleting a message that is not there (any more)
 
 
 def function_of(subject: str) -> str:
@@ -44,8 +45,10 @@ class DeadLetter:
 
 
 async def dead_letters(
-    js: JetStreamContext, queue: str, function: str | None = None, call_id: str | None = None
+    js: JetStreamContext, queue: str, function: str | None = None, call_id: str | None = None, latest: int = 0
 ) -> list[DeadLetter]:
+    """The queue's dead letters (of `function`, of `call_id`), oldest first; `latest`: only among the last `latest`
+    messages the stream stored (the dashboard's pages, bounded however many the stream holds)."""
     stream = contract.dlq_stream_name(queue)
     try:
         info = await js.stream_info(stream)
@@ -56,7 +59,7 @@ async def dead_letters(
         return out
     # next_by_subj needs a subject; the wildcard walks every function's dead letters.
     subject = contract.dlq_subject(queue, function) if function else contract.dlq_subject(queue, ">")
-    seq = info.state.first_seq
+    seq = max(info.state.first_seq, info.state.last_seq - latest + 1) if latest else info.state.first_seq
     while seq <= info.state.last_seq:
         try:
             m = await js.get_msg(stream, seq=seq, next=True, subject=subject)
@@ -164,9 +167,11 @@ async def dlq_show(
 async def dlq_replay(
     nc: Client, queue: str, function: str | None, call_id: str | None, confirm: Confirm, out: TextIO = sys.stdout
 ) -> int:
-    """Put dead letters back on the queue as new messages (a fresh attempt count), then remove them."""
+    """Put dead letters back on the queue as new messages (a fresh attempt count), then remove them. A call goes to
+    its partition as the queue has them now (by its partition key, or its function), a callback where it was."""
     js = nc.jetstream()
     found = await dead_letters(js, queue, function, call_id)
+    partitions = await partitioned.declared(js, queue)
     if not found:
         out.write("no matching dead letter\n")
         return 0
@@ -187,8 +192,21 @@ async def dlq_replay(
         # A new Nats-Msg-Id: the original is still inside the dedup window if it failed fast.
         headers[contract.H_MSG_ID] = f"{d.call_id or 'call'}-replay-{d.seq}"
         subject = d.headers.get(contract.H_DLQ_SUBJECT) or contract.subject(queue, d.function)
+        try:
+            fn = contract.parse_subject(subject)[1]
+        except contract.BadMessage:  # a callback's (or no call's): back where it was
+            pass
+        else:
+            key = headers.get(contract.H_PARTITION_KEY, "")
+            subject = contract.subject(queue, fn, contract.choose_partition(fn, partitions, key))
         await js.publish(subject, d.data, headers=headers)
-        await js.delete_msg(contract.dlq_stream_name(queue), d.seq)
+        try:
+            await js.delete_msg(contract.dlq_stream_name(queue), d.seq)
+        except APIError as e:
+            # Replayed at the same moment by someone else (a double click): their publish was this one's duplicate
+            # (the same Nats-Msg-Id), and they removed it first.
+            if e.err_code != MESSAGE_GONE:
+                raise
     out.write(f"replayed {len(found)} call(s) onto {queue}\n")
     return 0
 

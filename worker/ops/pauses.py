@@ -18,7 +18,7 @@ from typing import TextIO
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from jetqueue import contract, pauses
+from jetqueue import contract, partitioned, pauses
 from jetqueue.durations import format_duration, parse_duration
 from jetqueue.ops.queues import OpsError
 from jetqueue.pauses import Pause
@@ -134,10 +134,11 @@ async def _queue_stream(js: JetStreamContext, queue: str) -> tuple[int, str]:
 
 
 async def _bring(js: JetStreamContext, queue: str, records: list[Pause], now: datetime, out: TextIO) -> None:
+    """Every partition's consumers brought to the records."""
     try:
-        changed = await pauses.bring_consumers(
-            js, queue, contract.stream_name(queue), contract.durable_name(queue), records, now
-        )
+        changed = []
+        for stream in (await partitioned.found(js, queue)).values() or [contract.stream_name(queue)]:
+            changed += await pauses.bring_consumers(js, queue, stream, contract.durable_name(queue), records, now)
     except NotFoundError:
         raise OpsError(f"queue {queue!r} has no stream {contract.stream_name(queue)} (deleted meanwhile?)") from None
     except APIError as e:

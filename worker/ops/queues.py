@@ -1,4 +1,5 @@
-"""Queue operations: purge and reset, safe by default (they say what they lose); what every operation shares."""
+"""Queue operations: purge and reset (of every partition's stream), safe by default (they say what they lose); what
+every operation shares."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TextIO
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from jetqueue import contract
+from jetqueue import contract, partitioned
 
 Confirm = Callable[[str], bool]
 
@@ -24,53 +25,68 @@ def table(rows: list[list[str]], out: TextIO) -> None:
         out.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
 
 
-async def _queued(js: JetStreamContext, queue: str) -> tuple[str, int]:
-    """The queue's stream and how many calls it holds (what a purge or reset would lose)."""
-    stream = contract.stream_name(queue)
+async def _queued(js: JetStreamContext, queue: str) -> tuple[list[str], int]:
+    """The queue's work streams (every partition's) and how many calls they hold (what a purge or reset would lose)."""
+    streams = list((await partitioned.found(js, queue)).values())
+    if not streams:
+        raise OpsError(f"queue {queue!r} has no stream {contract.stream_name(queue)}")
     try:
-        return stream, (await js.stream_info(stream)).state.messages
+        return streams, sum([(await js.stream_info(s)).state.messages for s in streams])
     except NotFoundError:
-        raise OpsError(f"queue {queue!r} has no stream {stream}") from None
+        raise OpsError(f"a stream of queue {queue!r} was deleted meanwhile; try again") from None
 
 
-async def _held(js: JetStreamContext, queue: str) -> int:
-    """Calls held for later in the queue's schedule stream (scheduled calls and waiting retries)."""
+async def _held(js: JetStreamContext, queue: str) -> tuple[int, int]:
+    """Calls held for later in the queue's schedule stream (scheduled calls, waiting retries, due calls), and the
+    cron schedules kept there (jetqueue/schedules.py)."""
     try:
-        return (await js.stream_info(contract.schedule_stream_name(queue))).state.messages
+        info = await js.stream_info(contract.schedule_stream_name(queue), subjects_filter=contract.cron_subjects(queue))
     except NotFoundError:
-        return 0
+        return 0, 0
+    crons = len(info.state.subjects or {})
+    return info.state.messages - crons, crons
 
 
 async def purge(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO = sys.stdout) -> int:
-    stream, n = await _queued(js, queue)
-    held = await _held(js, queue)
-    later = contract.schedule_stream_name(queue)
-    if not confirm(f"Purge {n} queued call(s) from {stream} and {held} held for later in {later}? They will not run."):
+    streams, n = await _queued(js, queue)
+    held, crons = await _held(js, queue)
+    later, names = contract.schedule_stream_name(queue), ", ".join(streams)
+    if not confirm(f"Purge {n} queued call(s) from {names} and {held} held for later in {later}? They will not run."):
         out.write("nothing done\n")
         return 1
-    await js.purge_stream(stream)
-    if held:
-        await js.purge_stream(later)
-    out.write(f"purged {n} call(s) from {stream} and {held} from {later}; streams and consumers kept\n")
+    for stream in streams:
+        await js.purge_stream(stream)
+    if held:  # the calls only: cron schedules are definitions, not calls (`jetqueue schedule rm` ends one)
+        for subjects in (contract.held_subjects(queue), contract.due_subjects(queue)):
+            await js.purge_stream(later, subject=subjects)
+    kept = f"; {crons} cron schedule(s) kept" if crons else ""
+    out.write(f"purged {n} call(s) from {names} and {held} from {later}; streams and consumers kept{kept}\n")
     return 0
 
 
 async def reset(js: JetStreamContext, queue: str, confirm: Confirm, out: TextIO = sys.stdout) -> int:
-    stream, n = await _queued(js, queue)
-    held = await _held(js, queue)
-    later = contract.schedule_stream_name(queue)
+    streams, n = await _queued(js, queue)
+    held, crons = await _held(js, queue)
+    later, names = contract.schedule_stream_name(queue), ", ".join(streams)
+    schedules = (
+        f" and its {crons} cron schedule(s) (queues.yaml's come back when a worker starts; added ones do not)"
+        if crons
+        else ""
+    )
     if not confirm(
-        f"Delete streams {stream} and {later} and their consumers, losing {n} queued call(s) and {held} held for "
-        "later? Running gateways and workers set them up again by themselves."
+        f"Delete streams {names} and {later} and their consumers, losing {n} queued call(s) and {held} held for "
+        f"later{schedules}? Running gateways and workers set them up again by themselves."
     ):
         out.write("nothing done\n")
         return 1
-    await js.delete_stream(stream)
-    if held:
+    for stream in streams:
+        await js.delete_stream(stream)
+    if held or crons:
         await js.delete_stream(later)
     out.write(
-        f"deleted {stream} and {later} ({n + held} call(s) lost); running gateways and workers set them up again "
-        f"within seconds. Dead letters in {contract.dlq_stream_name(queue)} are kept.\n"
+        f"deleted {names} and {later} ({n + held} call(s) lost); running gateways and workers set them up again "
+        f"within seconds (the partitions they are configured with). Dead letters in "
+        f"{contract.dlq_stream_name(queue)} are kept.\n"
     )
     return 0
 

@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -38,7 +39,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
-from jetqueue import __version__, contract, signing
+from jetqueue import contract, openfaas, signing
 from jetqueue.egress import Egress, EgressRefused
 from jetqueue.queueworker.deadletter import dead_letter
 from jetqueue.queueworker.heartbeat import AckExtender
@@ -161,6 +162,7 @@ class CallbackSender:
         self.stopping = False
         self._psub: JetStreamContext.PullSubscription | None = None
         self._rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]] | None = None
+        self._runner: asyncio.Task[Any] | None = None
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=concurrency, socket_factory=egress.socket_factory),
             timeout=aiohttp.ClientTimeout(total=timeout),
@@ -175,6 +177,7 @@ class CallbackSender:
         self._psub, self._rebind = psub, rebind
 
     async def run(self) -> None:
+        self._runner = asyncio.current_task()
         beat = asyncio.create_task(self.extender.run())
         try:
             while not self.stopping:
@@ -214,7 +217,10 @@ class CallbackSender:
         log.warning("the callback consumer is missing; setting it up again")
         while not self.stopping and self._rebind is not None:
             try:
-                self._psub = await self._rebind()
+                old, self._psub = self._psub, await self._rebind()
+                if old is not None and old is not self._psub:  # never read again: left, it would hold the drain
+                    with contextlib.suppress(Exception):
+                        await old.unsubscribe()
                 return
             except Exception as e:
                 log.warning("cannot set up the callback consumer yet: %r", e)
@@ -254,7 +260,7 @@ class CallbackSender:
             await self._give_up(msg, headers, "refused", refused, attempt)
             return
         sent = {k: v for k, v in headers.items() if not k.startswith(("Jq-", "Nats-"))}
-        sent.setdefault("User-Agent", f"jetqueue/{__version__}")
+        sent.setdefault("User-Agent", openfaas.USER_AGENT)
         if self.signing_keys:  # signed at each attempt: the timestamp says when it was sent
             sent[signing.HEADER] = signing.signature(msg.data, self.signing_keys)
         try:
@@ -336,4 +342,6 @@ class CallbackSender:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._runner is not None:  # it may be waiting on NATS to set the consumer up again: not worth waiting for
+            self._runner.cancel()
         await self._session.close()

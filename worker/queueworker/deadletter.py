@@ -22,6 +22,12 @@ _CREDENTIALS = ("authorization", "cookie", "proxy-")  # forwarded request header
 _MARKER = contract.header_size({contract.H_DLQ_TRUNCATED: "error,subject,headers,body"}) - contract.header_size({})
 
 
+def credential(header: str) -> bool:
+    """Is this a forwarded request header that carries credentials (redacted in dead letters, and never shown by
+    the dashboard)?"""
+    return header.startswith(contract.H_FORWARD) and header[len(contract.H_FORWARD) :].lower().startswith(_CREDENTIALS)
+
+
 def _clean(value: str) -> str:
     """Header-safe: one line, bounded."""
     return " ".join(str(value).split())[:HEADER_VALUE_MAX]
@@ -76,7 +82,7 @@ async def dead_letter(
     headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
     if not keep_credentials:
         for k in headers:
-            if k.startswith(contract.H_FORWARD) and k[len(contract.H_FORWARD) :].lower().startswith(_CREDENTIALS):
+            if credential(k):
                 headers[k] = REDACTED
     seq = msg.metadata.sequence.stream
     headers.update(

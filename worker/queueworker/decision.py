@@ -58,7 +58,7 @@ def decide(
         return Cancelled()
     if outcome.ok:
         return Ack()
-    if not policy.retryable(outcome.status):
+    if not policy.retryable(outcome.status, outcome.internal):
         return DeadLetter("rejected")
     too_old = policy.max_event_age
     if too_old and age >= too_old:

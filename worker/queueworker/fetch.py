@@ -23,6 +23,7 @@ from jetqueue.queueworker.heartbeat import AckExtender
 log = logging.getLogger("jetqueue.worker")
 FETCH_MAX = 256
 FETCH_TIMEOUT = 1.0  # also bounds how long shutdown waits for the last fetch
+CONTENDED_WAIT = 0.02  # an idle loop's wait for a call while another loop (partition) wants the slots
 RECOVER_FIRST_WAIT = 0.5
 RECOVER_MAX_WAIT = 5.0  # a consumer deleted underneath is back within this once NATS lets us create it
 
@@ -82,6 +83,7 @@ class ConsumerLoop:
         share: Callable[[], int] | None = None,
         idle_exit: float | None = None,
         rebind: Callable[[], Awaitable[Source]] | None = None,
+        contended: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self.psub = psub
@@ -90,6 +92,9 @@ class ConsumerLoop:
         self.share = share  # function mode: how many more calls this consumer may start now
         self.idle_exit = idle_exit  # function mode: stop pulling after this long without a message
         self.rebind = rebind  # static mode: set the consumer up again when it is found missing
+        # Partitions: another loop has calls. An idle loop then waits for its next call only briefly, since the
+        # slot it holds meanwhile is one the other loop could use; idle everywhere, it waits FETCH_TIMEOUT.
+        self.contended = contended
         self.lost = False  # the consumer is missing and not set up again yet (readiness says so)
         self.tasks: set[asyncio.Task[None]] = set()
         self.surplus: deque[Msg] = deque()  # delivered beyond what was asked for; started first
@@ -137,8 +142,9 @@ class ConsumerLoop:
             n = min(free, FETCH_MAX) if self.share is None or self.has_work else 1
             self.slots.take(n)
             msgs: list[Msg] = []
+            brief = self.contended is not None and not self.has_work and self.contended()
             try:
-                msgs = await self.psub.fetch(n, timeout=FETCH_TIMEOUT)
+                msgs = await self.psub.fetch(n, timeout=CONTENDED_WAIT if brief else FETCH_TIMEOUT)
                 if len(msgs) > n:  # nats-py can hand over messages of an earlier, timed-out pull as well:
                     msgs, surplus = msgs[:n], msgs[n:]  # they wait here (acks extended) for free slots
                     for m in surplus:
@@ -146,6 +152,10 @@ class ConsumerLoop:
                     self.surplus.extend(surplus)
             except TimeoutError:  # nats' TimeoutError subclasses it; fetch raises either when idle
                 self.has_work = bool(self.tasks)
+                if brief:  # the slot goes to the loop that wants it before this one asks again
+                    self.slots.release(n)
+                    n = 0
+                    await self.slots.wait_release(CONTENDED_WAIT)
                 if self.idle_exit is not None and not self.tasks and clock() - last_message > self.idle_exit:
                     await self._retire("idle")
                     return

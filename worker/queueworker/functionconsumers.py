@@ -86,9 +86,11 @@ class Consumers:
         room: Callable[[], int],
         opened: Callable[[str, str], None],
         pause_until: Callable[[str], str | None],
+        partition: int = 0,
     ) -> None:
         self.s = s
         self.stream = stream
+        self.partition = partition  # of the queue, whose calls `stream` holds
         self.shared = shared
         self.js = js
         self.requests = requests
@@ -153,7 +155,7 @@ class Consumers:
     def spec(self, function: str) -> jetstream.ConsumerSpec:
         s = self.s
         spec = jetstream.function_consumer(
-            s.queue, function, s.ack_wait, s.max_ack_pending, s.max_waiting, s.inactive_threshold
+            s.queue, function, s.ack_wait, s.max_ack_pending, s.max_waiting, s.inactive_threshold, self.partition
         )
         return replace(spec, stream=self.stream)
 
@@ -200,7 +202,7 @@ class Consumers:
             payload = json.dumps({"stream_name": self.stream, "config": config}).encode()
         else:
             head, middle, tail = self._create_parts
-            subject = contract.subject(s.queue, function)
+            subject = contract.subject(s.queue, function, self.partition)
             payload = (head + json.dumps(durable) + middle + json.dumps(subject) + tail).encode()
         done = functools.partial(self._created, function, durable)
         self.send(self.requests.ask(f"CONSUMER.DURABLE.CREATE.{self.stream}.{durable}", done, payload))

@@ -19,10 +19,11 @@ RECHECK_EVERY = 2.0  # the subject map even when nothing was published: redelive
 
 
 class Discovery:
-    def __init__(self, js: JetStreamContext, queue: str, stream: str) -> None:
+    def __init__(self, js: JetStreamContext, queue: str, stream: str, partition: int = 0) -> None:
         self.js = js
         self.queue = queue
         self.stream = stream
+        self.partition = partition  # of the queue, whose calls the stream holds
         self.seen_seq: int | None = None
         self.mapped_at = -math.inf
         self.counts: dict[str, int] = {}  # calls in the stream per function, as last read
@@ -36,11 +37,8 @@ class Discovery:
         if not state.messages:
             self.counts = {}
             return True
-        info = await self.js.stream_info(self.stream, subjects_filter=contract.queue_subjects(self.queue))
-        self.counts = {function_of(subject): n for subject, n in (info.state.subjects or {}).items()}
+        info = await self.js.stream_info(
+            self.stream, subjects_filter=contract.queue_subjects(self.queue, self.partition)
+        )
+        self.counts = {contract.function_of_subject(subject): n for subject, n in (info.state.subjects or {}).items()}
         return True
-
-
-def function_of(subject: str) -> str:
-    """`<queue>.<function>` → the function."""
-    return subject.partition(".")[2]

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
+from jetqueue import contract
 from jetqueue.queueworker.adaptive import Adaptive
 from jetqueue.queueworker.fetch import FETCH_MAX, Slots
-from jetqueue.queueworker.functiondiscovery import function_of
 from jetqueue.queueworker.handle import Processor
 from jetqueue.queueworker.pullrequests import NO_MESSAGES, Message, Pull, Requests
 
@@ -268,7 +268,8 @@ class Dispatcher:
 
     def _start(self, lane: Lane | None, msg: Msg) -> None:
         """Handle a call in a task of its own; its slot is already taken."""
-        function = lane.function if lane is not None and lane.function is not None else function_of(msg.subject)
+        function = lane.function if lane is not None else None
+        function = function if function is not None else contract.function_of_subject(msg.subject)
         self.running[function] = self.running.get(function, 0) + 1
         if lane is not None:
             lane.running += 1

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Set
+from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
@@ -73,7 +73,7 @@ class FunctionMode:
         provision_streams: Callable[[], Awaitable[object]],
         pause_until: Callable[[str | None], str | None] = lambda function: None,
         function_paused: Callable[[], bool] = lambda: False,
-        streams: Iterable[str] = (),
+        streams: Mapping[int, str] | None = None,
     ) -> None:
         self.s = s
         self.js = js
@@ -93,20 +93,28 @@ class FunctionMode:
             s.max_inflight, slots, processor, self.adaptive, self.requests, idle_exit, self._drained, self._lost
         )
         self.dispatch.busy = lambda: any(p.consumers.waiting or p.consumers.opening for p in self.parts.values())
-        self.parts = {stream: self._part(stream) for stream in (streams or [s.stream])}
         self._discovery: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
+        self.parts: dict[str, Part] = {}  # stream → its part: one per partition of the queue (`add`)
+        for partition, stream in (streams or {0: s.stream}).items():
+            self.add(partition, stream)
         self._limits: dict[str, int] = {}  # the concurrency limit last exported, per function
         self._observed: set[str] = set()  # functions with calls finished since the limits were last exported
         ctx.observer = self._observe
 
-    def _part(self, stream: str) -> Part:
-        send = self.dispatch.send
-        shared = Shared(self.s, stream, self.requests, send, self._shared_changed, lambda: self.pause_until(None))
+    def add(self, partition: int, stream: str) -> None:
+        """Serve one more partition of the queue (its calls are in `stream`), from now on or from `start`."""
+        if stream in self.parts:
+            return
+        s, send = self.s, self.dispatch.send
+        shared = Shared(s, stream, self.requests, send, self._shared_changed, lambda: self.pause_until(None), partition)
         room = lambda: self.max_consumers - len(self.functions)  # noqa: E731
         opened = functools.partial(self._opened, stream)
-        consumers = Consumers(self.s, stream, shared, self.js, self.requests, send, room, opened, self.pause_until)
-        return Part(stream, Discovery(self.js, self.s.queue, stream), shared, consumers)
+        pause_until = self.pause_until
+        consumers = Consumers(s, stream, shared, self.js, self.requests, send, room, opened, pause_until, partition)
+        part = self.parts[stream] = Part(stream, Discovery(self.js, s.queue, stream, partition), shared, consumers)
+        if self._dispatcher is not None:  # started: found later (a partition draining beyond the queue's count)
+            part.shared.look()
 
     @property
     def tasks(self) -> set[asyncio.Task[None]]:
@@ -132,15 +140,17 @@ class FunctionMode:
         self._observed.clear()
 
     async def start(self) -> None:
-        static = None
-        with contextlib.suppress(Exception):
-            static = await self.js.consumer_info(self.s.stream, self.s.durable)
-        if static is not None:
-            raise provision.StreamSetupError(
-                f"stream {self.s.stream} has the static-mode consumer {self.s.durable}: a work queue cannot have "
-                "both. Stop the static workers, then remove it (nats consumer rm "
-                f"{self.s.stream} {self.s.durable}) and start function mode again."
-            )
+        durable = self.s.durable
+        for stream in self.parts:
+            static = None
+            with contextlib.suppress(Exception):
+                static = await self.js.consumer_info(stream, durable)
+            if static is not None:
+                raise provision.StreamSetupError(
+                    f"stream {stream} has the static-mode consumer {durable}: a work queue cannot have both. Stop "
+                    f"the static workers, then remove it (nats consumer rm {stream} {durable}) and start function "
+                    "mode again."
+                )
         await self.requests.start()
         for part in self.parts.values():
             part.shared.look()

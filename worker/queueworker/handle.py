@@ -36,6 +36,8 @@ log = logging.getLogger("jetqueue.worker")
 CANCELLED_STATUS = 499  # nginx's "client closed request": the X-Function-Status of a cancelled call
 UNDECODABLE = "undecodable"
 EXPIRED = "expired: older than maxEventAge, not invoked"
+# The ends a failure callback (X-Failure-Callback-Url) is sent for: not a cancel, which the caller asked for.
+FAILED_STATES = frozenset({CallState.DEAD_LETTERED, CallState.FAILED, CallState.EXPIRED})
 
 
 @dataclass
@@ -155,7 +157,7 @@ class Processor:
             m.child(m.duration, c.queue, call.function, status_class(outcome.status)).observe(outcome.duration)
         decision = decide(outcome, attempt, policy.retry, age=call.age(time.time()))
         state = state_of(decision)
-        if state.final and call.callback_url:  # stored before the ack: a worker dying after it loses nothing
+        if state.final and (call.callback_url or call.failure_callback_url):  # stored before the ack: none is lost
             await self._store_callback(msg, call, state, outcome, attempt, policy.retry.max_attempts)
         await self._settle(msg, call, decision, outcome, attempt)
         if c.status.enabled:
@@ -267,7 +269,8 @@ class Processor:
     async def _store_callback(
         self, msg: Msg, call: Call, state: CallState, outcome: Outcome, attempt: int, max_attempts: int
     ) -> None:
-        """The callback of a finished call, stored in JetStream; callbacks.py sends it."""
+        """The callbacks of a finished call, stored in JetStream; callbacks.py sends them. The failure callback (only
+        for a failed end) is the same callback to its own URL, with `X-Call-Status`, under a key of its own."""
         status = CANCELLED_STATUS if outcome.cancelled else outcome.status
         headers = {
             "X-Call-Id": call.call_id,
@@ -275,8 +278,9 @@ class Processor:
             "X-Function-Status": str(status if status is not None else 503),
             "X-Duration-Seconds": f"{outcome.duration:.6f}",
             "X-Start-Time": str(call.start_time_ns),
-            "X-Retry": str(attempt),
-            "X-Retry-Max": str(max_attempts),
+            # As OpenFaaS documents them: retries made, and retries allowed (equal: this was the last attempt).
+            "X-Retry": str(attempt - 1),
+            "X-Retry-Max": str(max_attempts - 1),
         }
         if state in (CallState.CANCELLED, CallState.EXPIRED):
             headers["X-Call-Status"] = state.value
@@ -290,4 +294,8 @@ class Processor:
             body = outcome.body if outcome.status is not None else outcome.error.encode()
         meta = msg.metadata
         key = contract.stored_message_key(meta.stream, meta.sequence.stream, meta.timestamp)
-        await self.ctx.callbacks.store(key, call.callback_url, body, headers)
+        if call.callback_url:
+            await self.ctx.callbacks.store(key, call.callback_url, body, headers)
+        if call.failure_callback_url and state in FAILED_STATES:
+            failed = {**headers, "X-Call-Status": state.value}
+            await self.ctx.callbacks.store(f"{key}-failure", call.failure_callback_url, body, failed)

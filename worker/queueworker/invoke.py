@@ -11,6 +11,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from jetqueue.contract import Call
+from jetqueue.openfaas import INTERNAL_HEADER
 
 BODY_EXCERPT = 512
 CANCELLED = "cancelled"  # Outcome.error of a call its caller cancelled
@@ -24,6 +25,7 @@ class Outcome:
     content_type: str = ""
     content_encoding: str = ""  # the body is passed on as the function sent it (auto_decompress is off)
     retry_after: str | None = None
+    internal: bool = False  # it carries X-OpenFaaS-Internal: the OpenFaaS gateway's own error, not the function's
     error: str = ""
     duration: float = 0.0
 
@@ -95,6 +97,7 @@ class Invoker:
                     content_type=resp.headers.get("Content-Type", ""),
                     content_encoding=resp.headers.get("Content-Encoding", ""),
                     retry_after=resp.headers.get("Retry-After"),
+                    internal=INTERNAL_HEADER in resp.headers,
                     duration=time.monotonic() - t0,
                 )
         except TimeoutError:

@@ -41,6 +41,13 @@ class WorkerMetrics:
             [*fn, "status"],
             registry=r,
         )
+        self.submitted = Gauge(
+            "queue_worker_messages_submitted_total",
+            "Calls stored in the queue's stream since it was created (its last sequence): every submission once, and "
+            "once more each retry that waited 2s or more. A gauge, as OpenFaaS exports it.",
+            ["queue_name"],
+            registry=r,
+        )
         self.inflight = Gauge("queue_worker_function_invocation_inflight", "Invocations running now.", fn, registry=r)
         self.reconnects = Counter("queue_worker_nats_reconnect_total", "Reconnections to NATS.", registry=r)
         self.retries = Counter(
@@ -53,6 +60,13 @@ class WorkerMetrics:
             "queue_worker_callbacks_total",
             "Callback attempts by result: delivered, retried (scheduled again), failed (dead-lettered).",
             ["queue_name", "result"],
+            registry=r,
+        )
+        self.schedule_ticks = Counter(
+            "queue_worker_schedule_ticks_total",
+            "Cron schedule ticks: called (became a call; missed ticks made up included) or skipped (missed, beyond "
+            "the latest 100 made up).",
+            ["queue_name", "schedule_name", "outcome"],
             registry=r,
         )
         self.duration = Histogram(

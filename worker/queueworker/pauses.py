@@ -1,5 +1,6 @@
 """A worker's side of pauses (the design is in jetqueue/pauses.py): follow the queue's pause records, keep its
-consumers paused as they say, tell a consumer being created how long to stay paused, export queue_worker_paused.
+consumers (on every partition's stream) paused as they say, tell a consumer being created how long to stay
+paused, export queue_worker_paused.
 
 The records are followed with a key-value watch (a change lands within milliseconds), started again every
 `pauses.RESYNC` seconds: each start reads every record afresh and compares each consumer with them, so a missed
@@ -43,11 +44,13 @@ class PauseFollower:
         js: JetStreamContext,
         s: WorkerSettings,
         metrics: WorkerMetrics,
+        streams: Callable[[], list[str]] | None = None,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
         self.js = js
         self.s = s
         self.metrics = metrics
+        self.streams = streams or (lambda: [s.stream])  # the work streams whose consumers are brought to the records
         self.now = now
         self.records: list[Pause] = []
         self.functions: set[str] = set()  # exported so far: each keeps its series, 0 when not paused
@@ -138,10 +141,12 @@ class PauseFollower:
     async def apply(self) -> None:
         """Bring the queue's consumers to the records."""
         s = self.s
-        try:
-            changed = await pauses.bring_consumers(self.js, s.queue, s.stream, s.durable, self.records, self.now())
-        except NotFoundError:  # no stream now (deleted underneath): its consumers come back paused from the records
-            changed = []
+        changed = []
+        for stream in self.streams():
+            try:
+                changed += await pauses.bring_consumers(self.js, s.queue, stream, s.durable, self.records, self.now())
+            except NotFoundError:  # no stream now (deleted underneath): its consumers come back paused from the records
+                pass
         for name, what in changed:
             log.info("consumer %s %s", name, what)
         self.export()

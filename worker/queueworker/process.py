@@ -1,4 +1,5 @@
-"""The queue-worker process: connect, set up the queue's streams, run consumer loops, shut down cleanly.
+"""The queue-worker process: connect, set up the queue's streams, run consumer loops (one per partition, or one
+function mode per partition: queueworker/partitions.py), shut down cleanly.
 
 SIGTERM/SIGINT: stop fetching, let in-flight calls finish up to the shutdown timeout, hand the rest
 back with a NAK (redelivered at once elsewhere), stop sending callbacks (stored ones wait in JetStream),
@@ -19,12 +20,13 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import Gauge
 
-from jetqueue import backlog, contract, provision
-from jetqueue.callstatus import StatusStore
+from jetqueue import backlog, contract, provision, schedules
+from jetqueue.callstatus import QueueStatus
 from jetqueue.cancels import CancelWatch
 from jetqueue.connection import connect
 from jetqueue.contract import jetstream
 from jetqueue.egress import Egress
+from jetqueue.openfaas import FunctionCatalog
 from jetqueue.probes import add_probes, serve
 from jetqueue.queueworker.callbacks import CallbackSender, CallbackStore
 from jetqueue.queueworker.fetch import ConsumerLoop, Slots
@@ -32,12 +34,14 @@ from jetqueue.queueworker.functionmode import FunctionMode
 from jetqueue.queueworker.handle import Context, Processor
 from jetqueue.queueworker.invoke import Invoker
 from jetqueue.queueworker.metrics import WorkerMetrics
+from jetqueue.queueworker.partitions import Partitions
 from jetqueue.queueworker.pauses import PauseFollower
 from jetqueue.queueworker.policy import Policies
 from jetqueue.queueworker.pullrequests import ConsumerPull
 from jetqueue.queueworker.ratelimit import DispatchRate
 from jetqueue.queueworker.schedule import Holder, Mover
 from jetqueue.queueworker.statuswriter import StatusWriter
+from jetqueue.queueworker.ticks import Ticks
 from jetqueue.settings import WorkerSettings
 from jetqueue.signing import signing_keys
 
@@ -45,6 +49,8 @@ log = logging.getLogger("jetqueue.worker")
 PENDING_REFRESH = 5.0
 CANCELS_READY_WAIT = 10.0
 MOVE_AT_ONCE = 64  # due calls moved into the work stream at once
+SCHEDULES_RETRY = 5.0  # seconds between attempts to apply queues.yaml's schedules
+FLUSH_TIMEOUT = 5.0  # on shutdown, for the last status records and the callbacks being sent
 
 
 class Worker:
@@ -63,36 +69,49 @@ class Worker:
         self._sender: asyncio.Task[None] | None = None
         self._mover_beat: asyncio.Task[None] | None = None
         self._cancel_watch: asyncio.Task[None] | None = None
+        self._schedules: asyncio.Task[None] | None = None  # applying queues.yaml's schedules
         self.cancels: CancelWatch | None = None
         self.status: StatusWriter | None = None
         self._stop = asyncio.Event()
         self.processor: Processor | None = None
         self.callbacks: CallbackSender | None = None
         self.invoker: Invoker | None = None
-        self.function_mode: FunctionMode | None = None
+        self.function_mode: FunctionMode | None = None  # serves every partition
         self.pauses: PauseFollower | None = None
-        self.pull: ConsumerPull | None = None  # static mode's source
+        self.pulls: dict[int, ConsumerPull] = {}  # static mode's sources, per partition
+        self.partition_loops: list[ConsumerLoop] = []  # static mode's loops, one per partition (sharing `slots`)
+        self.partitions: Partitions | None = None
+        self.ctx: Context | None = None
+        # The functions' OpenFaaS annotations (JETQUEUE_OPENFAAS_URL), read in the background for the policies.
+        self.catalog = FunctionCatalog.of(settings, self.policies.annotations_changed)
+        self.policies.catalog = self.catalog
 
     async def start(self) -> None:
         s = self.s
         log.info("starting worker for queue %s: %r", s.queue, s)
         self.http = await self._serve_http()
+        if self.catalog is not None:
+            self.catalog.start()
 
         async def reconnected() -> None:
             self.metrics.reconnects.inc()
             if self.cancels is not None:  # cancels stored while disconnected: watch again from the bucket
                 self.cancels.restart()
-            if self.pull is not None:
-                self.pull.reconnected()
+            for pull in self.pulls.values():
+                pull.reconnected()
 
         self.nc = await connect(s, f"jetqueue-worker-{s.queue}", on_reconnect=reconnected)
         js = self.js = self.nc.jetstream()
-        self.pauses = PauseFollower(js, s, self.metrics)
+        partitions = self.partitions = Partitions(js, s, self._consume)
+        self.pauses = PauseFollower(js, s, self.metrics, lambda: partitions.streams)
         await self.pauses.start()  # before any consumer is created: a paused one is created paused
         ack_wait = await self._provision()
-        bucket = jetstream.status_bucket(s.status_ttl, s.stream_replicas, s.stream_storage)
-        store = StatusStore(js, bucket) if s.call_status else StatusStore.off()
-        await store.bucket()
+        store = (
+            QueueStatus.of(js, s.queue, s.partitions, s.status_ttl, s.stream_replicas, s.stream_storage)
+            if s.call_status
+            else QueueStatus.off()
+        )
+        await store.open()
         self.status = status = StatusWriter(store)
         await status.start()
         self.invoker = Invoker(s.function_url, s.max_inflight)
@@ -112,7 +131,7 @@ class Worker:
         self.callbacks.bind(await self._bind_callbacks(), self._bind_callbacks)
         nc = self.nc
         rates = DispatchRate.of(js, s, self.policies, self.metrics)  # None: no rate set, no bucket touched
-        ctx = Context(
+        ctx = self.ctx = Context(
             s.queue,
             js,
             self.policies,
@@ -131,27 +150,13 @@ class Worker:
         )
         self.processor = Processor(ctx)
         if s.call_status:
-            self.cancels = CancelWatch(js, s.stream_replicas, s.stream_storage, self.processor.cancel)
+            self.cancels = CancelWatch(js, s.queue, s.stream_replicas, s.stream_storage, self.processor.cancel)
             self._cancel_watch = asyncio.create_task(self.cancels.run(), name="cancels")
             with contextlib.suppress(TimeoutError):  # know the calls cancelled while queued before taking any
                 await asyncio.wait_for(self.cancels.ready.wait(), CANCELS_READY_WAIT)
-        if s.mode == "static":
-            self.pull = await ConsumerPull(js, s.stream, s.durable, orphan=lambda m: loop.adopt(m)).start()
-            loop = ConsumerLoop(s.durable, self.pull, self.slots, self.processor, rebind=self._rebind)
-            self._add_loop(loop)
-        else:
-            self.function_mode = FunctionMode(
-                s,
-                js,
-                ctx,
-                self.processor,
-                self.slots,
-                self._provision,
-                pause_until=self.pauses.until,
-                function_paused=self.pauses.function_paused,
-            )
-            await self.function_mode.start()
-        mover = Mover(js, s.queue, self._restore_work_stream)
+        await partitions.start()  # a consumer loop (or a function mode) for each partition: _consume
+        ticks = Ticks(js, s.queue, jetstream.schedule_bucket(s.stream_replicas, s.stream_storage), self.metrics, store)
+        mover = Mover(js, s.queue, self._restore_work_stream, s.partitions, ticks)
         self._add_loop(
             ConsumerLoop(
                 contract.due_durable_name(s.queue),
@@ -165,35 +170,113 @@ class Worker:
         self._timer = asyncio.create_task(self._refresh_pending(js))
         self._beat = asyncio.create_task(self.processor.extender.run())
         self._sender = asyncio.create_task(self.callbacks.run(), name="callbacks")
-        log.info("worker ready: queue=%s stream=%s mode=%s max_inflight=%d", s.queue, s.stream, s.mode, s.max_inflight)
+        log.info(
+            "worker ready: queue=%s streams=%s mode=%s max_inflight=%d",
+            s.queue,
+            ",".join(partitions.streams),
+            s.mode,
+            s.max_inflight,
+        )
+
+    async def _consume(self, partition: int) -> None:
+        """Take calls from one partition: its static consumer's loop (loops share the worker's slots, so
+        max_inflight holds over every partition), or a part of the one function mode."""
+        s, js, ctx = self.s, self.js, self.ctx
+        assert js is not None and ctx is not None and self.processor is not None and self.partitions is not None
+        assert self.pauses is not None
+        stream = self.partitions.stream(partition)
+        if partition >= s.partitions:  # found beyond the queue's partitions: its stream and consumer, as for others
+            await self._provision_partition(partition)
+        if s.mode == "static":
+            pull = self.pulls[partition] = await ConsumerPull(
+                js, stream, s.durable, orphan=lambda m: loop.adopt(m)
+            ).start()
+            name = s.durable if partition == 0 else f"{s.durable} on {stream}"
+            # Loops share the slots: an idle one waits for its next call holding one slot, not every free one (it
+            # would starve the other partitions' loops for its whole wait), and takes as many as are free once busy.
+            loop = ConsumerLoop(
+                name,
+                pull,
+                self.slots,
+                self.processor,
+                share=lambda: self.slots.limit,
+                rebind=lambda: self._rebind(partition),
+                contended=lambda: any(other.has_work for other in self.partition_loops if other is not loop),
+            )
+            self.partition_loops.append(loop)
+            self._add_loop(loop)
+            return
+        if self.function_mode is not None:  # one function mode serves every partition: a part each
+            self.function_mode.add(partition, stream)
+            return
+        self.function_mode = FunctionMode(
+            s,
+            js,
+            ctx,
+            self.processor,
+            self.slots,
+            self._provision,
+            pause_until=self.pauses.until,
+            function_paused=self.pauses.function_paused,
+            streams={partition: stream},
+        )
+        await self.function_mode.start()
 
     async def _provision(self) -> float:
-        """The queue's streams and (static mode) its consumer, created if missing: at start, and again when
-        they were deleted underneath. Returns the consumer's ack wait."""
+        """The queue's streams (every partition's) and (static mode) their consumers, created if missing: at start,
+        and again when they were deleted underneath. Returns the consumers' ack wait."""
         s, js = self.s, self.js
-        assert js is not None and self.pauses is not None
+        assert js is not None and self.partitions is not None
+        ack_wait = s.ack_wait
+        for partition in list(self.partitions.served):
+            ack_wait = await self._provision_partition(partition)
         # The names may be overridden (an adopted OpenFaaS stream); everything else is the contract's.
-        work = jetstream.work_stream(
-            s.queue, s.stream_replicas, s.stream_storage, s.max_queue_length, s.max_queue_bytes
-        )
-        await provision.ensure_stream(js, replace(work, name=s.stream))
         dlq = jetstream.dead_letter_stream(s.queue, s.stream_replicas, s.stream_storage)
         await provision.ensure_dlq_stream(js, replace(dlq, name=s.dlq_stream))
+        return ack_wait
+
+    async def _provision_partition(self, partition: int) -> float:
+        s, js = self.s, self.js
+        assert js is not None and self.pauses is not None and self.partitions is not None
+        stream = self.partitions.stream(partition)
+        work = jetstream.work_stream(
+            s.queue, s.stream_replicas, s.stream_storage, s.max_queue_length, s.max_queue_bytes, partition, s.partitions
+        )
+        await provision.ensure_stream(js, replace(work, name=stream))
         if s.mode != "static":
             return s.ack_wait
-        consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting)
-        durable = replace(consumer, stream=s.stream, durable=s.durable)
+        consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting, partition)
+        durable = replace(consumer, stream=stream, durable=s.durable)
         return await provision.ensure_consumer(js, durable, self.pauses.until())
 
     async def _bind_due(self) -> JetStreamContext.PullSubscription:
-        """The schedule stream and the consumer that moves due calls into the queue (at start, and when deleted)."""
+        """The schedule stream, the consumer that moves due calls into the queue and the schedules queues.yaml
+        declares (at start, and when deleted)."""
         s, js = self.s, self.js
         assert js is not None
         await provision.ensure_stream(js, jetstream.schedule_stream(s.queue, s.stream_replicas, s.stream_storage))
         await provision.ensure_consumer(js, jetstream.due_consumer(s.queue, s.max_waiting))
+        if s.schedules_file and (self._schedules is None or self._schedules.done()):  # in the stream just ensured
+            self._schedules = asyncio.create_task(self._apply_schedules(js), name="schedules")
         return await js.pull_subscribe_bind(
             durable=contract.due_durable_name(s.queue), stream=contract.schedule_stream_name(s.queue)
         )
+
+    async def _apply_schedules(self, js: JetStreamContext) -> None:
+        """queues.yaml's schedules of this queue (schedules.apply), beside the start: calls flow meanwhile, and a
+        failure (NATS, the bucket) is tried again until they are applied."""
+        s = self.s
+        egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
+        bucket = jetstream.schedule_bucket(s.stream_replicas, s.stream_storage)
+        while True:
+            try:
+                revision, wanted = schedules.load_file(s.schedules_file)
+                done = await schedules.apply(js, s.queue, wanted, egress, revision, bucket)
+                log.info("schedules from %s: %s", s.schedules_file, {k: v for k, v in done.items() if v} or "unchanged")
+                return
+            except Exception as e:
+                log.warning("cannot apply the schedules of %s yet: %r", s.schedules_file, e)
+                await asyncio.sleep(SCHEDULES_RETRY)
 
     async def _restore_work_stream(self) -> None:
         """A due call found no work stream (deleted underneath): set the queue up again."""
@@ -210,12 +293,11 @@ class Worker:
             durable=contract.callback_durable_name(s.queue), stream=contract.callback_stream_name(s.queue)
         )
 
-    async def _rebind(self) -> ConsumerPull:
-        """The static consumer vanished (deleted, or lost with the server's state): set it up again (pulls go on
+    async def _rebind(self, partition: int) -> ConsumerPull:
+        """A static consumer vanished (deleted, or lost with the server's state): set it up again (pulls go on
         under the same name)."""
         await self._provision()
-        assert self.pull is not None
-        return self.pull
+        return self.pulls[partition]
 
     def _add_loop(self, loop: ConsumerLoop) -> None:
         self.loops.append(loop)
@@ -227,9 +309,9 @@ class Worker:
         return await serve(app, self.s.http_host, self.s.http_port)
 
     def _alive(self) -> bool:
-        if self.function_mode is not None:
-            return self.function_mode.alive or self._stop.is_set()
-        return not any(t.done() for t in self._loop_tasks) or self._stop.is_set()
+        if self._stop.is_set():
+            return True
+        return (self.function_mode is None or self.function_mode.alive) and not any(t.done() for t in self._loop_tasks)
 
     def _ready(self) -> str | None:
         if self.nc is None or not self.nc.is_connected:
@@ -256,8 +338,17 @@ class Worker:
 
         while True:
             try:
-                info = await js.stream_info(self.s.stream, subjects_filter=contract.queue_subjects(self.s.queue))
-                counts = {subj.partition(".")[2]: n for subj, n in (info.state.subjects or {}).items()}
+                counts: dict[str, int] = {}
+                submitted = 0
+                assert self.partitions is not None
+                for partition, stream in list(self.partitions.served.items()):  # every partition's, summed
+                    subjects = contract.queue_subjects(self.s.queue, partition)
+                    info = await js.stream_info(stream, subjects_filter=subjects)
+                    for subj, n in (info.state.subjects or {}).items():
+                        fn = contract.function_of_subject(subj)
+                        counts[fn] = counts.get(fn, 0) + n
+                    submitted += info.state.last_seq
+                self.metrics.submitted.labels(self.s.queue).set(submitted)
                 publish(self.metrics.pending, pending, counts)
                 publish(self.metrics.scheduled, scheduled, (await backlog.held(js, self.s.queue)).per_function)
                 if self.pauses is not None:
@@ -277,6 +368,8 @@ class Worker:
         t0 = time.monotonic()
         for loop in self.loops:
             loop.stopping = True
+        if self.partitions is not None:
+            await self.partitions.stop()
         if self.function_mode is not None:
             await self.function_mode.stop()
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
@@ -293,19 +386,23 @@ class Worker:
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        if self.status is not None:  # the last records, before the connection goes
-            await self.status.close(timeout=5.0)
-        for timer in (self._timer, self._beat, self._mover_beat, self._cancel_watch):
+        for timer in (self._timer, self._beat, self._mover_beat, self._cancel_watch, self._schedules):
             if timer:
                 timer.cancel()
+        # The last status records and the callbacks being sent, at once, before the connection goes: with the
+        # drain (DRAIN_TIMEOUT) the worker is gone within shutdown_timeout + about 10 s (the chart's grace: + 15 s).
+        await asyncio.gather(
+            *([self.status.close(timeout=FLUSH_TIMEOUT)] if self.status else []),
+            *([self.callbacks.close(timeout=FLUSH_TIMEOUT)] if self.callbacks else []),
+        )
         if self.pauses:
             await self.pauses.stop()
-        if self.callbacks:
-            await self.callbacks.close(timeout=5.0)
         if self._sender:
             await asyncio.gather(self._sender, return_exceptions=True)
         if self.invoker:
             await self.invoker.close()
+        if self.catalog is not None:
+            await self.catalog.close()
         for loop in self.loops:  # a pull subscription never drains by itself: it has no callback
             with contextlib.suppress(Exception):
                 await loop.psub.unsubscribe()

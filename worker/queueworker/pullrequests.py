@@ -191,9 +191,10 @@ class ConsumerPull:
         return self
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
-        """Raises TimeoutError when nothing came, ServiceUnavailableError when the consumer is gone."""
-        p = await self._pull(batch, None)
-        if not p.msgs and (p.status in NO_MESSAGES or p.status in GAVE_UP):
+        """Raises TimeoutError when nothing came, ServiceUnavailableError when the consumer is gone. A timeout
+        under STATIC_PULL_TIMEOUT bounds the first pull's wait at the server too (a partition's idle loop)."""
+        p = await self._pull(batch, None, min(timeout, STATIC_PULL_TIMEOUT))
+        if not p.msgs and (p.status in NO_MESSAGES or p.status in GAVE_UP) and timeout >= STATIC_PULL_TIMEOUT:
             p = await self._pull(1, timeout)
         if p.msgs:
             return p.msgs
@@ -203,7 +204,7 @@ class ConsumerPull:
             raise NatsTimeoutError
         raise PullRefused(f"{p.status} {p.description}".strip())
 
-    async def _pull(self, batch: int, wait: float | None) -> Pull:
+    async def _pull(self, batch: int, wait: float | None, expires: float = 0.0) -> Pull:
         r = self.requests
         answered: asyncio.Future[Pull] = asyncio.get_running_loop().create_future()
 
@@ -219,7 +220,7 @@ class ConsumerPull:
         # Expiring: a pull the server cannot answer (another worker holds every max_ack_pending slot) would
         # otherwise wait there for ever, one more each second, until the consumer refuses every pull (409).
         subject, payload, reply = r.pull(
-            self.stream, self.consumer, batch, wait, done, STATIC_PULL_TIMEOUT, expiring=True
+            self.stream, self.consumer, batch, wait, done, expires or STATIC_PULL_TIMEOUT, expiring=True
         )
         pull = r.by_consumer[(self.stream, self.consumer)]
         try:

@@ -2,10 +2,12 @@
 
 A waiting call is a message schedule in `OF_<queue>_SCHED` (nats-server 2.12+): the server holds it and,
 at its time, stores it on `_SCHED.<queue>.due.<function>`. The `Mover` pulls due calls and publishes each
-into the work stream (deduplicated by the due message, so a crash between publish and ack stores it once),
-then acks it: from there on a scheduled call is like any other, under maxQueueLength, pause, rate and
-function mode. The work stream cannot hold the schedules itself: the server refuses them on a discard-new
-stream, and discard new is what keeps a full queue from dropping calls.
+into the work stream of its partition (`contract.choose_partition`, by its `Jq-Partition-Key` or its function;
+deduplicated by the due message, so a crash between publish and ack stores it once), then acks it: from there
+on a scheduled call is like any other, under maxQueueLength, pause, rate and function mode. A cron schedule's
+tick, fired onto the same subject, becomes its call through ticks.py and the same publish. The work stream cannot
+hold the schedules itself: the server refuses them on a discard-new stream, and discard new is what keeps a full
+queue from dropping calls.
 
 Where the line is: a retry wait of at least `HOLD_AT_LEAST` seconds is held here and the call acked, so it
 takes no pending slot (max_ack_pending) and delays no other call; a shorter one stays a NAK with delay,
@@ -28,6 +30,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from jetqueue import contract
 from jetqueue.contract import Call, jetstream
 from jetqueue.queueworker.heartbeat import AckExtender
+from jetqueue.queueworker.ticks import Ticks, tick_of
 
 log = logging.getLogger("jetqueue.schedule")
 HOLD_AT_LEAST = 2.0
@@ -58,12 +61,19 @@ class Mover:
     """Moves due calls from the schedule stream into the work stream. Driven by a fetch.ConsumerLoop."""
 
     def __init__(
-        self, js: JetStreamContext, queue: str, stream_deleted: Callable[[], Awaitable[None]] | None = None
+        self,
+        js: JetStreamContext,
+        queue: str,
+        stream_deleted: Callable[[], Awaitable[None]] | None = None,
+        partitions: int = 1,
+        ticks: Ticks | None = None,
     ) -> None:
         self.js = js
         self.queue = queue
+        self.partitions = partitions
         self.extender = AckExtender(jetstream.SERVER_ACK_WAIT)
         self.stream_deleted = stream_deleted  # sets the work stream up again when a publish finds none
+        self.ticks = ticks  # a cron schedule's ticks, one call each (ticks.py); None: moved like held calls
 
     async def handle(self, msg: Msg) -> None:
         self.extender.track(msg)
@@ -82,21 +92,32 @@ class Mover:
 
     async def _move(self, msg: Msg) -> None:
         function = contract.function_of_due(self.queue, msg.subject)
-        meta = msg.metadata
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
+        tick = tick_of(self.queue, msg) if self.ticks is not None else None
+        if tick is not None and self.ticks is not None:  # a cron tick: its calls go through the same publish
+            await self.ticks.move(msg, tick, function, headers, lambda h: self._publish(msg, function, h))
+            return
+        meta = msg.metadata
         headers[contract.H_MSG_ID] = "due-" + contract.stored_message_key(
             meta.stream, meta.sequence.stream, meta.timestamp
         )
-        subject = contract.subject(self.queue, function or "_invalid")  # an unparsable one is dead-lettered there
+        if await self._publish(msg, function, headers):
+            await msg.ack()
+
+    async def _publish(self, msg: Msg, function: str, headers: dict[str, str]) -> bool:
+        """Store one due call in the work stream of its partition (by its Jq-Partition-Key or its function); False
+        when the queue is full (the due message is put back)."""
+        partition = contract.choose_partition(function, self.partitions, headers.get(contract.H_PARTITION_KEY, ""))
+        subject = contract.subject(self.queue, function or "_invalid", partition)  # an unparsable one: dead-lettered
         try:
             await self.js.publish(subject, msg.data, headers=headers)
         except APIError as e:
             if e.err_code != jetstream.QUEUE_FULL:
                 raise
             await msg.nak(delay=FULL_WAIT)  # held here meanwhile: nothing is dropped
-            return
+            return False
         except NoStreamResponseError:
             if self.stream_deleted is not None:
                 await self.stream_deleted()
             raise
-        await msg.ack()
+        return True

@@ -70,9 +70,11 @@ class Shared:
         send: Callable[[Message], None],
         changed: Callable[[Shared], None],
         pause_until: Callable[[], str | None],
+        partition: int = 0,
     ) -> None:
         self.s = s
         self.stream = stream
+        self.partition = partition  # of the queue, whose calls the stream holds
         self.requests = requests
         self.send = send
         self.changed = changed
@@ -99,7 +101,9 @@ class Shared:
 
     def spec(self, closed: bool) -> jetstream.ConsumerSpec:
         s = self.s
-        spec = jetstream.shared_function_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting, closed)
+        spec = jetstream.shared_function_consumer(
+            s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting, closed, self.partition
+        )
         return replace(spec, stream=self.stream)
 
     def look(self) -> None:
@@ -162,7 +166,7 @@ class Shared:
         self.floor = _seq(info.get("ack_floor"))
         pending = info.get("num_ack_pending")
         self.pending = pending if isinstance(pending, int) else 0
-        self._learn(State.OPEN if subject == contract.queue_subjects(self.s.queue) else State.CLOSED)
+        self._learn(State.OPEN if subject == contract.queue_subjects(self.s.queue, self.partition) else State.CLOSED)
 
     def _learn(self, state: State) -> None:
         if state is not self.state:

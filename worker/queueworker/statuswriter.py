@@ -32,7 +32,7 @@ from typing import Any
 from nats.aio.msg import Msg
 
 from jetqueue import contract
-from jetqueue.callstatus import Record, StatusStore
+from jetqueue.callstatus import QueueStatus, Record
 from jetqueue.contract import CallState
 
 log = logging.getLogger("jetqueue.status")
@@ -67,8 +67,8 @@ class _Write:
 
 
 class StatusWriter:
-    def __init__(self, store: StatusStore, limit: int = LIMIT, grace: float = RUNNING_GRACE) -> None:
-        self.store = store
+    def __init__(self, store: QueueStatus, limit: int = LIMIT, grace: float = RUNNING_GRACE) -> None:
+        self.store = store  # the queue's status buckets: each call's records go to its own (by its id)
         self.limit = limit
         self.grace = grace
         self._pending: dict[str, Record] = {}  # call id -> the newest record not written yet
@@ -186,17 +186,18 @@ class StatusWriter:
 
     def _step(self, w: _Write) -> None:
         """Send what the write needs next: a read of the stored record, or the compare-and-set."""
-        if self.store.kv is None:  # the bucket is missing (deleted, or NATS lost it): open it again first
+        store = self.store.store(w.call_id)
+        if store.kv is None:  # the bucket is missing (deleted, or NATS lost it): open it again first
             task = asyncio.create_task(self._reopen(w))
             self._helpers.add(task)
             task.add_done_callback(self._helpers.discard)
             return
-        js = self.store.js
+        js = store.js
         assert js is not None
         token = format(next(self._ids), "x")
         reply = f"{self._inbox}.{token}"
         self._deadlines.append((asyncio.get_running_loop().time() + ANSWER_WAIT, token))
-        bucket = contract.STATUS_BUCKET
+        bucket = store.name
         key = contract.kv_subject(bucket, w.call_id)
         if not w.read_first:
             self._answers[token] = (w, WRITE)
@@ -211,7 +212,7 @@ class StatusWriter:
             )
 
     async def _reopen(self, w: _Write) -> None:
-        if await self.store.bucket() is None:
+        if await self.store.store(w.call_id).bucket() is None:
             self._failed(w, "the call-status bucket is unavailable")
         else:
             self._step(w)
@@ -250,7 +251,7 @@ class StatusWriter:
         status = msg.headers.get("Status") if msg.headers else None
         try:
             if status == "503":  # no stream: the bucket is gone
-                self.store.kv = None
+                self.store.store(w.call_id).kv = None
                 self._failed(w, "no responders (the call-status bucket is missing)")
             elif kind == READ:
                 self._read(w, json.loads(msg.data))
@@ -329,6 +330,8 @@ class StatusWriter:
                     for call_id in list(self._pending):
                         self._ready_now(call_id)
                     await asyncio.sleep(0.05)
+        if self._pending or self._writing:
+            log.warning("stopping with %d status records not written", len(self._pending) + len(self._writing))
         for t in [*self._tasks, *self._helpers]:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._helpers, return_exceptions=True)

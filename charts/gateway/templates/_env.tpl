@@ -7,6 +7,7 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 */}}
 {{- define "gateway.env" }}
 {{- with include "jetqueue.natsEnv" . | trim }}{{ . | nindent 0 }}{{ end }}
+{{- with include "jetqueue.openfaasEnv" . | trim }}{{ . | nindent 0 }}{{ end }}
 {{- with include "gateway.authEnv" . | trim }}{{ . | nindent 0 }}{{ end }}
 - {name: JETQUEUE_HTTP_PORT, value: {{ .Values.gateway.port | int64 | toString | quote }}}
 - {name: JETQUEUE_DEFAULT_QUEUE, value: {{ .Values.gateway.defaultQueue | quote }}}
@@ -15,8 +16,11 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 - {name: JETQUEUE_MAX_DELAY, value: {{ .Values.gateway.maxDelay | quote }}}
 - {name: JETQUEUE_CALL_STATUS, value: {{ .Values.gateway.callStatus.enabled | toString | quote }}}
 - {name: JETQUEUE_STATUS_TTL, value: {{ .Values.gateway.callStatus.ttl | quote }}}
+- {name: JETQUEUE_DASHBOARD, value: {{ .Values.gateway.dashboard.enabled | toString | quote }}}
 - {name: JETQUEUE_CALLBACK_HOSTS, value: {{ join "," .Values.gateway.callbackHosts | quote }}}
 - {name: JETQUEUE_ROUTES_FILE, value: /etc/jetqueue/routes.json}
+- {name: JETQUEUE_OPENFAAS_URL, value: {{ .Values.openfaas.url | quote }}}
+- {name: JETQUEUE_OPENFAAS_REFRESH, value: {{ .Values.openfaas.refreshInterval | quote }}}
 - {name: JETQUEUE_LOG_FORMAT, value: {{ .Values.logs.format | quote }}}
 - {name: JETQUEUE_LOG_LEVEL, value: {{ .Values.logs.level | quote }}}
 {{- end }}

@@ -49,6 +49,10 @@ app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
   value: /etc/jetqueue/nats-tls/tls.key
 {{- end }}
 {{- end }}
+{{- if .Values.nats.tls.insecure }}
+- name: JETQUEUE_NATS_TLS_INSECURE
+  value: "true"
+{{- end }}
 {{- with .Values.nats.auth }}
 {{- if eq .method "creds" }}
 - name: JETQUEUE_NATS_CREDS
@@ -61,6 +65,44 @@ app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
 {{- else if eq .method "token" }}
 - name: JETQUEUE_NATS_TOKEN
   valueFrom: {secretKeyRef: {name: {{ .secretName | quote }}, key: {{ .tokenKey | quote }}}}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* JETQUEUE_OPENFAAS_USER and _PASSWORD from the Secret openfaas.auth names (the OpenFaaS gateway's basic-auth). */}}
+{{- define "jetqueue.openfaasEnv" -}}
+{{- with .Values.openfaas.auth }}
+{{- if .secretName }}
+- name: JETQUEUE_OPENFAAS_USER
+  valueFrom: {secretKeyRef: {name: {{ .secretName | quote }}, key: {{ .userKey | quote }}}}
+- name: JETQUEUE_OPENFAAS_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ .secretName | quote }}, key: {{ .passwordKey | quote }}}}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The pod spec's imagePullSecrets and topologySpreadConstraints (a map keyed by topologyKey, as the NATS chart
+takes it: each entry gets its topologyKey, maxSkew 1 and whenUnsatisfiable ScheduleAnyway unless set, and, unless it
+has one, a labelSelector for the release's pods). */}}
+{{- define "jetqueue.podScheduling" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+{{- range $key, $c := . }}
+  - topologyKey: {{ $key | quote }}
+    maxSkew: {{ $c.maxSkew | default 1 }}
+    whenUnsatisfiable: {{ $c.whenUnsatisfiable | default "ScheduleAnyway" }}
+    {{- with omit $c "topologyKey" "maxSkew" "whenUnsatisfiable" }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- if not (hasKey $c "labelSelector") }}
+    labelSelector:
+      matchLabels:
+        {{- include "jetqueue.selectorLabels" $ | nindent 8 }}
+    {{- end }}
 {{- end }}
 {{- end }}
 {{- end -}}

@@ -7,11 +7,13 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 */}}
 {{- define "queue-worker.env" }}
 {{- with include "jetqueue.natsEnv" . | trim }}{{ . | nindent 0 }}{{ end }}
+{{- with include "jetqueue.openfaasEnv" . | trim }}{{ . | nindent 0 }}{{ end }}
 {{- with include "queue-worker.signingEnv" . | trim }}{{ . | nindent 0 }}{{ end }}
 - {name: JETQUEUE_QUEUE, value: {{ .Values.queue.name | quote }}}
 - {name: JETQUEUE_STREAM, value: {{ .Values.queue.stream | quote }}}
 - {name: JETQUEUE_DURABLE, value: {{ .Values.queue.durable | quote }}}
 - {name: JETQUEUE_DLQ_STREAM, value: {{ .Values.queue.deadLetterStream | quote }}}
+- {name: JETQUEUE_PARTITIONS, value: {{ .Values.queue.partitions | int64 | toString | quote }}}
 - {name: JETQUEUE_MODE, value: {{ .Values.queue.mode | quote }}}
 - {name: JETQUEUE_STREAM_REPLICAS, value: {{ .Values.queue.streamReplicas | int64 | toString | quote }}}
 - {name: JETQUEUE_STREAM_STORAGE, value: {{ .Values.queue.streamStorage | quote }}}
@@ -39,9 +41,13 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 - {name: JETQUEUE_RETRY_HTTP_CODES, value: {{ join "," .Values.queue.retry.httpCodes | quote }}}
 - {name: JETQUEUE_BACKOFF, value: {{ .Values.queue.retry.backoff | quote }}}
 - {name: JETQUEUE_MAX_RETRY_AFTER, value: {{ .Values.queue.retry.maxRetryAfter | quote }}}
+- {name: JETQUEUE_RETRY_OPENFAAS_INTERNAL, value: {{ .Values.queue.retry.openfaasInternal | toString | quote }}}
 {{- if .Values.queue.functions }}
 - {name: JETQUEUE_FUNCTIONS_FILE, value: /etc/jetqueue/functions.json}
 {{- end }}
+- {name: JETQUEUE_SCHEDULES_FILE, value: /etc/jetqueue/schedules.json}
+- {name: JETQUEUE_OPENFAAS_URL, value: {{ .Values.openfaas.url | quote }}}
+- {name: JETQUEUE_OPENFAAS_REFRESH, value: {{ .Values.openfaas.refreshInterval | quote }}}
 - {name: JETQUEUE_LOG_FORMAT, value: {{ .Values.logs.format | quote }}}
 - {name: JETQUEUE_LOG_LEVEL, value: {{ .Values.logs.level | quote }}}
 - {name: JETQUEUE_HTTP_PORT, value: {{ .Values.metrics.port | int64 | toString | quote }}}
