@@ -50,11 +50,12 @@ image: ## build the runtime image from worker/Dockerfile (IMAGE=jetqueue:<versio
 	@$(DOCKER) info >/dev/null 2>&1 || { echo "make image: no Docker engine found ($(DOCKER) info failed: is the daemon running and reachable?)" >&2; exit 1; }
 	$(DOCKER) build -f worker/Dockerfile -t $(IMAGE) .
 
-docs: $(STAMP) ## regenerate the generated parts of README.md from the schemas
+docs: $(STAMP) ## regenerate the reference pages and chart READMEs, then build the site strictly into site/
 	$(BIN)/jetqueue docs --write
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-clean: ## remove .venv, out/ and caches
-	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+clean: ## remove .venv, out/, site/ and caches
+	rm -rf $(VENV) $(OUT) site .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 demo: $(STAMP) ## the whole system locally: embedded NATS, gateway, workers, sample functions, a burst of calls
 	$(BIN)/jetqueue dev $(DEMO_ARGS)

@@ -10,6 +10,10 @@ Every contender is a real process started the way production starts it, on one r
 4. latency: publish → invoked at a steady rate, the worker with call status on vs the bare loop, read by
    bench/noop_function.py as arrival − X-Start-Time;
 
+5. partitions: one queue with 1 vs 3 partitions on a 3-node cluster of network namespaces (R3, strict
+   durability): intake through the gateway under wrk, drain by the workers, the leaders' placement
+   (bench/partitions.py; needs root and iproute2, skipped otherwise with the reason);
+
 and, unless `--skip other`: scale-out (two workers vs one), worker memory with a backlog, durability cost.
 
 These machines are shared (2 cores): compare ratios measured in the same run, not absolute rates. The results
@@ -62,7 +66,7 @@ STATUS_TTL = float(WorkerSettings.__dataclass_fields__["status_ttl"].default)  #
 from tests.servers import NatsServer, free_port  # noqa: E402
 
 JETQUEUE = str(Path(sys.executable).parent / "jetqueue")
-SECTIONS = ("worker", "gateway", "functionmode", "latency", "other")
+SECTIONS = ("worker", "gateway", "functionmode", "latency", "partitions", "other")
 TICK = os.sysconf("SC_CLK_TCK")
 RUN = uuid.uuid4().hex[:6]  # makes call ids and queue names unique to this run
 PUBLISHES = itertools.count()
@@ -76,6 +80,7 @@ GOALS: dict[str, tuple[str, float] | None] = {
     "functionmode": (">=", 0.8),  # issue #15: 5,000 functions × 2 calls at least 0.8× static mode
     "latency": None,
     "scale_out": (">=", 1.8),
+    "partitions": None,  # issue #21 asks for the figure, sets no ratio
 }
 
 
@@ -547,6 +552,17 @@ def load_functionmode() -> tuple[Any, str]:
     if missing:
         return None, f"bench/functionmode.py has no {', '.join(missing)}"
     return module, ""
+
+
+def load_partitions() -> Any:
+    """bench/partitions.py (the partitions section), imported."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_partitions", BENCH / "partitions.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def mode_measurer(which: str) -> tuple[Callable[..., Awaitable[ModeRun]], str]:
@@ -1116,6 +1132,17 @@ def report(b: Bench, res: dict[str, Any], command: str, total: float, wrk: str |
             f"Machine during this section: {b.loads['latency'].text()}.",
             "",
         ]
+    if "partitions" in res:
+        pr = res["partitions"]
+        if "skipped" not in pr:
+            for what, unit in (("intake", "req/s"), ("drain", "calls/s")):
+                three, one = pr[3][what]["rate"], pr[1][what]["rate"]
+                summary.append(
+                    Row(f"Partitions: {what}, 3 vs 1 (netns R3, strict)", three, one, unit, "1", GOALS["partitions"])
+                )
+        details += [*load_partitions().report(pr, a.connections, a.wrk_seconds)]
+        if "partitions" in b.loads:
+            details += [f"Machine during this section: {b.loads['partitions'].text()}.", ""]
     if "other" in res:
         o = res["other"]
         one, two = o["scale_out"]
@@ -1225,6 +1252,16 @@ async def main(args: argparse.Namespace, command: str) -> int:
                 progress(f"4. latency publish → invoked, {args.latency_rate:g} calls/s for {args.latency_seconds:g} s")
                 with b.section("latency"):
                     res["latency"] = await latency(b)
+            if "partitions" in sections:
+                wrk = wrk or find_wrk()[0]
+                if wrk is None:
+                    res["partitions"] = {"skipped": find_wrk()[1]}
+                else:
+                    progress("5. partitions: one queue, 1 vs 3 partitions, 3-node netns cluster, R3, strict")
+                    with b.section("partitions"):
+                        res["partitions"] = await load_partitions().measure(b, wrk, progress)
+                    if "skipped" in res["partitions"]:
+                        progress(f"  SKIPPED: {res['partitions']['skipped']}")
             if "other" in sections:
                 progress("other figures: scale-out, memory with a backlog, durability")
                 with b.section("other"):
@@ -1275,6 +1312,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--backlogs", type=int, nargs="+", help="memory: queued calls (10,000 100,000 1,000,000; quick 10,000)"
     )
+    p.add_argument("--partition-workers", type=int, default=2, help="partitions: worker processes draining")
     p.add_argument("--keep-logs", action="store_true", help="keep every process's log (always kept on failure)")
     p.add_argument("--out", type=Path, default=BENCH / "results.md")
     args = p.parse_args(argv)

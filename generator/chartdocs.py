@@ -82,7 +82,7 @@ def env_table(chart: str) -> list[str]:
         "## Environment",
         "",
         "The container's `JETQUEUE_*` variables, generated into `templates/_env.tpl` from worker/settings.py; the "
-        "variables not listed keep the defaults in the main README's settings table.",
+        "variables not listed keep the defaults in the runtime settings reference (docs/reference/settings.md).",
         "",
         "| variable | set from |",
         "|---|---|",

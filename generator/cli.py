@@ -58,9 +58,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--keep-data", action="store_true", help="keep the temporary directory (JetStream data, logs)")
     p.set_defaults(func=cmd_dev)
 
-    p = sub.add_parser("docs", help="regenerate README.md's reference tables from the schemas")
+    p = sub.add_parser("docs", help="regenerate the docs site's reference pages and the chart READMEs from the schemas")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--write", action="store_true", help="rewrite the blocks in README.md")
+    g.add_argument(
+        "--write", action="store_true", help="rewrite the generated blocks under docs/ and the chart READMEs"
+    )
     g.add_argument("--check", action="store_true", help="exit 1 if they are stale (default)")
     p.set_defaults(func=lambda a: docs.run(a.write))
 

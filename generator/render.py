@@ -260,6 +260,8 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
             "strictRouting": g["strictRouting"],
             "maxBodySize": g["maxBodySize"],
             "maxDelay": g["maxDelay"],
+            "maxBatchCalls": g["maxBatchCalls"],
+            "maxBatchBytes": g["maxBatchBytes"],
             "callStatus": dict(g["callStatus"]),
             "auth": dict(g["auth"]),
             "callbackHosts": list(g["callbackHosts"]),
@@ -271,6 +273,7 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
                     "maxQueueLength": q["maxQueueLength"],
                     "maxQueueBytes": _bytes(q["maxQueueBytes"]),
                     "partitions": q["partitions"],
+                    "idempotencyWindow": parse_duration(q["idempotencyWindow"]),
                 }
                 for name, q in sorted(cfg["queues"].items())
             },

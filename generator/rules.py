@@ -142,7 +142,7 @@ def check_replication(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
 
 
 _ZERO_IS_NONE = ("maxEventAge", "maxRetryAfter")  # `0s` switches these off
-_DURATIONS = ("ackWait", "upstreamTimeout", "shutdownTimeout", "inactiveThreshold", "maxEventAge")
+_DURATIONS = ("ackWait", "upstreamTimeout", "shutdownTimeout", "inactiveThreshold", "maxEventAge", "idempotencyWindow")
 
 
 def _duration_fields(data: dict[str, Any]) -> Iterator[tuple[Path, Any]]:

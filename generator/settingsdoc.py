@@ -1,4 +1,4 @@
-"""The README's runtime settings table, generated from the settings definitions (`jetqueue docs`)."""
+"""The runtime settings table of docs/reference/settings.md, generated from the settings (`jetqueue docs`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from jetqueue.settings import PREFIX, GatewaySettings, WorkerSettings, chart_val
 
 
 def env_reference() -> str:
-    """Markdown table of every variable, for README.md."""
+    """Markdown table of every variable, for docs/reference/settings.md."""
     rows = ["| variable | worker | gateway | chart value | default | meaning |", "|---|---|---|---|---|---|"]
     w = {f.name: f for f in fields(WorkerSettings)}
     g = {f.name: f for f in fields(GatewaySettings)}

@@ -1,5 +1,6 @@
-"""The demo's tour of time, after the burst: a scheduled call, a cron schedule's ticks, and a queue paused and
-resumed, each shown as it happens (`jetqueue dev` / `make demo`)."""
+"""The demo's tour of time, after the burst: a scheduled call, a call's result (sent twice under one idempotency
+key), a cron schedule's ticks, and a queue paused and resumed, each shown as it happens (`jetqueue dev` /
+`make demo`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ async def tour(gateway: str, callback: str, nats_url: str, callbacks: dict[str, 
     """`callbacks`: call id -> what the sample receiver got (filled as callbacks arrive)."""
     async with aiohttp.ClientSession() as http:
         await _scheduled(http, gateway, callback, callbacks)
+        await _result(http, gateway, callback, callbacks, nats_url)
         await _cron(callback, callbacks, nats_url, _default_queue(queues))
         queue, function = _slow_queue(queues)
         await _paused(http, gateway, callback, callbacks, nats_url, queue, function)
@@ -65,6 +67,26 @@ async def _scheduled(http: aiohttp.ClientSession, gateway: str, callback: str, c
     _say(f"\nscheduled call: X-Delay: {DELAY}s → 202 at once, status {state['state']!r}, runs not before {when}")
     await _called_back(callbacks, [call_id])
     _say(f"  it ran and called back {time.monotonic() - t0:.1f}s after it was sent (never before its time)")
+
+
+async def _result(
+    http: aiohttp.ClientSession, gateway: str, callback: str, callbacks: dict[str, Any], nats_url: str
+) -> None:
+    body, key = b'{"order": 42}', f"demo-order-{time.time_ns()}"  # a key of its own each run: a new call
+    headers = {"Idempotency-Key": key, "X-Callback-Url": callback, "Content-Type": "application/json"}
+    call_id = await _submit(http, gateway, "echo", body, **headers)
+    again = await _submit(http, gateway, "echo", body, **headers)
+    _say(f"\nresult: the same call sent twice with Idempotency-Key: {key} → one call, {call_id}")
+    if again != call_id:
+        raise TourError(f"the repeat under Idempotency-Key {key} answered another call: {again}")
+    await _called_back(callbacks, [call_id])
+    async with http.get(f"{gateway}/async-calls/{call_id}/result") as r:
+        got, status = await r.read(), r.headers.get("X-Function-Status")
+    if got != body:
+        raise TourError(f"GET /async-calls/{call_id}/result answered {got[:80]!r}, not the function's answer")
+    _say(f"  GET /async-calls/{call_id}/result → function status {status}, body {got.decode()}")
+    _say(f"  jetqueue result {call_id}:")
+    await asyncio.to_thread(_jetqueue, nats_url, "result", call_id)
 
 
 def _default_queue(queues: dict[str, Any]) -> str:

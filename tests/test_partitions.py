@@ -157,37 +157,53 @@ async def test_a_partitioned_queue_end_to_end(nats_server, functions, tmp_path, 
 
 
 async def test_function_mode_takes_calls_from_every_partition(nats_server, functions, tmp_path, http):
-    """One function mode serves every partition (a part each): a shared consumer per partition's stream while no
-    function is crowded, and a crowded function's own consumer on its partition's stream, filtered on its subject."""
+    """One function mode serves every partition: a part each, with its shared consumer on its own subjects."""
+    nc = await connect(nats_server.url)
+    settings = worker_settings(nats_server.url, functions.url_template, queue=Q, partitions=N, mode="function")
+    async with running_worker(settings) as w:
+        assert w.function_mode is not None and len(w.function_mode.parts) == N
+        ids = [await submit_nats(nc, fn, b"", queue=Q, partitions=N) for fn in FUNCTIONS for _ in range(3)]
+        await eventually(lambda: sorted(c for fn in FUNCTIONS for c in functions.completed[fn]) == sorted(ids))
+        js = nc.jetstream()
+        for p in {contract.choose_partition(fn, N) for fn in FUNCTIONS}:  # each partition's shared consumer, on its own
+            info = await js.consumer_info(contract.stream_name(Q, p), contract.shared_consumer_name(Q))  # subjects
+            assert info.config.filter_subject in (contract.queue_subjects(Q, p), contract.closed_subject(Q, p))
+    await nc.close()
+
+
+async def test_a_crowded_function_gets_its_consumer_on_its_partition(nats_server, functions):
+    """More calls of one function than max_inflight: the partition's shared consumer closes and the function's own
+    consumer, on its partition's stream, filters its partition's subject."""
+    fn = FUNCTIONS[1]
+    p = contract.choose_partition(fn, N)
+    assert p != 0  # a partition of its own naming: <queue>_P<p>
+    hold = asyncio.Event()
+
+    async def slow(request: web.Request, server: Any) -> web.Response:
+        await hold.wait()
+        return web.Response(text="ok")
+
+    functions.handlers[fn] = slow
     nc = await connect(nats_server.url)
     js = nc.jetstream()
     settings = worker_settings(
         nats_server.url, functions.url_template, queue=Q, partitions=N, mode="function", max_inflight=2
     )
-    async with running_worker(settings) as w:
-        assert w.function_mode is not None and len(w.function_mode.parts) == N
-        ids = [await submit_nats(nc, fn, b"", queue=Q, partitions=N) for fn in FUNCTIONS for _ in range(2)]
-        await eventually(lambda: sorted(c for fn in FUNCTIONS for c in functions.completed[fn]) == sorted(ids))
-        for p in range(N):
-            info = await js.consumer_info(contract.stream_name(Q, p), contract.shared_consumer_name(Q))
-            assert info.config.filter_subject == contract.queue_subjects(Q, p)
-        crowded = next(fn for fn in FUNCTIONS if contract.choose_partition(fn, N) > 0)
-        p = contract.choose_partition(crowded, N)
+    async with running_worker(settings):
+        ids = [await submit_nats(nc, fn, b"", queue=Q, partitions=N) for _ in range(8)]
 
-        async def slow(request: web.Request, server: Any) -> web.Response:
-            await asyncio.sleep(0.2)
-            return web.Response(text="ok")
+        async def own_consumer() -> bool:
+            try:
+                info = await js.consumer_info(contract.stream_name(Q, p), contract.function_consumer_name(Q, fn))
+            except Exception:
+                return False
+            return bool(info.config.filter_subject == contract.subject(Q, fn, p))
 
-        functions.handlers[crowded] = slow
-        more = [await submit_nats(nc, crowded, b"", queue=Q, partitions=N) for _ in range(12)]
-        filters: set[str | None] = set()  # its own consumer's, while it has one
-        async with asyncio.timeout(60):
-            while not set(more) <= set(functions.completed[crowded]):
-                try:
-                    name = contract.function_consumer_name(Q, crowded)
-                    filters.add((await js.consumer_info(contract.stream_name(Q, p), name)).config.filter_subject)
-                except Exception:
-                    pass
-                await asyncio.sleep(0.05)
-        assert filters == {contract.subject(Q, crowded, p)}
+        for _ in range(300):
+            if await own_consumer():
+                break
+            await asyncio.sleep(0.1)
+        assert await own_consumer()
+        hold.set()
+        await eventually(lambda: sorted(functions.completed[fn]) == sorted(ids), timeout=30)
     await nc.close()

@@ -1,4 +1,4 @@
-"""signing.py: callbacks verified exactly as the README tells receivers to, with its own code."""
+"""signing.py: callbacks verified exactly as docs/callbacks.md tells receivers to, with its own code."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ KEYS = "k1:0123456789abcdef0123,k2:fedcba9876543210fedc"
 
 
 def readme_verifier() -> Callable[..., bool]:
-    """The verifier as the README prints it: a test of the documentation, not a copy of it."""
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    """The verifier as docs/callbacks.md prints it: a test of the documentation, not a copy of it."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "callbacks.md").read_text()
     code = re.search(r"```python\n(\s*import hashlib, hmac, time.*?)```", text, re.S)
-    assert code, "README lost its verifier"
+    assert code, "docs/callbacks.md lost its verifier"
     lines = code.group(1).splitlines()
     indent = len(lines[0]) - len(lines[0].lstrip())
     namespace: dict[str, object] = {}

@@ -29,7 +29,7 @@ from nats.js.api import KeyValueConfig
 from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from jetqueue import contract, keyvalue, provision
+from jetqueue import contract, keyvalue, provision, tags
 from jetqueue.contract import CallState, jetstream
 
 log = logging.getLogger("jetqueue.status")
@@ -142,6 +142,34 @@ class StatusStore:
             self._failed(kv)
             raise
 
+    async def index(self, keys: list[str], value: bytes) -> None:
+        """Put index keys (tags.py), all at once, and wait until each is stored."""
+        kv = await self.bucket()
+        if kv is None:
+            raise ConnectionError("the call-status bucket is unavailable")
+        try:
+            await asyncio.gather(*(kv.put(k, value) for k in keys))
+        except Exception:
+            self._failed(kv)
+            raise
+
+    async def indexed(self, pattern: str) -> list[str]:
+        """The keys matching `pattern` (a filter such as `contract.tag_keys`), as the server lists them."""
+        kv = await self.bucket()
+        if kv is None:
+            return []
+        watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=True)
+        keys: list[str] = []
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.operation is None:
+                    keys.append(entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        return keys
+
     async def write(self, call_id: str, value: bytes, last: int | None) -> int:
         """Compare-and-set of an encoded record: create when `last` is None. Raises KeyWrongLastSequenceError
         when someone wrote in between (the worker's statuswriter.py decides then)."""
@@ -208,6 +236,8 @@ def base_record(call: contract.Call, state: CallState = CallState.QUEUED, **fiel
     }
     if call.not_before:
         rec["not_before"] = round(call.not_before, 3)
+    if call.headers and (found := tags.of_headers(call.headers)):
+        rec["tags"] = found
     rec.update(fields)
     if state.final:
         rec["finished_at"] = rec["updated_at"]

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jetqueue",
         description="Async function queues on NATS JetStream: validate and render queues.yaml, run the "
         "gateway and the queue-workers, operate the queues.",
-        epilog="Runtime settings come from JETQUEUE_* environment variables; see README.md.",
+        epilog="Runtime settings come from JETQUEUE_* environment variables; see docs/reference/settings.md.",
     )
     parser.add_argument("--version", action="version", version=f"jetqueue {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

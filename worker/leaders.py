@@ -7,7 +7,7 @@ and does not balance leaders across streams; after a server restarts, the leader
 preferred server (`$JS.API.STREAM.LEADER.STEPDOWN.<stream>` with `{"placement": {"preferred": <server>}}`,
 nats-server 2.11+: server/jetstream_api.go, getStepDownPreferredPlacement): only a stream whose leader leads more
 of the group than a current peer of it does, and only to that peer. Every worker of a queue runs it (at start
-and every `queueworker.process.LEADERS_EVERY` seconds) with the same rule, so they agree on the moves; a move
+and every `queueworker.partitions.CHECK_EVERY` seconds) with the same rule, so they agree on the moves; a move
 already made answers "already leader" and is skipped. A move is a leader election: calls published meanwhile
 get an answer a moment later, or a 503 that a retry under the same call id makes safe.
 """

@@ -228,6 +228,13 @@ class WorkerSettings(SharedSettings):
         kind="duration",
         values="queue.maxEventAge",
     )
+    result_max_bytes: int = _f(
+        64 * 1024,
+        "Bytes of a function's answer kept as the call's result (`GET /async-calls/{id}/result`, docs/results.md), "
+        "for the status TTL; a longer body is cut there and marked truncated. 0 = no results kept.",
+        kind="size",
+        not_in_chart=DEFAULT,
+    )
     dispatch_rate: float = _f(
         0.0,
         "Most calls of the queue invoked per second, all functions together, across every worker replica. "
@@ -379,6 +386,24 @@ class GatewaySettings(SharedSettings):
         "How long to wait for JetStream's PubAck before answering 503.",
         kind="duration",
         not_in_chart=DEFAULT,
+    )
+    max_batch_calls: int = _f(
+        100,
+        "Most calls in one `POST /async-batch` (413 above; docs/results.md).",
+        values="gateway.maxBatchCalls",
+    )
+    max_batch_bytes: int = _f(
+        8 * 1024 * 1024,
+        "Largest `POST /async-batch` request body (413 above); each call's body is held to maxBodySize too.",
+        kind="size",
+        values="gateway.maxBatchBytes",
+    )
+    idempotency_window: float = _f(
+        86400.0,
+        "How long an `Idempotency-Key` is remembered, for queues the routing table does not describe "
+        "(docs/results.md).",
+        kind="duration",
+        not_in_chart="per queue, in `gateway.queues` (queues.yaml `idempotencyWindow`)",
     )
     max_delay: float = _f(
         30 * 86400.0,

@@ -3,7 +3,7 @@
 Where the records of a call are: in one bucket of its queue, `contract.status_shard(call_id, partitions)` of the
 queue's `partitions` status buckets (callstatus.QueueStatus). Which queue: an id made by jetqueue starts with its
 queue's hint (contract/partitions.py), so the hinted queue's bucket is read first, two reads; a caller's own id
-has none, so every routed queue's bucket is read at once (two reads each; measured in docs/partitions.md).
+has none, so every routed queue's bucket is read at once (two reads each; docs/partitions.md).
 
 What else is looked in, so no record is lost to a change:
 - the queue's other status buckets, when the call's own bucket has no record of the call, or only the gateway's

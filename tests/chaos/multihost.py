@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from nats.aio.client import Client
 
-from jetqueue import contract
+from jetqueue import contract, leaders
+from jetqueue.contract.partitions import choose_partition
 from tests.chaos.ledger import Ledger
 from tests.chaos.netns import NetLab, wait_all_healthy
 from tests.helpers import connect, gateway_settings, running_gateway, start_worker, worker_env
@@ -44,6 +45,17 @@ HEALTHY_TIMEOUT = 60.0
 RESUMED, RESUME_TIMEOUT = 30, 30.0  # after the fault, submissions flow again: this many accepted within this
 DRAIN_TIMEOUT = 120.0
 WORKER_EXIT_TIMEOUT = 10.0  # a worker with nothing in flight exits in about a second
+
+
+def one_function_per_partition(partitions: int, prefix: str = "fn-") -> tuple[str, ...]:
+    """Function names whose calls land in partitions 0 .. partitions-1 in turn (the gateway's own rule), so a
+    scenario's steady submissions reach every partition."""
+    names: dict[int, str] = {}
+    for i in range(1000):
+        names.setdefault(choose_partition(f"{prefix}{i}", partitions), f"{prefix}{i}")
+        if len(names) == partitions:
+            return tuple(names[p] for p in range(partitions))
+    raise AssertionError(f"no names for {partitions} partitions")
 
 
 def duplicate_bound(disruptions: int) -> int:
@@ -114,6 +126,23 @@ class Run:
         info = await self.nc.jetstream().stream_info(contract.stream_name(QUEUE, partition))
         assert info.cluster is not None and info.cluster.leader, info
         return next(i for i, s in enumerate(self.servers) if s.name == info.cluster.leader)
+
+    async def placement(self) -> list[str]:
+        """The server leading each partition's stream, in partition order ('' while one has none or cannot be
+        asked)."""
+        found = {p.stream: p.leader for p in await leaders.placement(self.nc.jetstream(timeout=2), self.streams)}
+        return [found.get(stream, "") for stream in self.streams]
+
+    async def leaders_spread(self, within: float = 20.0) -> None:
+        """Wait (at most `within`) for the partitions' leaders to be on different servers, as the worker spreads
+        them (leaders.py); note where they are either way."""
+        deadline = time.monotonic() + within
+        while True:
+            found = await self.placement()
+            if len(set(found) - {""}) == min(len(found), len(self.servers)) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        self.notes.append("leaders " + ", ".join(f"P{k} {name or 'none'}" for k, name in enumerate(found)))
 
     async def healthy_again(self) -> None:
         """Every node's /healthz is 200, and the queue's streams and its call-status buckets' each have a leader

@@ -196,8 +196,9 @@ class NetLab:
 
     # the NATS cluster on it
 
-    def nats_cluster(self, base: Path) -> list[NatsServer]:
-        """One nats-server per namespace on its own address, routes to the others; started, not yet waited on."""
+    def nats_cluster(self, base: Path, jetstream_conf: str = "") -> list[NatsServer]:
+        """One nats-server per namespace on its own address, routes to the others; started, not yet waited on.
+        `jetstream_conf`: inside each server's jetstream {} block (bench/partitions.py: "sync_interval: always")."""
         servers = []
         for i in range(self.nodes):
             routes = [f"nats-route://{self.address(j)}:{ROUTE_PORT}" for j in range(self.nodes) if j != i]
@@ -211,6 +212,7 @@ class NetLab:
                     monitor_port=MONITOR_PORT,
                     route_urls=routes,
                     command_prefix=self.exec_prefix(i),
+                    jetstream_conf=jetstream_conf,
                 )
             )
         try:

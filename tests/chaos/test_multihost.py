@@ -2,7 +2,10 @@
 gateway while a node is cut off, killed, restarted in turn or on a lossy, slow link. Each scenario ends with the
 ledger.
 
-Needs root and iproute2 (skipped otherwise, with the reason). The leader cut-off runs in `make test`; the others
+A queue of 3 partitions (issue 21's "done when") gets the same two faults: one partition's leader cut off, one
+server SIGKILLed.
+
+Needs root and iproute2 (skipped otherwise, with the reason). The leader cut-offs run in `make test`; the others
 are slower and run when CHAOS_FULL=1, which `make chaos` sets."""
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.multihost import Run, duplicate_bound, full_only, scenario
+from tests.chaos.multihost import Run, duplicate_bound, full_only, one_function_per_partition, scenario
 from tests.chaos.netns import NetLab
 from tests.servers import FunctionServer, NatsServer
 
@@ -161,4 +164,66 @@ async def test_congested_links_during_a_burst(
         tmp_path,
         lambda run: impaired_burst(run, CONGESTED),
         duplicate_bound(IMPAIRED_DUPLICATES),
+    )
+
+
+PARTITIONS = 3
+SPREAD = one_function_per_partition(PARTITIONS)  # the steady submitters' functions: every partition gets calls
+DOWN = 10.0  # how long a partition's leader stays cut off, or a killed server down
+
+
+async def test_partition_leader_cut_off_for_10s(
+    lab: NetLab, nats3: list[NatsServer], functions: FunctionServer, tmp_path: Path
+) -> None:
+    async def cut_partition_leader(run: Run) -> None:
+        await run.leaders_spread()
+        leader = await run.stream_leader(1)
+        run.notes.append(f"partition 1's leader {run.servers[leader].name} cut off (gateway on {run.gateway_node()})")
+        lab.link_down(leader)
+        try:
+            await asyncio.sleep(DOWN)
+        finally:
+            lab.link_up(leader)
+        await run.healthy_again()
+        await run.leaders_spread(within=0)
+
+    await scenario(
+        "multi-host, 3 partitions: partition 1's leader cut off 10 s",
+        "pcut",
+        lab,
+        nats3,
+        functions,
+        tmp_path,
+        cut_partition_leader,
+        duplicate_bound(1),
+        partitions=PARTITIONS,
+        submitted=SPREAD,
+    )
+
+
+@full_only
+async def test_partitioned_server_killed(
+    lab: NetLab, nats3: list[NatsServer], functions: FunctionServer, tmp_path: Path
+) -> None:
+    async def kill_server(run: Run) -> None:
+        await run.leaders_spread()
+        victim = run.servers[await run.stream_leader(0)]
+        run.notes.append(f"{victim.name} (leads partition 0) SIGKILLed (gateway on {run.gateway_node()})")
+        victim.kill()
+        await asyncio.sleep(DOWN)
+        victim.start(wait=False)
+        await run.healthy_again()
+        await run.leaders_spread(within=0)
+
+    await scenario(
+        "multi-host, 3 partitions: a server SIGKILLed, restarted 10 s later",
+        "pkill",
+        lab,
+        nats3,
+        functions,
+        tmp_path,
+        kill_server,
+        duplicate_bound(1),
+        partitions=PARTITIONS,
+        submitted=SPREAD,
     )

@@ -106,12 +106,94 @@ def test_submit_operations_match_the_document(gateway, method, name, sub, h, bod
         assert "error" in json.loads(payload)
 
 
+FIRST: dict[tuple[str, str], tuple[str, str, bytes]] = {}  # (function, key) -> (call id, method, body) of its first
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    method=st.sampled_from(["POST", "PUT"]),
+    name=st.sampled_from(["idem-a", "idem-b"]),
+    key=st.sampled_from(["k1", '"k1"', "k2", "k3"]),
+    body=st.sampled_from([b"", b"one", b"two"]),
+)
+def test_idempotency_keys_match_the_document_and_hold(gateway, method, name, key, body):
+    """A key's first accepted request decides: the same request again answers its call id, another one 422."""
+    conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=30)
+    try:
+        conn.request(method, f"/async-function/{name}", body=body or None, headers={"Idempotency-Key": key})
+        resp = conn.getresponse()
+        status, payload, call_id = resp.status, resp.read(), resp.getheader("X-Call-Id") or ""
+    finally:
+        conn.close()
+    assert status in documented("/async-function/{name}", method), (status, payload)
+    first = FIRST.setdefault((name, key.strip('"')), (call_id, method, body)) if status == 202 else None
+    if first is not None:
+        assert (status, call_id) == (202, first[0]) if first[1:] == (method, body) else status == 422
+    elif status == 422:
+        assert (name, key.strip('"')) in FIRST
+
+
+batch_call = st.fixed_dictionaries(
+    {"function": st.one_of(st.sampled_from(["echo", "b.ns"]), segment)},
+    optional={
+        "method": st.sampled_from(["POST", "PUT", "GET", "DELETE", 3]),
+        "path": st.one_of(st.just("/a?b=1"), header_value),
+        "body": st.text(max_size=50),
+        "bodyBase64": st.one_of(st.just("aGk="), header_value),
+        "headers": st.dictionaries(st.sampled_from(["X-A", "X-Call-Id", "Content-Type"]), header_value, max_size=2),
+        "callId": st.one_of(st.just("batch-1"), header_value),
+        "callbackUrl": st.one_of(st.just("http://127.0.0.1:9/cb"), header_value),
+        "delay": st.sampled_from(["1s", "-1s", "x"]),
+        "idempotencyKey": st.sampled_from(["bk1", "bk2", ""]),
+        "tags": st.one_of(st.lists(st.sampled_from(["a", "b-c", "BAD TAG"]), max_size=3), header_value),
+        "other": st.just(1),
+    },
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=st.one_of(st.lists(st.one_of(batch_call, st.integers()), max_size=8), st.just({}), st.just("x")))
+def test_batch_matches_the_document(gateway, calls):
+    """Every answer a documented status; each call's result a status its single submission may get."""
+    status, payload = request(gateway, "POST", "/async-batch", json.dumps(calls).encode())
+    assert status in documented("/async-batch", "POST"), (status, payload)
+    doc = json.loads(payload)
+    if status != 200:
+        assert "error" in doc
+        return
+    assert len(doc["results"]) == len(calls) and doc["accepted"] + doc["refused"] == len(calls)
+    for result in doc["results"]:
+        assert result["status"] in documented("/async-function/{name}", "POST"), result
+        assert ("callId" in result) == (result["status"] == 202) or result["status"] == 503, result
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=st.sampled_from(["GET", "DELETE"]), call_id=segment)
 def test_status_and_cancel_match_the_document(gateway, method, call_id):
     status, payload = request(gateway, method, f"/async-calls/{call_id}")
     assert status < 500, (status, payload)
     assert status in documented("/async-calls/{call_id}", method) | {404, 405}, (status, payload)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(call_id=segment, fmt=st.sampled_from(["", "?format=json", "?format=x"]))
+def test_result_matches_the_document(gateway, call_id, fmt):
+    status, payload = request(gateway, "GET", f"/async-calls/{call_id}/result{fmt}")
+    assert status < 500, (status, payload)
+    assert status in documented("/async-calls/{call_id}/result", "GET") | {405}, (status, payload)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.one_of(st.sampled_from(["", "?tag=t1", "?tag=t-2", "?other=1"]), segment.map(lambda t: f"?tag={t}")))
+def test_cancel_by_tag_matches_the_document(gateway, query):
+    status, payload = request(gateway, "DELETE", f"/async-calls{query}")
+    assert status in documented("/async-calls", "DELETE"), (status, payload)
+    doc = json.loads(payload)
+    if status == 200:
+        counted = sum(doc[k] for k in ("cancelled", "cancelling", "finished", "unknown", "failed"))
+        assert counted == doc["matched"] and doc["failed"] == 0
+    else:
+        assert "error" in doc
 
 
 def test_every_route_is_documented():

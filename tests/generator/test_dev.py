@@ -29,6 +29,8 @@ def test_dev_runs_to_a_summary_with_every_call_accounted_for():
     assert re.search(r"scheduled call: X-Delay: 3s → 202 at once, status 'scheduled'", res.stdout), res.stdout
     assert re.search(r"while paused; 2s later: \['queued', 'queued', 'queued'\], 0 run", res.stdout), res.stdout
     assert "all 3 ran and called back" in res.stdout
+    assert re.search(r"result: the same call sent twice with Idempotency-Key: demo-order-\d+ → one call", res.stdout)
+    assert 'function status 200, body {"order": 42}' in res.stdout
     assert re.search(r"2 ticks, one call each, .*: cron\.faas-request\.demo-tick\.\d{8}T\d{6}Z, ", res.stdout)
     assert "p50" in res.stdout and "calls/s" in res.stdout
     tmp = re.search(r"logs: (\S+)", res.stdout)

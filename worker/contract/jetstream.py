@@ -17,6 +17,7 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     ReplayPolicy,
     RetentionPolicy,
     StorageType,
@@ -253,16 +254,16 @@ def function_consumer(
 def shared_function_consumer(
     queue: str, ack_wait: float, max_ack_pending: int, max_waiting: int, closed: bool = False, partition: int = 0
 ) -> ConsumerSpec:
-    """Function mode's shared consumer: open, every call of the queue (`<queue>.>`); closed, none new (its filter
-    matches no call). Kept like the static consumer (file state, no inactive_threshold): made rarely, and while it
-    exists its lag is the queue's."""
+    """Function mode's shared consumer of one partition: open, every call of it (`<queue>.>`, `<queue>_P<p>.>`);
+    closed, none new (its filter matches no call). Kept like the static consumer (file state, no
+    inactive_threshold): made rarely, and while it exists its lag is the partition's."""
     return ConsumerSpec(
         names.stream_name(queue, partition),
         names.shared_consumer_name(queue),
         ack_wait,
         max_ack_pending,
         max_waiting,
-        filter_subject=names.closed_subject(queue, partition) if closed else names.queue_subjects(queue, partition),
+        filter_subject=(names.closed_subject(queue, partition) if closed else names.queue_subjects(queue, partition)),
     )
 
 
@@ -313,6 +314,24 @@ def cancel_bucket(queue: str, replicas: int = 1, storage: str = "file") -> KeyVa
     return _bucket(
         names.cancel_bucket_name(queue), f"jetqueue cancel requests of queue {queue}", CANCEL_KEEP, replicas, storage
     )
+
+
+def result_bucket(queue: str, ttl: float, replicas: int = 1, storage: str = "file") -> ObjectStoreConfig:
+    """A queue's object store of result bodies too large for the status record (results.py), kept as long as the
+    status records that point at them (`ttl`)."""
+    return ObjectStoreConfig(
+        bucket=names.result_bucket_name(queue),
+        description=f"jetqueue call results of queue {queue}",
+        ttl=ttl,
+        replicas=replicas,
+        storage=StorageType(storage),
+    )
+
+
+def idempotency_bucket(queue: str, window: float, replicas: int = 1, storage: str = "file") -> KeyValueConfig:
+    """A queue's Idempotency-Key records (gateway/idempotency.py), each kept for the queue's idempotency window."""
+    name = names.idempotency_bucket_name(queue)
+    return _bucket(name, f"jetqueue idempotency keys of queue {queue}", window, replicas, storage)
 
 
 def pause_bucket(replicas: int = 1, storage: str = "file") -> KeyValueConfig:

@@ -1,6 +1,6 @@
 """The message contract between whoever enqueues a call and the queue-worker.
 
-Anyone with a NATS client can enqueue a call by following it (README, "Message contract"):
+Anyone with a NATS client can enqueue a call by following it (schemas/message-contract.md):
 
 * subject ``<queue>.<function>``; ``function`` is ``name`` or ``name.namespace``;
 * payload: the raw request body, byte for byte;

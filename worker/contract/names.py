@@ -30,6 +30,8 @@ CALLBACK_DLQ_FUNCTION = "_callback"  # undeliverable callbacks' dead-letter subj
 KV_SUBJECT_PREFIX = "$KV."  # a key-value bucket's keys are subjects `$KV.<bucket>.<key>` of its stream
 STATUS_BUCKET_PREFIX = "jetqueue-calls-"  # + partition_token(queue, shard): a queue's own call-status buckets
 CANCEL_BUCKET_PREFIX = "jetqueue-cancels-"  # + queue: a queue's own cancel requests
+RESULT_BUCKET_PREFIX = "jetqueue-results-"  # + queue: an object store of the queue's large result bodies
+IDEMPOTENCY_BUCKET_PREFIX = "jetqueue-idempotency-"  # + queue: Idempotency-Key records (gateway/idempotency.py)
 # Before partitions, one bucket of each served every queue: read (never created) while they exist (callstatus.py).
 LEGACY_STATUS_BUCKET = "jetqueue-calls"
 LEGACY_CANCEL_BUCKET = "jetqueue-cancels"
@@ -59,6 +61,21 @@ def submission_key(call_id: str) -> str:
     """The status bucket's key of a call's submission record (the gateway's `queued` or `scheduled`), beside the
     call's own record under its id (callstatus.py). A call id never starts with `_`, so no call's key is taken."""
     return f"_submitted.{call_id}"
+
+
+def tag_key(tag: str, call_id: str) -> str:
+    """The status bucket's index key of a tagged call (tags.py): `_tag.<tag>.<call id>`; no tag holds a `.`."""
+    return f"_tag.{tag}.{call_id}"
+
+
+def tag_keys(tag: str) -> str:
+    """Every index key of one tag, as a key filter."""
+    return f"_tag.{tag}.>"
+
+
+def call_of_tag_key(key: str) -> str:
+    """The call id of a `tag_key`."""
+    return key.split(".", 2)[2]
 
 
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -103,6 +120,20 @@ def cancel_bucket_name(queue: str) -> str:
     return CANCEL_BUCKET_PREFIX + queue
 
 
+def result_bucket_name(queue: str) -> str:
+    """The object store of a queue's result bodies too large for the status record (results.py)."""
+    return RESULT_BUCKET_PREFIX + queue
+
+
+def result_object_name(call_id: str, start_ns: int) -> str:
+    """A result body's object: the call's id and start time, so a later call under the same id is apart."""
+    return f"{call_id}.{start_ns}"
+
+
+def idempotency_bucket_name(queue: str) -> str:
+    return IDEMPOTENCY_BUCKET_PREFIX + queue
+
+
 def dlq_stream_name(queue: str) -> str:
     return f"{STREAM_PREFIX}{queue}{DLQ_STREAM_SUFFIX}"
 
@@ -128,6 +159,10 @@ def function_consumer_name(queue: str, function: str) -> str:
     return f"{name[: MAX_CONSUMER_NAME - len(digest) - 1]}-{digest}"
 
 
+def subject(queue: str, function: str, partition: int = 0) -> str:
+    return f"{partition_token(queue, partition)}.{function}"
+
+
 def shared_consumer_name(queue: str) -> str:
     """Function mode's shared consumer: every function's calls while none needs a consumer of its own
     (queueworker/sharedconsumer.py). No function consumer is named so: theirs start `<queue>-fn-`."""
@@ -138,10 +173,6 @@ def closed_subject(queue: str, partition: int = 0) -> str:
     """The filter of a closed shared consumer: no call is ever published on it (no function name starts with `_`),
     so the consumer delivers nothing new and keeps only the calls it had delivered."""
     return f"{partition_token(queue, partition)}._closed"
-
-
-def subject(queue: str, function: str, partition: int = 0) -> str:
-    return f"{partition_token(queue, partition)}.{function}"
 
 
 def queue_subjects(queue: str, partition: int = 0) -> str:

@@ -5,21 +5,26 @@ with the reason, or 503 with Retry-After when the call could not be stored."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 from nats.js.errors import APIError, NoStreamResponseError
 from prometheus_client import CollectorRegistry
 
-from jetqueue import callstatus, contract
+from jetqueue import callstatus, contract, results, tags
 from jetqueue.contract import CallState, jetstream
 from jetqueue.egress import Egress
+from jetqueue.gateway import idempotency
 from jetqueue.gateway.auth import problem
 from jetqueue.gateway.backend import Backend, PubAcks
+from jetqueue.gateway.idempotency import IdempotencyKeys
 from jetqueue.gateway.metrics import GatewayMetrics
 from jetqueue.gateway.routing import Routing
 from jetqueue.gateway.scheduling import NOT_BEFORE, BadSchedule, not_before
@@ -37,6 +42,18 @@ MAX_RECENT = 10_000  # records of calls just accepted, kept in memory (`recent`)
 RECENT_FOR = 10.0
 
 
+class Submitted(Protocol):
+    """What a submission is read from: an HTTP request, or one call of a batch (batch.py)."""
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    @property
+    def method(self) -> str: ...
+
+    async def read(self) -> bytes: ...
+
+
 class Accept:
     def __init__(self, s: GatewaySettings, routing: Routing, backend: Backend, registry: CollectorRegistry) -> None:
         self.s = s
@@ -45,13 +62,14 @@ class Accept:
         self.metrics = GatewayMetrics(registry, lambda: backend.reconnects)
         self.egress = Egress.parse(s.callback_hosts, s.callback_blocked_networks)
         self._recent: OrderedDict[str, tuple[float, callstatus.Record]] = OrderedDict()
+        self.idempotency = IdempotencyKeys(lambda: backend.js, self._idempotency_window)
 
     async def submit(self, request: web.Request) -> web.Response:
         """The submission routes' handler (server.py); most submissions come by the front door instead (front.py)."""
         url = request.rel_url
         return await self.submit_as(request, request.match_info["name"], url.raw_path, url.raw_query_string)
 
-    async def submit_as(self, request: web.BaseRequest, name: str, raw_path: str, query: str) -> web.Response:
+    async def submit_as(self, request: Submitted, name: str, raw_path: str, query: str) -> web.Response:
         """A submission to function `name` at `raw_path`?`query` (still percent-encoded, as the client sent them)."""
         if not contract.FUNCTION_NAME.match(name) or len(name) > MAX_FUNCTION_NAME:
             self.metrics.count("_invalid", "", 400, request.method)
@@ -97,6 +115,18 @@ class Accept:
         headers = contract.forwardable(request.headers)
         if self.s.auth_token or self.s.auth_user:  # the credential was for the gateway, not the function
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        if (tagged := request.headers.get(tags.HEADER)) is not None:
+            try:
+                tags.parse(tagged)
+            except tags.BadTags as e:
+                self.metrics.count(name, queue, 400, request.method)
+                return problem(400, str(e))
+        idem = request.headers.get(idempotency.HEADER)
+        try:
+            idem_key = idempotency.parse(idem) if idem is not None else ""
+        except idempotency.BadKey as e:
+            self.metrics.count(name, queue, 400, request.method)
+            return problem(400, str(e))
         call = contract.Call(
             call_id=call_id,
             queue=queue,
@@ -111,7 +141,27 @@ class Accept:
             not_before=when,
             partition_key=key,
         )
+        if idem_key:  # the first call's answer to a repeat, across gateways (idempotency.py)
+            return await self.idempotency.submit(call, idem_key, self._store, self._status_of)
         return await self._store(call)
+
+    async def _status_of(self, call_id: str) -> callstatus.Record | None:
+        """A call's status as GET /async-calls/{id} shows it (None: no record); raises when NATS fails."""
+        record = self.recent(call_id)
+        if record is not None:
+            return record
+        if not self.backend.status_enabled:
+            return None
+        if self.backend.lookup is None:
+            raise ConnectionError("not connected to NATS")
+        entry = await self.backend.lookup.get(call_id)
+        return results.summary(entry.record) if entry is not None else None
+
+    def _idempotency_window(self, queue: str) -> tuple[float, int, str]:
+        info = self.routing.queues.get(queue)
+        if info is None:
+            return self.s.idempotency_window, self.s.stream_replicas, self.s.stream_storage
+        return info.idempotency_window, info.replicas, info.storage
 
     def _too_large(self, body: int, header_map: dict[str, str]) -> web.Response | None:
         """413 when body + headers (+ room for a dead letter's metadata) exceed the server's max_payload:
@@ -163,6 +213,14 @@ class Accept:
         if b.acks is None or not b.connected or (queue not in b.ready_streams and not await b.ensure_queue(queue)):
             self.metrics.count(name, queue, 503, call.method)
             return problem(503, "NATS is unavailable; nothing was stored, retry later", **{"Retry-After": RETRY_AFTER})
+        if b.status_enabled and (call_tags := tags.of_headers(call.headers)):
+            try:  # before the call: a tagged call the index missed would escape a cancel by tag (tags.py)
+                keys = [contract.tag_key(t, call.call_id) for t in call_tags]
+                value = json.dumps({"start": call.start_time_ns}).encode()
+                await b.queue_status(queue).store(call.call_id).index(keys, value)
+            except Exception:
+                self.metrics.count(name, queue, 503, call.method)
+                return problem(503, "the call's tags could not be stored; nothing was stored, retry later")
         t0 = time.perf_counter()
         try:
             duplicate = await self._publish(b.acks, call, subject, headers, partition)

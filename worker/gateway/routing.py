@@ -7,7 +7,7 @@ none with strict routing). queues.yaml wins where both speak: it is what the wor
 
 File (rendered by the generator into the gateway chart's ConfigMap) shape:
 ``{"routes": {"train": "ml-batch"}, "queues": {"ml-batch": {"streamReplicas": 3, "streamStorage": "file",
-"maxQueueLength": 0, "maxQueueBytes": 0, "partitions": 3}}}``.
+"maxQueueLength": 0, "maxQueueBytes": 0, "partitions": 3, "idempotencyWindow": 86400}}}`` (seconds).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class QueueInfo:
     max_length: int = 0  # maxQueueLength: a full queue answers 503 "queue full"
     max_bytes: int = 0
     partitions: int = 1  # work streams OF_<queue>, OF_<queue>_P1 ... (contract/partitions.py picks one per call)
+    idempotency_window: float = 86400.0  # seconds an Idempotency-Key is remembered (gateway/idempotency.py)
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Routing:
                         int(v.get("maxQueueLength", 0)),
                         int(v.get("maxQueueBytes", 0)),
                         int(v.get("partitions", 1)),
+                        float(v.get("idempotencyWindow", s.idempotency_window)),
                     )
                     for q, v in (data.get("queues") or {}).items()
                 }
@@ -103,5 +105,13 @@ class Routing:
                 most = contract.MAX_PARTITIONS
                 raise SettingsError(f"routing: queue {q!r} has {info.partitions} partitions; 1 to {most}")
         for q in (r.default_queue, *r.routes.values()):
-            r.queues.setdefault(q, QueueInfo(s.stream_replicas, s.stream_storage, partitions=s.partitions))
+            r.queues.setdefault(
+                q,
+                QueueInfo(
+                    s.stream_replicas,
+                    s.stream_storage,
+                    partitions=s.partitions,
+                    idempotency_window=s.idempotency_window,
+                ),
+            )
         return r

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from jetqueue.gateway.accept import Accept
 from jetqueue.gateway.auth import auth_middleware, errors_middleware
 from jetqueue.gateway.backend import Backend
+from jetqueue.gateway.batch import Batch
 from jetqueue.gateway.calls import Calls
 from jetqueue.gateway.front import SUBMIT_METHODS, front
 from jetqueue.gateway.routing import Routing
@@ -39,6 +40,7 @@ class Gateway:
         self.backend = Backend(settings, routing)
         self.accept = Accept(settings, routing, self.backend, self.registry)
         self.calls = Calls(settings, self.backend, self.accept.recent)
+        self.batch = Batch(settings, self.accept)
         self.runner: web.AppRunner | None = None
         self._connector: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -62,9 +64,12 @@ class Gateway:
         for method in SUBMIT_METHODS:
             r.add_route(method, "/async-function/{name}", self.accept.submit)
             r.add_route(method, "/async-function/{name}/{path:.*}", self.accept.submit)
+        r.add_post("/async-batch", self.batch.submit)
         r.add_delete("/async-function/{name}", self.calls.cancel)  # OpenFaaS form: the segment is the call id
         r.add_delete("/async-calls/{call_id}", self.calls.cancel)
+        r.add_delete("/async-calls", self.calls.cancel_tagged)
         r.add_get("/async-calls/{call_id}", self.calls.get_status)
+        r.add_get("/async-calls/{call_id}/result", self.calls.get_result)
         add_probes(app, self.registry, lambda: True, self._not_ready)
         return app
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from jetqueue import contract, logs
 from jetqueue.durations import parse_duration
-from jetqueue.ops import deadletters, pauses, queues, schedules, status
+from jetqueue.ops import deadletters, pauses, queues, results, schedules, status
 from jetqueue.settings import GatewaySettings, SettingsError, SharedSettings, WorkerSettings
 
-ENV_HELP = "Every setting is an environment variable; see README.md, 'Runtime settings'."
+ENV_HELP = "Every setting is an environment variable; see docs/reference/settings.md."
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -84,6 +84,22 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("queue", nargs="?", help="one queue (default: every OF_* stream)")
     nats_args(p)
     p.set_defaults(func=lambda a: _ops(a, lambda nc: status.status(nc.jetstream(), a.queue)))
+
+    p = sub.add_parser(
+        "result",
+        help="a finished call's result: the function's answer body to stdout, its status to stderr",
+        description="The answer a finished call's function gave (docs/results.md), found from the call id alone: "
+        "the body to stdout byte for byte, the function's status (and whether the body was cut at the workers' "
+        "resultMaxBytes) to stderr. Exit 1 when there is none (unknown call, not finished, no answer kept).",
+    )
+    p.add_argument("call_id", metavar="ID", help="the call id (X-Call-Id of the 202)")
+    p.add_argument("--json", action="store_true", help="print status, headers, size and body (base64) as JSON")
+    nats_args(p)
+    p.set_defaults(
+        func=lambda a: _ops(
+            a, lambda nc: results.result(nc.jetstream(), a.call_id, sys.stdout.buffer, sys.stderr, a.json)
+        )
+    )
 
     p = sub.add_parser(
         "pause",

@@ -192,8 +192,9 @@ class FunctionMode:
             lane = part.lane
             if split:
                 shared.close()
-            elif fresh and lane is not None and counts and not (lane.has_work or lane.pulling):
-                lane.has_work = sum(counts.values()) > lane.running
+            elif fresh and lane is not None and counts and not lane.pulling:
+                # settled again even when it knew of calls: a turn it missed (its pull refused) is taken now
+                lane.has_work = lane.has_work or sum(counts.values()) > lane.running
                 self.dispatch.settle(lane)
             return
         lanes = [lane for lane in self.functions.values() if lane.stream == part.stream]

@@ -20,7 +20,7 @@ from functools import partial
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from jetqueue import callstatus, contract
+from jetqueue import callstatus, contract, results
 from jetqueue.contract import BadMessage, Call, CallState
 from jetqueue.queueworker.callbacks import CallbackStore
 from jetqueue.queueworker.deadletter import dead_letter
@@ -31,6 +31,7 @@ from jetqueue.queueworker.metrics import WorkerMetrics, status_class
 from jetqueue.queueworker.policy import Policies
 from jetqueue.queueworker.schedule import HOLD_AT_LEAST, Holder
 from jetqueue.queueworker.statuswriter import StatusWriter
+from jetqueue.results import ResultBodies
 
 log = logging.getLogger("jetqueue.worker")
 CANCELLED_STATUS = 499  # nginx's "client closed request": the X-Function-Status of a cancelled call
@@ -59,6 +60,8 @@ class Context:
     admit: Callable[[str], Awaitable[None]] | None = None
     # Was this call cancelled before it came (cancels.CancelWatch.requested)? None: cancel is off.
     cancelled: Callable[[Call], bool] | None = None
+    results: ResultBodies | None = None  # where result bodies too large for the status record go (results.py)
+    result_limit: int = 0  # bytes of a function's answer kept as the call's result; 0: none kept
 
 
 def _stored_ns(msg: Msg) -> int:
@@ -181,7 +184,14 @@ class Processor:
             fields["next_try"] = round(callstatus.now() + decision.delay, 3)
             self.ctx.status.report(callstatus.base_record(call, state, **fields), read_first=seen)
         else:
-            await self.ctx.status.final(callstatus.base_record(call, state, **fields), read_first=seen)
+            c = self.ctx
+            if c.result_limit and outcome.status is not None and not outcome.cancelled:
+                found = await results.make(
+                    call, outcome.status, outcome.body, outcome.headers, c.result_limit, c.results
+                )
+                if found is not None:
+                    fields["result"] = found
+            await c.status.final(callstatus.base_record(call, state, **fields), read_first=seen)
 
     async def _settle(self, msg: Msg, call: Call, decision: Decision, outcome: Outcome, attempt: int) -> None:
         """Keep the 202's promise in JetStream: removed, redelivered later, or stored as a dead letter first."""

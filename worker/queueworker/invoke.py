@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import aiohttp
 from multidict import CIMultiDict
@@ -28,6 +29,7 @@ class Outcome:
     internal: bool = False  # it carries X-OpenFaaS-Internal: the OpenFaaS gateway's own error, not the function's
     error: str = ""
     duration: float = 0.0
+    headers: Mapping[str, str] = field(default_factory=dict)  # the function's response headers (for its result)
 
     @property
     def cancelled(self) -> bool:
@@ -99,6 +101,7 @@ class Invoker:
                     retry_after=resp.headers.get("Retry-After"),
                     internal=INTERNAL_HEADER in resp.headers,
                     duration=time.monotonic() - t0,
+                    headers=resp.headers,
                 )
         except TimeoutError:
             return Outcome(status=None, error=f"timed out after {timeout:g}s", duration=time.monotonic() - t0)

@@ -141,7 +141,7 @@ class PauseFollower:
     async def apply(self) -> None:
         """Bring the queue's consumers to the records."""
         s = self.s
-        changed = []
+        changed: list[tuple[str, str]] = []
         for stream in self.streams():
             try:
                 changed += await pauses.bring_consumers(self.js, s.queue, stream, s.durable, self.records, self.now())

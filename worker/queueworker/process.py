@@ -18,9 +18,8 @@ from dataclasses import replace
 from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from prometheus_client import Gauge
 
-from jetqueue import backlog, contract, provision, schedules
+from jetqueue import contract, provision, schedules
 from jetqueue.callstatus import QueueStatus
 from jetqueue.cancels import CancelWatch
 from jetqueue.connection import connect
@@ -28,6 +27,7 @@ from jetqueue.contract import jetstream
 from jetqueue.egress import Egress
 from jetqueue.openfaas import FunctionCatalog
 from jetqueue.probes import add_probes, serve
+from jetqueue.queueworker import gauges
 from jetqueue.queueworker.callbacks import CallbackSender, CallbackStore
 from jetqueue.queueworker.fetch import ConsumerLoop, Slots
 from jetqueue.queueworker.functionmode import FunctionMode
@@ -42,11 +42,11 @@ from jetqueue.queueworker.ratelimit import DispatchRate
 from jetqueue.queueworker.schedule import Holder, Mover
 from jetqueue.queueworker.statuswriter import StatusWriter
 from jetqueue.queueworker.ticks import Ticks
+from jetqueue.results import ResultBodies
 from jetqueue.settings import WorkerSettings
 from jetqueue.signing import signing_keys
 
 log = logging.getLogger("jetqueue.worker")
-PENDING_REFRESH = 5.0
 CANCELS_READY_WAIT = 10.0
 MOVE_AT_ONCE = 64  # due calls moved into the work stream at once
 SCHEDULES_RETRY = 5.0  # seconds between attempts to apply queues.yaml's schedules
@@ -147,6 +147,8 @@ class Worker:
             holder=None if s.max_queue_length or s.max_queue_bytes else Holder(js, lambda: nc.max_payload),
             cancelled=lambda call: self.cancels is not None and self.cancels.requested(call),
             admit=rates.admit if rates else None,
+            results=ResultBodies.of(js, s.queue, s.status_ttl, s.stream_replicas, s.stream_storage),
+            result_limit=s.result_max_bytes if s.call_status else 0,
         )
         self.processor = Processor(ctx)
         if s.call_status:
@@ -167,7 +169,7 @@ class Worker:
             )
         )
         self._mover_beat = asyncio.create_task(mover.extender.run())
-        self._timer = asyncio.create_task(self._refresh_pending(js))
+        self._timer = asyncio.create_task(gauges.refresh(js, s.queue, self.metrics, partitions, self.pauses))
         self._beat = asyncio.create_task(self.processor.extender.run())
         self._sender = asyncio.create_task(self.callbacks.run(), name="callbacks")
         log.info(
@@ -322,40 +324,6 @@ class Worker:
         if lost:
             return f"consumer {', '.join(lost)} missing; setting it up again"
         return None
-
-    async def _refresh_pending(self, js: JetStreamContext) -> None:
-        """queue_worker_pending_messages and queue_worker_scheduled_messages per function, from the subjects
-        holding messages; queue_worker_paused for the queue and those functions (a pause ends by itself)."""
-        pending: set[str] = set()
-        scheduled: set[str] = set()
-
-        def publish(gauge: Gauge, known: set[str], counts: dict[str, int]) -> None:
-            for fn in known - set(counts):  # had calls, has none now
-                gauge.labels(self.s.queue, fn).set(0)
-            for fn, n in counts.items():
-                gauge.labels(self.s.queue, fn).set(n)
-            known |= set(counts)
-
-        while True:
-            try:
-                counts: dict[str, int] = {}
-                submitted = 0
-                assert self.partitions is not None
-                for partition, stream in list(self.partitions.served.items()):  # every partition's, summed
-                    subjects = contract.queue_subjects(self.s.queue, partition)
-                    info = await js.stream_info(stream, subjects_filter=subjects)
-                    for subj, n in (info.state.subjects or {}).items():
-                        fn = contract.function_of_subject(subj)
-                        counts[fn] = counts.get(fn, 0) + n
-                    submitted += info.state.last_seq
-                self.metrics.submitted.labels(self.s.queue).set(submitted)
-                publish(self.metrics.pending, pending, counts)
-                publish(self.metrics.scheduled, scheduled, (await backlog.held(js, self.s.queue)).per_function)
-                if self.pauses is not None:
-                    self.pauses.export(pending | scheduled)
-            except Exception as e:
-                log.debug("pending refresh failed: %r", e)
-            await asyncio.sleep(PENDING_REFRESH)
 
     def request_stop(self) -> None:
         self._stop.set()

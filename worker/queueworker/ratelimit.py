@@ -18,7 +18,7 @@ first). Missing it loses the function's slot, never the queue's, and the call tr
 
 A call waiting for a slot holds one of its worker's max_inflight slots. In static mode a backlog of a function with
 a low rate of its own can therefore hold back the queue's other functions (head-of-line); function mode gives each
-function its own consumer and share of the slots (README, "Dispatch rate").
+function its own consumer and share of the slots (docs/concepts.md, "Dispatch rate").
 
 Precision, per scope (the moment is when the worker starts the HTTP request):
 - Slots never overlap, and a slot is given only until it ends, or `LATE` after its start if that is later (then it

@@ -14,6 +14,8 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 - {name: JETQUEUE_STRICT_ROUTING, value: {{ .Values.gateway.strictRouting | toString | quote }}}
 - {name: JETQUEUE_MAX_BODY_SIZE, value: {{ .Values.gateway.maxBodySize | quote }}}
 - {name: JETQUEUE_MAX_DELAY, value: {{ .Values.gateway.maxDelay | quote }}}
+- {name: JETQUEUE_MAX_BATCH_CALLS, value: {{ .Values.gateway.maxBatchCalls | int64 | toString | quote }}}
+- {name: JETQUEUE_MAX_BATCH_BYTES, value: {{ .Values.gateway.maxBatchBytes | quote }}}
 - {name: JETQUEUE_CALL_STATUS, value: {{ .Values.gateway.callStatus.enabled | toString | quote }}}
 - {name: JETQUEUE_STATUS_TTL, value: {{ .Values.gateway.callStatus.ttl | quote }}}
 - {name: JETQUEUE_DASHBOARD, value: {{ .Values.gateway.dashboard.enabled | toString | quote }}}
