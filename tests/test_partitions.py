@@ -157,10 +157,11 @@ async def test_a_partitioned_queue_end_to_end(nats_server, functions, tmp_path, 
 
 
 async def test_function_mode_takes_calls_from_every_partition(nats_server, functions, tmp_path, http):
+    """One function mode serves every partition: a part each, with its shared consumer on its own subjects."""
     nc = await connect(nats_server.url)
     settings = worker_settings(nats_server.url, functions.url_template, queue=Q, partitions=N, mode="function")
     async with running_worker(settings) as w:
-        assert len(w.function_modes) == N
+        assert w.function_mode is not None and len(w.function_mode.parts) == N
         ids = [await submit_nats(nc, fn, b"", queue=Q, partitions=N) for fn in FUNCTIONS for _ in range(3)]
         await eventually(lambda: sorted(c for fn in FUNCTIONS for c in functions.completed[fn]) == sorted(ids))
         js = nc.jetstream()

@@ -268,8 +268,8 @@ async def bring_consumers(
 async def close_shared(js: JetStreamContext, stream: str, info: ConsumerInfo) -> bool:
     """Close an open shared consumer (queueworker/sharedconsumer.py): its filter becomes one no call has, so it
     delivers nothing new; what it delivered stays with it. False when it was closed already (or is gone)."""
-    queue, partition = contract.partition_of_stream(stream) or ("", 0)
-    closed = contract.closed_subject(queue, partition)
+    token = (info.config.filter_subject or "").partition(".")[0]  # its partition's (the stream may be adopted)
+    closed = contract.closed_subject(*(contract.split_token(token) or (contract.queue_of_stream(stream) or "", 0)))
     if info.config.filter_subject == closed and not info.config.filter_subjects:
         return False
     config = replace(info.config, filter_subject=closed, filter_subjects=None)

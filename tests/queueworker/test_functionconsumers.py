@@ -36,7 +36,7 @@ async def test_more_functions_than_the_server_allows_consumers_all_run(nats_serv
     names = [f"fn{i}" for i in range(1200)]
     settings = worker_settings(nats_server.url, functions.url_template, mode="function", max_inflight=20)
     async with running_worker(settings) as w:
-        mode = w.function_modes[0]
+        mode = w.function_mode
         assert mode is not None and mode.max_consumers == 40
         await hold_function_consumers(nc.jetstream())
         held, on_server = 0, 0

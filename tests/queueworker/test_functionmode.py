@@ -172,7 +172,8 @@ async def test_a_function_s_calls_running_on_the_shared_consumer_do_not_run_agai
         s_ids = [await enqueue(nc, "s", call_id=f"s-{i}") for i in range(8)]
         await eventually(lambda: len(functions.calls["s"]) == 8)  # all running, delivered by the shared consumer
         x_ids = await asyncio.gather(*(enqueue(nc, "x", call_id=f"x-{i}") for i in range(30)))
-        mode = w.function_modes[0]
+        mode = w.function_mode
+        assert mode is not None
         await eventually(lambda: mode.parts[STREAM].shared.state is not State.OPEN, timeout=10)
         await eventually(lambda: set(x_ids) <= set(functions.completed["x"]) and len(functions.completed["s"]) >= 8)
         for i in range(3):
@@ -502,7 +503,7 @@ async def test_functions_take_turns_when_more_have_calls_than_consumers(nats_ser
         nats_server.url, functions.url_template, mode="function", max_inflight=1, adaptive_concurrency=False
     )
     async with running_worker(settings) as w:
-        mode = w.function_modes[0]
+        mode = w.function_mode
         assert mode is not None and mode.max_consumers == 2
         await asyncio.gather(*(enqueue(nc, n, call_id=f"{n}-{i}") for i in range(30) for n in names))
         held = 0

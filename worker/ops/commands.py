@@ -78,8 +78,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "status",
         help="pending, scheduled, in-flight, dead and expired calls, and pauses, per queue and function",
         description="Per queue (FUNCTION *) and per function: PENDING calls waiting to run, SCHEDULED calls held "
-        "for later, IN FLIGHT (per function in function mode), REDELIVERED, DEAD LETTERS, EXPIRED (dead letters "
-        "older than maxEventAge, among the latest 10000), CONSUMERS, REPLICAS, LEADER, and PAUSED (until when).",
+        "for later, IN FLIGHT (per function in function mode, once functions have consumers of their own), "
+        "REDELIVERED, DEAD LETTERS, EXPIRED (dead letters older than maxEventAge, among the latest 10000), "
+        "CONSUMERS, REPLICAS, LEADER, and PAUSED (until when).",
     )
     p.add_argument("queue", nargs="?", help="one queue (default: every OF_* stream)")
     nats_args(p)

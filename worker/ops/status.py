@@ -52,6 +52,7 @@ class FunctionReport:
     dead_letters: int
     expired: int
     running: int | None  # delivered and not yet settled, on the function's own consumers; None in static mode
+    # or while function mode's shared consumer holds calls (the server does not count them per function)
     paused: str  # "" when not paused, else until when (pauses.describe)
 
 
@@ -125,12 +126,11 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
     static = any(c.name == contract.durable_name(q) for c in consumers)
     paused_functions = {p.function for p in records if p.queue == q and p.function and p.active(now)}
     running: Counter[str] = Counter()  # function mode: each function's consumers, on every partition
-    shared = 0  # function mode's shared consumer: every function's calls, not told apart by the server
+    # The shared consumer's calls are not told apart by function at the server: then only the queue's row counts.
+    shared = any(c.name == contract.shared_consumer_name(q) and c.num_ack_pending for c in consumers)
     for c in consumers:
         if fn := pauses.consumer_function(q, c, contract.durable_name(q)):
             running[fn] += c.num_ack_pending or 0
-        elif c.name == contract.shared_consumer_name(q):
-            shared += c.num_ack_pending or 0
     report = QueueReport(
         queue=q,
         pending=sum(i.state.messages for i in infos.values()),
@@ -159,14 +159,9 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
                 held.per_function.get(fn, 0),
                 dlq.get(fn, 0),
                 expired.per_function.get(fn, 0),
-                None if static else running.get(fn, 0),
+                None if static or shared else running.get(fn, 0),
                 _paused(records, q, None if static else fn, now),
             )
-        )
-    if shared and not static:
-        report.notes.append(
-            f"{shared} call(s) of {q} running on the shared consumer (every function's calls while none is "
-            "crowded): counted in the queue's IN FLIGHT, not in a function's"
         )
     if not expired.complete:
         report.notes.append(f"EXPIRED counts the latest {expired.scanned} of {expired.total} dead letters")

@@ -89,8 +89,8 @@ class Consumers:
         partition: int = 0,
     ) -> None:
         self.s = s
-        self.partition = partition  # of the queue: `stream` is its stream
         self.stream = stream
+        self.partition = partition  # of the queue, whose calls `stream` holds
         self.shared = shared
         self.js = js
         self.requests = requests

@@ -23,7 +23,7 @@ class Discovery:
         self.js = js
         self.queue = queue
         self.stream = stream
-        self.partition = partition  # of the queue: `stream` is its stream
+        self.partition = partition  # of the queue, whose calls the stream holds
         self.seen_seq: int | None = None
         self.mapped_at = -math.inf
         self.counts: dict[str, int] = {}  # calls in the stream per function, as last read
@@ -40,10 +40,5 @@ class Discovery:
         info = await self.js.stream_info(
             self.stream, subjects_filter=contract.queue_subjects(self.queue, self.partition)
         )
-        self.counts = {function_of(subject): n for subject, n in (info.state.subjects or {}).items()}
+        self.counts = {contract.function_of_subject(subject): n for subject, n in (info.state.subjects or {}).items()}
         return True
-
-
-def function_of(subject: str) -> str:
-    """`<queue>.<function>` → the function."""
-    return subject.partition(".")[2]

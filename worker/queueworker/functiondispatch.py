@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
+from jetqueue import contract
 from jetqueue.queueworker.adaptive import Adaptive
 from jetqueue.queueworker.fetch import FETCH_MAX, Slots
-from jetqueue.queueworker.functiondiscovery import function_of
 from jetqueue.queueworker.handle import Processor
 from jetqueue.queueworker.pullrequests import NO_MESSAGES, Message, Pull, Requests
 
@@ -119,11 +119,11 @@ class Dispatcher:
 
     # -- shares ---------------------------------------------------------------------------------------------
 
-    def fair(self) -> int:
-        """max_inflight shared among the functions with calls, in turns of at least MIN_TURN calls each: with more
-        functions than slots, one call per turn would cost a pull per call."""
+    def fair(self, active: int | None = None) -> int:
+        """max_inflight shared among the functions with calls (`active` of them; by default those now), in turns of
+        at least MIN_TURN calls each: with more functions than slots, one call per turn would cost a pull per call."""
         m = self.max_inflight
-        return math.ceil(m / max(1, min(len(self.active), m // MIN_TURN)))
+        return math.ceil(m / max(1, min(len(self.active) if active is None else active, m // MIN_TURN)))
 
     def share(self, lane: Lane) -> int:
         """Free slots this lane may still take: a function's fair share of max_inflight among the functions with
@@ -135,12 +135,13 @@ class Dispatcher:
     def count(self, lane: Lane) -> None:
         """Keep `active` and `working` as this lane now is; when the fair share grows, the lanes held back by it
         get their turn again."""
-        before = self.fair()
         wants = lane.has_work and not lane.retiring and not lane.closed
         (self.working.add if wants else self.working.discard)(lane)
-        if lane.function is not None:
-            (self.active.add if wants or lane.running else self.active.discard)(lane.function)
-        if self.fair() > before:
+        if lane.function is None:
+            return
+        before = len(self.active)
+        (self.active.add if wants or lane.running else self.active.discard)(lane.function)
+        if len(self.active) < before and self.fair() > self.fair(before):
             for other in self.working:
                 if not (other.queued or other.pulling):
                     self._queue(other)
@@ -267,7 +268,8 @@ class Dispatcher:
 
     def _start(self, lane: Lane | None, msg: Msg) -> None:
         """Handle a call in a task of its own; its slot is already taken."""
-        function = lane.function if lane is not None and lane.function is not None else function_of(msg.subject)
+        function = lane.function if lane is not None else None
+        function = function if function is not None else contract.function_of_subject(msg.subject)
         self.running[function] = self.running.get(function, 0) + 1
         if lane is not None:
             lane.running += 1

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Set
+from collections.abc import Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
@@ -57,6 +57,7 @@ class Part:
     shared: Shared
     consumers: Consumers
     lane: Lane | None = None  # the shared consumer's, while it exists
+    crowded: bool | None = None  # a function has more calls than the shared consumer may serve (last map)
     consolidate_until: float | None = None  # going back to the shared consumer until then
     next_consolidate: float = -math.inf
 
@@ -72,12 +73,9 @@ class FunctionMode:
         provision_streams: Callable[[], Awaitable[object]],
         pause_until: Callable[[str | None], str | None] = lambda function: None,
         function_paused: Callable[[], bool] = lambda: False,
-        streams: Iterable[str] = (),
-        partition: int = 0,  # of the queue, whose stream is `s.stream` (one function mode per partition)
-        busy_elsewhere: Callable[[], bool] = lambda: False,  # another partition's has calls: no slot for watching
+        streams: Mapping[int, str] | None = None,
     ) -> None:
         self.s = s
-        self.partition = partition
         self.js = js
         self.ctx = ctx
         self.provision_streams = provision_streams  # the streams again, when deleted underneath
@@ -94,32 +92,29 @@ class FunctionMode:
         self.dispatch = Dispatcher(
             s.max_inflight, slots, processor, self.adaptive, self.requests, idle_exit, self._drained, self._lost
         )
-        self.dispatch.busy = lambda: (
-            busy_elsewhere() or any(p.consumers.waiting or p.consumers.opening for p in self.parts.values())
-        )
-        self.parts = {stream: self._part(stream) for stream in (streams or [s.stream])}
+        self.dispatch.busy = lambda: any(p.consumers.waiting or p.consumers.opening for p in self.parts.values())
         self._discovery: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
+        self.parts: dict[str, Part] = {}  # stream → its part: one per partition of the queue (`add`)
+        for partition, stream in (streams or {0: s.stream}).items():
+            self.add(partition, stream)
         self._limits: dict[str, int] = {}  # the concurrency limit last exported, per function
-        self._other = ctx.observer  # another partition's function mode: every one learns from every outcome
+        self._observed: set[str] = set()  # functions with calls finished since the limits were last exported
         ctx.observer = self._observe
 
-    def _part(self, stream: str) -> Part:
-        send = self.dispatch.send
-        shared = Shared(
-            self.s, stream, self.requests, send, self._shared_changed, lambda: self.pause_until(None), self.partition
-        )
+    def add(self, partition: int, stream: str) -> None:
+        """Serve one more partition of the queue (its calls are in `stream`), from now on or from `start`."""
+        if stream in self.parts:
+            return
+        s, send = self.s, self.dispatch.send
+        shared = Shared(s, stream, self.requests, send, self._shared_changed, lambda: self.pause_until(None), partition)
         room = lambda: self.max_consumers - len(self.functions)  # noqa: E731
         opened = functools.partial(self._opened, stream)
-        consumers = Consumers(
-            self.s, stream, shared, self.js, self.requests, send, room, opened, self.pause_until, self.partition
-        )
-        return Part(stream, Discovery(self.js, self.s.queue, stream, self.partition), shared, consumers)
-
-    @property
-    def working(self) -> bool:
-        """Some function has calls to fetch here (another partition's function mode then watches no idle one)."""
-        return bool(self.dispatch.working)
+        pause_until = self.pause_until
+        consumers = Consumers(s, stream, shared, self.js, self.requests, send, room, opened, pause_until, partition)
+        part = self.parts[stream] = Part(stream, Discovery(self.js, s.queue, stream, partition), shared, consumers)
+        if self._dispatcher is not None:  # started: found later (a partition draining beyond the queue's count)
+            part.shared.look()
 
     @property
     def tasks(self) -> set[asyncio.Task[None]]:
@@ -130,24 +125,32 @@ class FunctionMode:
         self.dispatch.orphan(msg)
 
     def _observe(self, function: str, status: int | None, retry_after: bool, duration: float) -> None:
-        if self._other is not None:
-            self._other(function, status, retry_after, duration)
         self.adaptive.record(function, status, retry_after, self.dispatch.running.get(function, 1), duration)
-        limit = self.adaptive.limit(function)
-        if self._limits.get(function) != limit:  # a gauge child per call costs more than the call's bookkeeping
-            self._limits[function] = limit
-            self.ctx.metrics.concurrency_limit.labels(self.s.queue, function).set(limit)
+        self._observed.add(function)
+
+    def _export_limits(self) -> None:
+        """The concurrency limits of the functions that had calls since the last time (a gauge child per call costs
+        more than the call's own bookkeeping)."""
+        gauge = self.ctx.metrics.concurrency_limit
+        for function in self._observed:
+            limit = self.adaptive.limit(function)
+            if self._limits.get(function) != limit:
+                self._limits[function] = limit
+                gauge.labels(self.s.queue, function).set(limit)
+        self._observed.clear()
 
     async def start(self) -> None:
-        static = None
-        with contextlib.suppress(Exception):
-            static = await self.js.consumer_info(self.s.stream, self.s.durable)
-        if static is not None:
-            raise provision.StreamSetupError(
-                f"stream {self.s.stream} has the static-mode consumer {self.s.durable}: a work queue cannot have "
-                "both. Stop the static workers, then remove it (nats consumer rm "
-                f"{self.s.stream} {self.s.durable}) and start function mode again."
-            )
+        durable = self.s.durable
+        for stream in self.parts:
+            static = None
+            with contextlib.suppress(Exception):
+                static = await self.js.consumer_info(stream, durable)
+            if static is not None:
+                raise provision.StreamSetupError(
+                    f"stream {stream} has the static-mode consumer {durable}: a work queue cannot have both. Stop "
+                    f"the static workers, then remove it (nats consumer rm {stream} {durable}) and start function "
+                    "mode again."
+                )
         await self.requests.start()
         for part in self.parts.values():
             part.shared.look()
@@ -165,14 +168,15 @@ class FunctionMode:
     # -- which consumers serve a stream -----------------------------------------------------------------------
 
     def must_split(self, counts: dict[str, int]) -> bool:
-        """Does some function need a consumer of its own: more calls than max_inflight, more than its adaptive
-        limit once 429s set one, or a pause?"""
-        if self.function_paused():
-            return True
-        for function, n in counts.items():
-            if n > self.s.max_inflight or (n > 1 and n > (self.adaptive.ceiling(function) or n)):
-                return True
-        return False
+        """Does some function need a consumer of its own: a pause, or more calls than max_inflight, or than its
+        adaptive limit once 429s set one?"""
+        return self.function_paused() or self.crowded(counts)
+
+    def crowded(self, counts: dict[str, int]) -> bool:
+        return any(
+            n > self.s.max_inflight or (n > 1 and n > (self.adaptive.ceiling(function) or n))
+            for function, n in counts.items()
+        )
 
     def _decide(self, part: Part, now: float, fresh: bool = True) -> None:
         """Bring the stream's consumers to what its calls and the pauses need (sharedconsumer.py); `fresh`: its
@@ -180,14 +184,17 @@ class FunctionMode:
         shared, counts = part.shared, part.discovery.counts
         if shared.state is State.UNKNOWN or shared.asking or self.dispatch.stopping:
             return
-        split = self.must_split(counts)
+        if fresh or part.crowded is None:  # read once per subject map: thousands of functions
+            part.crowded = self.crowded(counts)
+        split = part.crowded or self.function_paused()
         if shared.state is State.OPEN:
             part.consolidate_until = None
             lane = part.lane
             if split:
                 shared.close()
-            elif fresh and lane is not None and counts and not (lane.has_work or lane.pulling):
-                lane.has_work = sum(counts.values()) > lane.running
+            elif fresh and lane is not None and counts and not lane.pulling:
+                # settled again even when it knew of calls: a turn it missed (its pull refused) is taken now
+                lane.has_work = lane.has_work or sum(counts.values()) > lane.running
                 self.dispatch.settle(lane)
             return
         lanes = [lane for lane in self.functions.values() if lane.stream == part.stream]
@@ -321,6 +328,7 @@ class FunctionMode:
                 self._close(lane, remove=True)
             elif not lane.has_work and now - lane.last_message > dispatch.idle_exit:
                 self._close(lane, remove=False)
+        self._export_limits()
         dispatch.wake()
 
     async def stop(self) -> None:

@@ -77,7 +77,7 @@ class Worker:
         self.processor: Processor | None = None
         self.callbacks: CallbackSender | None = None
         self.invoker: Invoker | None = None
-        self.function_modes: list[FunctionMode] = []  # one per partition served
+        self.function_mode: FunctionMode | None = None  # serves every partition
         self.pauses: PauseFollower | None = None
         self.pulls: dict[int, ConsumerPull] = {}  # static mode's sources, per partition
         self.partition_loops: list[ConsumerLoop] = []  # static mode's loops, one per partition (sharing `slots`)
@@ -183,8 +183,8 @@ class Worker:
         )
 
     async def _consume(self, partition: int) -> None:
-        """Take calls from one partition: its static consumer's loop, or a function mode of its own (sharing the
-        worker's slots, so max_inflight holds over every partition)."""
+        """Take calls from one partition: its static consumer's loop (loops share the worker's slots, so
+        max_inflight holds over every partition), or a part of the one function mode."""
         s, js, ctx = self.s, self.js, self.ctx
         assert js is not None and ctx is not None and self.processor is not None and self.partitions is not None
         assert self.pauses is not None
@@ -210,8 +210,11 @@ class Worker:
             self.partition_loops.append(loop)
             self._add_loop(loop)
             return
-        function_mode = FunctionMode(
-            replace(s, stream=stream),
+        if self.function_mode is not None:  # one function mode serves every partition: a part each
+            self.function_mode.add(partition, stream)
+            return
+        self.function_mode = FunctionMode(
+            s,
             js,
             ctx,
             self.processor,
@@ -219,11 +222,9 @@ class Worker:
             self._provision,
             pause_until=self.pauses.until,
             function_paused=self.pauses.function_paused,
-            partition=partition,
-            busy_elsewhere=lambda: any(f.working for f in self.function_modes if f is not function_mode),
+            streams={partition: stream},
         )
-        await function_mode.start()
-        self.function_modes.append(function_mode)
+        await self.function_mode.start()
 
     async def _provision(self) -> float:
         """The queue's streams (every partition's) and (static mode) their consumers, created if missing: at start,
@@ -314,7 +315,7 @@ class Worker:
     def _alive(self) -> bool:
         if self._stop.is_set():
             return True
-        return all(f.alive for f in self.function_modes) and not any(t.done() for t in self._loop_tasks)
+        return (self.function_mode is None or self.function_mode.alive) and not any(t.done() for t in self._loop_tasks)
 
     def _ready(self) -> str | None:
         if self.nc is None or not self.nc.is_connected:
@@ -339,11 +340,12 @@ class Worker:
             loop.stopping = True
         if self.partitions is not None:
             await self.partitions.stop()
-        await asyncio.gather(*(f.stop() for f in self.function_modes))
+        if self.function_mode is not None:
+            await self.function_mode.stop()
         await asyncio.gather(*self._loop_tasks, return_exceptions=True)
         tasks = {t for loop in self.loops for t in loop.tasks}
-        for function_mode in self.function_modes:  # their calls, one task each
-            tasks |= function_mode.tasks
+        if self.function_mode is not None:  # its calls, one task each
+            tasks |= self.function_mode.tasks
         if tasks:
             log.info("shutting down: waiting up to %.0fs for %d in-flight call(s)", self.s.shutdown_timeout, len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=self.s.shutdown_timeout)

@@ -74,7 +74,7 @@ class Shared:
     ) -> None:
         self.s = s
         self.stream = stream
-        self.partition = partition  # of the queue: `stream` is its stream
+        self.partition = partition  # of the queue, whose calls the stream holds
         self.requests = requests
         self.send = send
         self.changed = changed
