@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -89,13 +90,10 @@ async def test_a_key_limit_holds_across_two_workers(nats_server, functions, tmp_
     fn = functions.handlers["kf"] = PerKey(0.05)
     path = functions_file(tmp_path, keyConcurrency=1)
     nc = await connect(nats_server.url)
+    # Two slots each: one worker cannot fetch all 24 calls at once and wait out the key with them held.
+    s = functools.partial(worker_settings, nats_server.url, functions.url_template, functions_file=path, mode=mode)
     async with contextlib.AsyncExitStack() as stack:
-        workers = [
-            await stack.enter_async_context(
-                running_worker(worker_settings(nats_server.url, functions.url_template, functions_file=path, mode=mode))
-            )
-            for _ in range(2)
-        ]
+        workers = [await stack.enter_async_context(running_worker(s(max_inflight=2))) for _ in range(2)]
         for i in range(20):
             await enqueue(nc, "kf", b"one", concurrency_key="one")
             if i < 4:
