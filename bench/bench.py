@@ -14,7 +14,8 @@ Every contender is a real process started the way production starts it, on one r
    durability): intake through the gateway under wrk, drain by the workers, the leaders' placement
    (bench/partitions.py; needs root and iproute2, skipped otherwise with the reason);
 
-and, unless `--skip other`: scale-out (two workers vs one), worker memory with a backlog, durability cost.
+and, unless `--skip other`: scale-out (two workers vs one), the cost of priorities, worker memory with a backlog,
+durability cost.
 
 These machines are shared (2 cores): compare ratios measured in the same run, not absolute rates. The results
 record how busy the machine was during each section (its CPU use beyond our own processes).
@@ -81,6 +82,7 @@ GOALS: dict[str, tuple[str, float] | None] = {
     "latency": None,
     "scale_out": (">=", 1.8),
     "partitions": None,  # issue #21 asks for the figure, sets no ratio
+    "priorities": None,  # issue #23 asks for the cost, sets no ratio
 }
 
 
@@ -721,6 +723,27 @@ async def scale_out(b: Bench, n: int) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+async def priorities_cost(b: Bench, n: int) -> tuple[float, float]:
+    """Calls/s draining `n` no-op calls with a worker (defaults): on a queue without priorities, all normal; then
+    on one with `priorities: true`, a third of them at each level (three consumers, slots taken in turns)."""
+    rates = []
+    for queue, on in (("prio-off", False), ("prio-on", True)):
+        b.procs.stop(await start_worker(b, queue, priorities=on))  # its streams and consumers
+        levels = itertools.cycle(contract.LEVELS if on else (contract.Priority.NORMAL,))
+        await publish(b, [contract.subject(queue, "noop", 0, next(levels)) for _ in range(n)], f"p-{queue}")
+        await b.fn_reset()
+        proc = await start_worker(b, queue, ready=False, priorities=on)
+        if not await until_drained(b, queue, [proc], max(120.0, n / 100), calls=n):
+            raise RuntimeError(f"priorities: {queue} not drained; see {b.procs.log_of(proc)}")
+        t_end = time.time_ns()
+        stats = await b.fn_stats()
+        b.procs.stop(proc)
+        await delete_queue(b, queue)
+        rates.append(n / ((t_end - stats["first"]) / 1e9))
+        progress(f"  {queue}: {rates[-1]:,.0f} calls/s")
+    return rates[0], rates[1]
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -1149,6 +1172,10 @@ def report(b: Bench, res: dict[str, Any], command: str, total: float, wrk: str |
         summary.append(
             Row("Scale-out: two workers vs one (50 ms function)", two, one, "calls/s", "one worker", GOALS["scale_out"])
         )
+        plain, leveled = o["priorities"]
+        summary.append(
+            Row("Priorities: three levels vs none (drain)", leveled, plain, "calls/s", "none", GOALS["priorities"])
+        )
         strict, relaxed = o["durability"]
         details += [
             "## Other figures",
@@ -1157,6 +1184,15 @@ def report(b: Bench, res: dict[str, Any], command: str, total: float, wrk: str |
             "process (defaults otherwise): one worker, then two.",
             "",
             *table(["one worker", "two workers", "ratio"], [[f"{one:,.0f}/s", f"{two:,.0f}/s", f"{two / one:.2f}×"]]),
+            "",
+            f"Priorities' cost: {o['dur_calls']:,} no-op calls drained by one worker (defaults): on a queue without "
+            "priorities, all normal; on one with `priorities: true`, a third at each level (three consumers, the "
+            "slots taken in turns, docs/priorities.md).",
+            "",
+            *table(
+                ["no priorities", "three levels", "ratio"],
+                [[f"{plain:,.0f}/s", f"{leveled:,.0f}/s", f"{leveled / plain:.2f}×"]],
+            ),
             "",
             "Worker memory: peak RSS (VmHWM) of a worker process (defaults) after 5 s of work on a queue holding N "
             "calls: it holds only what it fetched (at most max_inflight), so it should stay flat.",
@@ -1263,10 +1299,11 @@ async def main(args: argparse.Namespace, command: str) -> int:
                     if "skipped" in res["partitions"]:
                         progress(f"  SKIPPED: {res['partitions']['skipped']}")
             if "other" in sections:
-                progress("other figures: scale-out, memory with a backlog, durability")
+                progress("other figures: scale-out, priorities, memory with a backlog, durability")
                 with b.section("other"):
                     o: dict[str, Any] = {"scale_calls": args.scale_calls, "dur_calls": args.calls}
                     o["scale_out"] = await scale_out(b, args.scale_calls)
+                    o["priorities"] = await priorities_cost(b, args.calls)
                     o["memory"] = await memory(b, args.backlogs)
                     o["durability"] = await durability(b, logdir, args.calls, args.connections)
                     res["other"] = o

@@ -176,6 +176,7 @@ def worker_values(cfg: dict[str, Any], name: str) -> dict[str, Any]:
             "deadLetterStream": contract.dlq_stream_name(name),
             "partitions": q["partitions"],
             "mode": q["mode"],
+            "priorities": q["priorities"],
             "streamReplicas": q["streamReplication"],
             "streamStorage": _storage(cfg),
             "maxInflight": q["maxInflight"],
@@ -232,8 +233,9 @@ def _autoscaling(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     else:
         endpoint = f"{n['releaseName']}.{n['namespace']}.svc.cluster.local:8222"
     n = q["partitions"]
-    if q["mode"] == "static":  # the static consumer is on every partition
-        watched = [(p, contract.durable_name(name)) for p in range(n)]
+    if q["mode"] == "static":  # the static consumer is on every partition (with priorities: each level's)
+        levels = contract.LEVELS if q["priorities"] else (contract.Priority.NORMAL,)
+        watched = [(p, contract.level_durable_name(name, level)) for p in range(n) for level in levels]
     else:
         # A function's consumer exists only on the partition its calls go to (KEDA counts a consumer it does not find
         # as the stream's last sequence): calls partitioned by X-Partition-Key in function mode want the HPA.
@@ -245,7 +247,7 @@ def _autoscaling(cfg: dict[str, Any], name: str) -> dict[str, Any]:
         "maxReplicas": a["maxReplicas"],
         "lagThreshold": a["lagThreshold"],
         "natsMonitoringEndpoint": endpoint,
-        # One KEDA trigger each; with partitions the chart scales on their sum (scalingModifiers).
+        # One KEDA trigger each; with several the chart scales on their sum (scalingModifiers).
         "triggers": [{"stream": contract.stream_name(name, p), "consumer": c} for p, c in watched],
     }
 
@@ -276,6 +278,7 @@ def gateway_values(cfg: dict[str, Any]) -> dict[str, Any]:
                     "maxQueueBytes": _bytes(q["maxQueueBytes"]),
                     "partitions": q["partitions"],
                     "idempotencyWindow": parse_duration(q["idempotencyWindow"]),
+                    "priorities": q["priorities"],
                 }
                 for name, q in sorted(cfg["queues"].items())
             },
@@ -296,16 +299,17 @@ def nack_resources(cfg: dict[str, Any], name: str) -> list[dict[str, Any]]:
     for p in range(n):
         # Partition 0 keeps the resource names of before partitions; a dot (no queue name has one) marks the others.
         part = f".p{p}" if p else ""
-        stream = jetstream.work_stream(name, replicas, storage, length, size, p, n)
+        stream = jetstream.work_stream(name, replicas, storage, length, size, p, n, q["priorities"])
         specs.append(("Stream", f"{name}{part}-stream", stream.to_nack()))
         if p == 0:
             dlq = jetstream.dead_letter_stream(name, replicas, storage)
             specs.append(("Stream", f"{name}-dlq-stream", dlq.to_nack()))
         if q["mode"] == "static":  # function mode creates its per-function consumers on demand
-            consumer = jetstream.static_consumer(
-                name, parse_duration(q["ackWait"]), q["maxAckPending"], q["maxWaiting"], p
-            ).to_nack()
-            specs.append(("Consumer", f"{contract.durable_name(name)}{part}", consumer))
+            for level in contract.LEVELS if q["priorities"] else (None,):
+                consumer = jetstream.static_consumer(
+                    name, parse_duration(q["ackWait"]), q["maxAckPending"], q["maxWaiting"], p, level
+                )
+                specs.append(("Consumer", f"{consumer.durable}{part}", consumer.to_nack()))
     return [
         {
             "apiVersion": "jetstream.nats.io/v1beta2",

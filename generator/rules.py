@@ -318,6 +318,15 @@ def check_partitions(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
             )
 
 
+def check_priorities(src: Source, data: dict[str, Any]) -> Iterator[Problem]:
+    """Function mode serves each function from a consumer of its own, not the levels' consumers."""
+    for qname in _queues(data):
+        on, path = _effective(data, qname, "priorities")
+        mode, _ = _effective(data, qname, "mode")
+        if on and mode == "function":
+            yield _at(src, path, "priorities need mode: static (function mode serves functions in turn, not levels)")
+
+
 CHECKS: list[Check] = [
     check_queue_names,
     check_routing,
@@ -329,5 +338,6 @@ CHECKS: list[Check] = [
     check_body_size,
     check_autoscaling,
     check_partitions,
+    check_priorities,
     check_schedules,
 ]

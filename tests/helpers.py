@@ -59,7 +59,7 @@ async def enqueue(
         **call_fields,
     )
     js = nc.jetstream()
-    ack = await js.publish(contract.subject(queue, function), body, headers=call.to_headers())
+    ack = await js.publish(contract.subject(queue, function, 0, call.priority), body, headers=call.to_headers())
     assert ack.seq > 0
     return call.call_id
 

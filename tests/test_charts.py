@@ -511,3 +511,21 @@ def test_keda_scales_a_partitioned_queue_on_the_sum_of_its_partitions():
     bad = {**values, "queue": {**values["queue"], "partitions": 33}}
     with pytest.raises(Exception, match="partitions"):
         helm_python.Chart.load(CHARTS["queue-worker"]).validate_schema(bad)
+
+
+def test_keda_scales_a_queue_with_priorities_on_every_level(tmp_path):
+    source = tmp_path / "queues.yaml"
+    source.write_text(
+        "nats: {profile: dev}\ngateway: {defaultQueue: jobs}\nqueues:\n  jobs:\n    priorities: true\n"
+        "    autoscaling: {type: keda, maxReplicas: 4}\n"
+    )
+    values = rendered_values(str(source))["queues/jobs.yaml"]
+    assert values["queue"]["priorities"] is True
+    assert rendered_values(str(source))["gateway/values.yaml"]["gateway"]["queues"]["jobs"]["priorities"] is True
+    docs = manifests("queue-worker", values)
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    consumers = [t["metadata"]["consumer"] for t in scaled["spec"]["triggers"]]
+    assert consumers == ["jobs-workers-high", "jobs-workers", "jobs-workers-low"]
+    assert scaled["spec"]["advanced"]["scalingModifiers"]["formula"] == "t0 + t1 + t2"  # the sum of the levels
+    env = {e["name"]: e.get("value") for e in deployment(docs)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["JETQUEUE_PRIORITIES"] == "true"

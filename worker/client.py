@@ -91,16 +91,20 @@ async def submit_nats(
     partition_key: str = "",
     failure_callback_url: str = "",
     concurrency_key: str = "",
+    priority: str = "",
 ) -> str:
     """Publish by the message contract and wait for JetStream's PubAck; returns the call id. With `delay`
     (seconds), the call is held in the queue's schedule stream until then (the queue's worker must have set it
     up: it creates `OF_<queue>_SCHED` at start). `partitions`: the queue's, as in queues.yaml (the partition is
-    chosen as the gateway chooses it, by `partition_key` when given, else by the function)."""
+    chosen as the gateway chooses it, by `partition_key` when given, else by the function). `priority`: high, normal
+    or low (a queue with `priorities: true`; a queue without has no stream for high or low calls: the publish fails)."""
     if not contract.FUNCTION_NAME.match(function):
         raise SubmitError(f"{function!r} is not a valid function name")
     if partition_key and (reason := contract.partition_key_problem(partition_key)):
         raise SubmitError(reason)
     if concurrency_key and (reason := contract.concurrency_key_problem(concurrency_key)):
+        raise SubmitError(reason)
+    if priority and (reason := contract.priority_problem(priority)):
         raise SubmitError(reason)
     call = contract.Call(
         call_id=call_id or contract.new_call_id(queue),
@@ -113,9 +117,10 @@ async def submit_nats(
         not_before=time.time() + delay if delay > 0 else 0.0,
         partition_key=partition_key,
         concurrency_key=concurrency_key,  # keyConcurrency and keyRate count by it (docs/keys.md)
+        priority=contract.parse_priority(priority) or contract.Priority.NORMAL,
     )
     partition = contract.choose_partition(function, partitions, partition_key)
-    subject, h = contract.subject(queue, function, partition), call.to_headers()
+    subject, h = contract.subject(queue, function, partition, call.priority), call.to_headers()
     if call.not_before:
         subject, h = contract.held_message(call, h, call.not_before, call.call_id)
     await nc.jetstream().publish(subject, body, headers=h)

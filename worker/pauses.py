@@ -159,7 +159,8 @@ def decoded(entry: KeyValue.Entry) -> Pause | None:
 def consumer_function(queue: str, info: ConsumerInfo, static_durable: str) -> str | None:
     """Which pause scope a consumer is: '' for the static consumer, the function for a function-mode consumer,
     None for a consumer jetqueue did not make for this queue (never touched)."""
-    if info.name in (static_durable, contract.shared_consumer_name(queue)):  # every function's calls
+    levels = (contract.level_durable_name(queue, level) for level in contract.LEVEL_MARKS)  # priorities' consumers
+    if info.name in (static_durable, contract.shared_consumer_name(queue), *levels):  # every function's calls
         return ""
     token, _, function = (info.config.filter_subject or "").partition(".")  # on any partition of the queue
     ours = contract.split_token(token)

@@ -24,15 +24,16 @@ class StreamSetupError(RuntimeError):
     """The existing stream or consumer cannot work as configured; the message says what to change."""
 
 
-async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
+async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> list[str]:
     """A work-queue stream (a queue's, or its callbacks'), created if missing, checked if present, and brought
-    to the limits and features `want` asks for in one in-place update."""
+    to the limits, subjects and features `want` asks for in one in-place update. Returns its subjects: a
+    subject it has beyond `want`'s is kept (a queue's priorities turned off: its calls there are still served)."""
     try:
         info = await js.stream_info(want.name)
     except NotFoundError:
         await js.add_stream(want.to_nats())
         log.info("created stream %s (work queue, %s, R%d)", want.name, want.storage, want.replicas)
-        return
+        return list(want.subjects)
     cfg = info.config
     queue = names.queue_of_stream(want.name)
     redo = f"`jetqueue reset {queue}`" if queue else f"`nats stream rm {want.name}` (jetqueue makes it again)"
@@ -71,6 +72,8 @@ async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
         # The queue's limits follow the settings (queues.yaml maxQueueLength, maxQueueBytes), editable in place.
         # Settings of 0 leave a stream's own limits alone.
         changes.update(max_msgs=wanted[0], max_bytes=wanted[1])
+    if ">" not in subjects and (missing := [x for x in want.subjects if x not in subjects]):
+        changes["subjects"] = [*subjects, *missing]  # a queue's priorities turned on: their levels' subjects
     if want.allow_msg_schedules and not cfg.allow_msg_schedules:
         changes["allow_msg_schedules"] = True  # later attempts are held by the server as message schedules
     if (metadata := _metadata(cfg.metadata or {}, dict(want.metadata))) is not None:
@@ -85,6 +88,7 @@ async def ensure_stream(js: JetStreamContext, want: StreamSpec) -> None:
             ) from None
         log.info("updated stream %s: %s", want.name, changes)
     log.info("using existing stream %s", want.name)
+    return list(changes.get("subjects", subjects))
 
 
 def _metadata(have: dict[str, str], ours: dict[str, str]) -> dict[str, str] | None:
@@ -175,11 +179,14 @@ async def _reconcile(js: JetStreamContext, want: ConsumerSpec, cfg: ConsumerConf
     if (cfg.max_waiting or 0) > want.max_waiting:
         log.warning("consumer %s allows %d waiting pulls (settings: %d); kept", name, cfg.max_waiting, want.max_waiting)
     wanted = want.to_nats()
-    changes = {
+    changes: dict[str, Any] = {
         field: getattr(wanted, field)
         for field in ("max_ack_pending", "ack_wait", "inactive_threshold")
         if _differs(getattr(cfg, field), getattr(wanted, field))
     }
+    if want.filter_subject and cfg.filter_subject != want.filter_subject:
+        # A queue's priorities turned on: its normal consumer leaves the other levels' subjects to theirs.
+        changes["filter_subject"] = want.filter_subject
     if not changes:
         log.info("using existing consumer %s on %s", name, stream)
         return float(cfg.ack_wait or SERVER_ACK_WAIT)

@@ -77,6 +77,12 @@ class WorkerSettings(SharedSettings):
         choices=("static", "function"),
         values="queue.mode",
     )
+    priorities: bool = _f(
+        False,
+        "Static mode: take `X-Priority` high and low calls on subjects of their own, and start the levels' calls "
+        "4:2:1 while several wait (docs/priorities.md). Once on, a stream keeps the levels' subjects.",
+        values="queue.priorities",
+    )
     max_inflight: int = _f(50, "Calls this worker runs at once.", values="queue.maxInflight")
     ack_wait: float = _f(
         30.0,
@@ -214,6 +220,8 @@ class WorkerSettings(SharedSettings):
         if self.stream_replicas not in (1, 3, 5):
             raise SettingsError(f"{PREFIX}STREAM_REPLICAS={self.stream_replicas}: must be 1, 3 or 5")
         check_partitions(self.partitions)
+        if self.priorities and self.mode != "static":
+            raise SettingsError(f"{PREFIX}PRIORITIES: static mode only (function mode serves functions, not levels)")
         for name in (
             "max_inflight",
             "max_retry_attempts",

@@ -83,6 +83,7 @@ headers = st.fixed_dictionaries(
         "Content-Type": st.sampled_from(["application/json", "text/plain", "application/octet-stream"]),
         "X-Custom": header_value,
         "X-Concurrency-Key": st.one_of(st.from_regex(r"[\x21-\x7e]{1,128}", fullmatch=True), header_value),
+        "X-Priority": st.one_of(st.sampled_from(["high", "Normal", "LOW"]), header_value),
     },
 )
 

@@ -258,3 +258,9 @@ def test_partitions_are_bounded_and_more_than_servers_is_a_warning():
     assert len(found) == 1 and ": warning: " in found[0] and "$.queues.faas-request.partitions" in found[0]
     assert "more than the 1 NATS server" in found[0]
     assert problems("queues:\n  faas-request:\n    partitions: 3\n") == []  # production: 3 servers
+
+
+def test_priorities_need_static_mode():
+    out = only_error("queues:\n  faas-request:\n    mode: function\n    priorities: true\n")
+    assert out.startswith("q.yaml:4:17: $.queues.faas-request.priorities:") and "static" in out, out
+    assert problems("queues:\n  faas-request:\n    priorities: true\n") == []

@@ -25,6 +25,7 @@ from nats.js.api import (
 )
 
 from jetqueue.contract import names
+from jetqueue.contract.priorities import Priority
 from jetqueue.durations import format_duration
 
 DUPLICATE_WINDOW = 120.0  # seconds a call id is remembered: a retried submission within it runs once
@@ -114,11 +115,14 @@ def work_stream(
     max_bytes: int = 0,
     partition: int = 0,
     partitions: int = 1,
+    priorities: bool = False,
 ) -> StreamSpec:
-    """The work stream of one partition of a queue of `partitions` (the queue's limits divided among them)."""
+    """The work stream of one partition of a queue of `partitions` (the queue's limits divided among them); with
+    `priorities`, it takes every level's subjects (normal first)."""
+    levels = (Priority.NORMAL, Priority.HIGH, Priority.LOW) if priorities else (Priority.NORMAL,)
     return StreamSpec(
         name=names.stream_name(queue, partition),
-        subjects=(names.queue_subjects(queue, partition),),
+        subjects=tuple(names.queue_subjects(queue, partition, level) for level in levels),
         retention=RetentionPolicy.WORK_QUEUE.value,
         storage=storage,
         replicas=replicas,
@@ -220,11 +224,20 @@ class ConsumerSpec:
 
 
 def static_consumer(
-    queue: str, ack_wait: float, max_ack_pending: int, max_waiting: int, partition: int = 0
+    queue: str,
+    ack_wait: float,
+    max_ack_pending: int,
+    max_waiting: int,
+    partition: int = 0,
+    level: Priority | None = None,
 ) -> ConsumerSpec:
-    """Static mode: one consumer takes every function's calls, of the same name on every partition."""
+    """Static mode: one consumer takes every function's calls, of the same name on every partition; on a queue with
+    priorities (`level` given) one consumer per level, filtered to its subjects."""
     stream = names.stream_name(queue, partition)
-    return ConsumerSpec(stream, names.durable_name(queue), ack_wait, max_ack_pending, max_waiting)
+    if level is None:
+        return ConsumerSpec(stream, names.durable_name(queue), ack_wait, max_ack_pending, max_waiting)
+    name, subjects = names.level_durable_name(queue, level), names.queue_subjects(queue, partition, level)
+    return ConsumerSpec(stream, name, ack_wait, max_ack_pending, max_waiting, filter_subject=subjects)
 
 
 def function_consumer(

@@ -6,11 +6,14 @@ Anyone with a NATS client can enqueue a call by following it (schemas/message-co
 * payload: the raw request body, byte for byte;
 * headers: ``Nats-Msg-Id`` and ``X-Call-Id`` (the call id), ``X-Start-Time`` (unix ns),
   ``Jq-Method``, ``Jq-Path``, ``Jq-Query``, ``Jq-Callback-Url``, ``Jq-Failure-Callback-Url``, ``Jq-Partition-Key``
-  (the caller's ``X-Partition-Key``), and each original HTTP header that should reach the function as
+  (the caller's ``X-Partition-Key``), ``Jq-Priority`` (the caller's ``X-Priority``, when not normal), and each
+  original HTTP header that should reach the function as
   ``Jq-Header-<Name>``; a call that waited for its time carries ``Jq-Not-Before`` (unix seconds) and, as a retry,
   ``Jq-Attempts`` (the attempts already made).
 
-A partitioned queue's calls of partition p >= 1 are on ``<queue>_P<p>.<function>`` (contract/partitions.py).
+A partitioned queue's calls of partition p >= 1 are on ``<queue>_P<p>.<function>`` (contract/partitions.py); on a
+queue with priorities, high and low calls on ``<queue>_HI.<function>``, ``<queue>_LO.<function>``
+(contract/priorities.py).
 
 Every header but the subject is optional: a bare ``nats pub faas-request.echo hello`` is a POST
 to ``echo`` with a call id derived from its queue, stream sequence and storage time.
@@ -29,8 +32,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
-from jetqueue.contract.names import CALL_ID, FUNCTION_NAME, due_subject, schedule_subject, split_token
+from jetqueue.contract.names import CALL_ID, FUNCTION_NAME, due_subject, schedule_subject, split_level, split_token
 from jetqueue.contract.partitions import queue_hint
+from jetqueue.contract.priorities import Priority, parse_priority
 
 H_MSG_ID = "Nats-Msg-Id"
 H_CALL_ID = "X-Call-Id"
@@ -41,6 +45,7 @@ H_QUERY = "Jq-Query"
 H_CALLBACK = "Jq-Callback-Url"
 H_PARTITION_KEY = "Jq-Partition-Key"  # the caller's X-Partition-Key: a due or replayed call finds its partition again
 H_CONCURRENCY_KEY = "Jq-Concurrency-Key"  # the caller's X-Concurrency-Key: keyConcurrency and keyRate count by it
+H_PRIORITY = "Jq-Priority"  # the caller's X-Priority (not normal): a due, held or replayed call keeps its level
 H_FAILURE_CALLBACK = "Jq-Failure-Callback-Url"  # called only when the call ends failed (dead letter or expired)
 H_CALLBACK_ATTEMPT = "Jq-Callback-Attempt"  # on a stored callback: the delivery attempt it is waiting for
 H_CALLBACK_KEY = "Jq-Callback-Key"  # on a stored callback, every attempt: its one dead letter's id
@@ -94,6 +99,7 @@ _NOT_FORWARDED = frozenset(
         "X-Not-Before",
         "X-Partition-Key",
         "X-Concurrency-Key",
+        "X-Priority",
         "Expect",
     )
 )
@@ -151,6 +157,7 @@ class Call:
     prior_attempts: int = 0  # attempts made before this message (a retry that waited for its time)
     partition_key: str = ""  # the caller's X-Partition-Key ('': the partition follows the function)
     concurrency_key: str = ""  # the caller's X-Concurrency-Key ('': no key limit applies; queueworker/keylimit.py)
+    priority: Priority = Priority.NORMAL  # its level (X-Priority): the subject it is stored on says it too
 
     def age(self, now: float) -> float:
         """Seconds since the call could first run: its start, or its scheduled time (maxEventAge counts this)."""
@@ -174,6 +181,8 @@ class Call:
             h[H_PARTITION_KEY] = self.partition_key
         if self.concurrency_key:
             h[H_CONCURRENCY_KEY] = self.concurrency_key
+        if self.priority is not Priority.NORMAL:
+            h[H_PRIORITY] = self.priority.value
         if self.failure_callback_url:
             h[H_FAILURE_CALLBACK] = self.failure_callback_url
         for k, v in self.headers.items():
@@ -230,15 +239,26 @@ def forwardable(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def parse_subject(subj: str) -> tuple[str, str]:
-    """(queue, function) of a call's subject, in any partition of its queue."""
+    """(queue, function) of a call's subject, in any partition and level of its queue."""
+    return parse_call_subject(subj)[:2]
+
+
+def parse_call_subject(subj: str) -> tuple[str, str, Priority]:
+    """(queue, function, level) of a call's subject."""
     token, sep, function = subj.partition(".")
+    token, level = split_level(token)
     found = split_token(token)
     if not sep or found is None or not FUNCTION_NAME.match(function):
         raise BadMessage(
-            f"subject {subj!r} is not <queue>.<function> or <queue>_P<partition>.<function> "
-            "(function: name or name.namespace)"
+            f"subject {subj!r} is not <queue>.<function> or <queue>_P<partition>.<function>, with _HI or _LO "
+            "after the queue for a level (function: name or name.namespace)"
         )
-    return found[0], function
+    return found[0], function, level
+
+
+def message_priority(headers: Mapping[str, str] | None) -> Priority:
+    """The level a message's Jq-Priority names (normal when none, or not a level)."""
+    return parse_priority((headers or {}).get(H_PRIORITY, "")) or Priority.NORMAL
 
 
 def derived_call_id(queue: str, seq: int, stored_at: datetime) -> str:
@@ -259,7 +279,7 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_i
     `fallback_id` is the call id of a message that carries none (`derived_call_id`); `stored_ns` (when the
     message was stored) the start time of one that carries none: the same on every delivery, so such a call
     ages (maxEventAge) and is told from a later one (cancel) like any other."""
-    queue, function = parse_subject(subj)
+    queue, function, level = parse_call_subject(subj)
     h = dict(headers or {})
     call_id = h.get(H_CALL_ID) or h.get(H_MSG_ID) or fallback_id
     if not CALL_ID.match(call_id):
@@ -295,6 +315,7 @@ def decode(subj: str, data: bytes, headers: Mapping[str, str] | None, fallback_i
         prior_attempts=prior,
         partition_key=h.get(H_PARTITION_KEY, ""),
         concurrency_key=h.get(H_CONCURRENCY_KEY, ""),
+        priority=level,
     )
 
 
@@ -319,4 +340,6 @@ def held_message(call: Call, headers: Mapping[str, str], at: float, key: str) ->
             **schedule_headers(at, due_subject(call.queue, call.function)),
         }
     )
+    if call.priority is not Priority.NORMAL:  # the level of the subject it came from, header or not
+        kept[H_PRIORITY] = call.priority.value
     return schedule_subject(call.queue, call.function, uuid.uuid4().hex), kept

@@ -10,6 +10,10 @@ before partitions, so a queue of one partition is unchanged and existing streams
 another queue's stream or subjects, and they end in no ``_DLQ``/``_CB``/``_SCHED`` suffix. Dead letters and held
 calls stay one stream per queue (cold paths); the call-status records are split by call id into buckets named the
 same way (``jetqueue-calls-<queue>``, ``jetqueue-calls-<queue>_P<k>``).
+
+Priorities (contract/priorities.py): a queue with levels takes high and low calls on ``<token>_HI.<function>`` and
+``<token>_LO.<function>`` (token: ``<queue>`` or ``<queue>_P<p>``) beside normal ones on ``<token>.<function>``, each
+level pulled by a static consumer of its own: ``<queue>-workers`` (normal), ``<queue>-workers-high``, ``-low``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+
+from jetqueue.contract.priorities import LEVEL_MARKS, Priority
 
 DEFAULT_QUEUE = "faas-request"
 STREAM_PREFIX = "OF_"
@@ -160,8 +166,26 @@ def function_consumer_name(queue: str, function: str) -> str:
     return f"{name[: MAX_CONSUMER_NAME - len(digest) - 1]}-{digest}"
 
 
-def subject(queue: str, function: str, partition: int = 0) -> str:
-    return f"{partition_token(queue, partition)}.{function}"
+def level_token(queue: str, partition: int = 0, level: Priority = Priority.NORMAL) -> str:
+    """What a call's subject starts with: its partition's token, and its level's mark (none for normal)."""
+    return partition_token(queue, partition) + LEVEL_MARKS.get(level, "")
+
+
+def split_level(token: str) -> tuple[str, Priority]:
+    """(partition token, level) of a `level_token`."""
+    for level, mark in LEVEL_MARKS.items():
+        if token.endswith(mark):
+            return token[: -len(mark)], level
+    return token, Priority.NORMAL
+
+
+def subject(queue: str, function: str, partition: int = 0, level: Priority = Priority.NORMAL) -> str:
+    return f"{level_token(queue, partition, level)}.{function}"
+
+
+def level_durable_name(queue: str, level: Priority) -> str:
+    """Static mode's consumer of one level on a queue with priorities: normal keeps `<queue>-workers`."""
+    return durable_name(queue) if level is Priority.NORMAL else f"{durable_name(queue)}-{level.value}"
 
 
 def shared_consumer_name(queue: str) -> str:
@@ -176,13 +200,13 @@ def closed_subject(queue: str, partition: int = 0) -> str:
     return f"{partition_token(queue, partition)}._closed"
 
 
-def queue_subjects(queue: str, partition: int = 0) -> str:
-    """The subjects of every call of a queue's partition."""
-    return f"{partition_token(queue, partition)}.>"
+def queue_subjects(queue: str, partition: int = 0, level: Priority = Priority.NORMAL) -> str:
+    """The subjects of every call of a queue's partition (of one level: normal, unless the queue has priorities)."""
+    return f"{level_token(queue, partition, level)}.>"
 
 
 def function_of_subject(subject: str) -> str:
-    """`<queue>.<function>` or `<queue>_P<p>.<function>` → the function."""
+    """`<queue>.<function>`, `<queue>_P<p>.<function>`, `<queue>_HI.<function>` ... → the function."""
     return subject.partition(".")[2]
 
 

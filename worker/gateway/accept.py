@@ -95,6 +95,16 @@ class Accept:
         if ckey and (reason := contract.concurrency_key_problem(ckey)):
             self.metrics.count(name, queue, 400, request.method)
             return problem(400, reason)
+        level = contract.Priority.NORMAL
+        if (given_level := request.headers.get(contract.PRIORITY_HEADER)) is not None:
+            if (reason := contract.priority_problem(given_level)) is not None:
+                self.metrics.count(name, queue, 400, request.method)
+                return problem(400, reason)
+            level = contract.parse_priority(given_level) or level
+            info = self.routing.queues.get(queue)
+            if level is not contract.Priority.NORMAL and not (info and info.priorities):
+                self.metrics.count(name, queue, 400, request.method)
+                return problem(400, f"queue {queue!r} has no priorities (queues.yaml: priorities: true)")
         callback = request.headers.get("X-Callback-Url", "")
         if callback and (reason := self.egress.url_problem(callback)):
             self.metrics.count(name, queue, 400, request.method)
@@ -148,6 +158,7 @@ class Accept:
             not_before=when,
             partition_key=key,
             concurrency_key=ckey,
+            priority=level,
         )
         if idem_key:  # the first call's answer to a repeat, across gateways (idempotency.py)
             return await self.idempotency.submit(call, idem_key, self._store, self._status_of)
@@ -209,7 +220,7 @@ class Accept:
     async def _store(self, call: contract.Call) -> web.Response:
         b, name, queue = self.backend, call.function, call.queue
         partition = contract.choose_partition(name, b.partitions(queue), call.partition_key)
-        subject, headers = contract.subject(queue, name, partition), call.to_headers()
+        subject, headers = contract.subject(queue, name, partition, call.priority), call.to_headers()
         stored_on = subject
         if call.not_before:  # held by the server until its time (OF_<queue>_SCHED), then moved into its partition
             subject, headers = contract.held_message(call, headers, call.not_before, call.call_id)

@@ -224,7 +224,7 @@ class Backend:
         info = self.routing.queues.get(queue) or QueueInfo(self.s.stream_replicas, self.s.stream_storage)
         wants = [
             jetstream.work_stream(
-                queue, info.replicas, info.storage, info.max_length, info.max_bytes, p, info.partitions
+                queue, info.replicas, info.storage, info.max_length, info.max_bytes, p, info.partitions, info.priorities
             )
             for p in range(info.partitions)
         ]

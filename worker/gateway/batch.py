@@ -48,6 +48,7 @@ FIELD_HEADERS = {
     "notBefore": "X-Not-Before",
     "partitionKey": contract.PARTITION_KEY,
     "concurrencyKey": contract.CONCURRENCY_KEY,
+    "priority": contract.PRIORITY_HEADER,
     "idempotencyKey": "Idempotency-Key",
     "tags": "X-Call-Tags",
 }

@@ -7,7 +7,8 @@ none with strict routing). queues.yaml wins where both speak: it is what the wor
 
 File (rendered by the generator into the gateway chart's ConfigMap) shape:
 ``{"routes": {"train": "ml-batch"}, "queues": {"ml-batch": {"streamReplicas": 3, "streamStorage": "file",
-"maxQueueLength": 0, "maxQueueBytes": 0, "partitions": 3, "idempotencyWindow": 86400}}}`` (seconds).
+"maxQueueLength": 0, "maxQueueBytes": 0, "partitions": 3, "idempotencyWindow": 86400, "priorities": true}}}``
+(seconds).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class QueueInfo:
     max_bytes: int = 0
     partitions: int = 1  # work streams OF_<queue>, OF_<queue>_P1 ... (contract/partitions.py picks one per call)
     idempotency_window: float = 86400.0  # seconds an Idempotency-Key is remembered (gateway/idempotency.py)
+    priorities: bool = False  # X-Priority high and low are taken (contract/priorities.py); else refused with a 400
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Routing:
                         int(v.get("maxQueueBytes", 0)),
                         int(v.get("partitions", 1)),
                         float(v.get("idempotencyWindow", s.idempotency_window)),
+                        bool(v.get("priorities", False)),
                     )
                     for q, v in (data.get("queues") or {}).items()
                 }

@@ -71,6 +71,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="choose the partition by KEY instead of the function (sent as X-Partition-Key through the gateway)",
     )
     p.add_argument("--concurrency-key", default="", metavar="KEY", help="the call's X-Concurrency-Key (docs/keys.md)")
+    p.add_argument(
+        "--priority",
+        default="",
+        choices=[level.value for level in contract.LEVELS],
+        help="the call's X-Priority, on a queue with priorities: true (docs/priorities.md)",
+    )
     nats_args(p)
     p.set_defaults(func=cmd_submit)
 
@@ -309,6 +315,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 headers[contract.PARTITION_KEY] = args.partition_key
             if args.concurrency_key:
                 headers[contract.CONCURRENCY_KEY] = args.concurrency_key
+            if args.priority:
+                headers[contract.PRIORITY_HEADER] = args.priority
             return await submit_http(
                 args.gateway,
                 args.function,
@@ -337,6 +345,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 partition_key=args.partition_key,
                 failure_callback_url=args.failure_callback,
                 concurrency_key=args.concurrency_key,
+                priority=args.priority,
             )
         finally:
             await nc.close()

@@ -13,7 +13,7 @@ from typing import TextIO
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from jetqueue import contract, partitioned
 from jetqueue.ops.queues import Confirm, OpsError, table
@@ -192,14 +192,23 @@ async def dlq_replay(
         # A new Nats-Msg-Id: the original is still inside the dedup window if it failed fast.
         headers[contract.H_MSG_ID] = f"{d.call_id or 'call'}-replay-{d.seq}"
         subject = d.headers.get(contract.H_DLQ_SUBJECT) or contract.subject(queue, d.function)
+        level = contract.Priority.NORMAL
         try:
-            fn = contract.parse_subject(subject)[1]
+            _, fn, level = contract.parse_call_subject(subject)
         except contract.BadMessage:  # a callback's (or no call's): back where it was
             pass
         else:
             key = headers.get(contract.H_PARTITION_KEY, "")
-            subject = contract.subject(queue, fn, contract.choose_partition(fn, partitions, key))
-        await js.publish(subject, d.data, headers=headers)
+            subject = contract.subject(queue, fn, contract.choose_partition(fn, partitions, key), level)
+        try:
+            await js.publish(subject, d.data, headers=headers)
+        except NoStreamResponseError:
+            if level is contract.Priority.NORMAL:
+                raise
+            # A level its stream does not take (that partition's stream never had priorities): as a normal call.
+            await js.publish(
+                contract.subject(queue, fn, contract.choose_partition(fn, partitions, key)), d.data, headers=headers
+            )
         try:
             await js.delete_msg(contract.dlq_stream_name(queue), d.seq)
         except APIError as e:

@@ -104,7 +104,7 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
     if 0 not in streams:
         raise OpsError(f"queue {q!r} has no stream {contract.stream_name(q)}")
     try:
-        infos = {p: await js.stream_info(s, subjects_filter=contract.queue_subjects(q, p)) for p, s in streams.items()}
+        infos = {p: await js.stream_info(s, subjects_filter=">") for p, s in streams.items()}  # every level's calls
     except NotFoundError:
         raise OpsError(f"a stream of queue {q!r} was deleted meanwhile; try again") from None
     consumers = [c for s in streams.values() for c in await pauses.all_consumers(js, s)]

@@ -19,6 +19,7 @@ from nats.errors import ConnectionClosedError
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from jetqueue.queueworker.heartbeat import AckExtender
+from jetqueue.queueworker.priorities import Turn
 
 log = logging.getLogger("jetqueue.worker")
 FETCH_MAX = 256
@@ -84,6 +85,7 @@ class ConsumerLoop:
         idle_exit: float | None = None,
         rebind: Callable[[], Awaitable[Source]] | None = None,
         contended: Callable[[], bool] | None = None,
+        turn: Turn | None = None,
     ) -> None:
         self.name = name
         self.psub = psub
@@ -95,6 +97,7 @@ class ConsumerLoop:
         # Partitions: another loop has calls. An idle loop then waits for its next call only briefly, since the
         # slot it holds meanwhile is one the other loop could use; idle everywhere, it waits FETCH_TIMEOUT.
         self.contended = contended
+        self.turn = turn  # a level of a queue with priorities: slots are reserved in turns (priorities.py)
         self.lost = False  # the consumer is missing and not set up again yet (readiness says so)
         self.tasks: set[asyncio.Task[None]] = set()
         self.surplus: deque[Msg] = deque()  # delivered beyond what was asked for; started first
@@ -119,6 +122,8 @@ class ConsumerLoop:
             await self._run(last_message)
         finally:
             self.has_work = False
+            if self.turn is not None:
+                self.turn.idle()
             while self.surplus:  # stopping: hand back what never started, for another worker at once
                 msg = self.surplus.popleft()
                 self.processor.extender.untrack(msg)
@@ -129,6 +134,12 @@ class ConsumerLoop:
         clock = asyncio.get_running_loop().time
         while not self.stopping:
             free = self.slots.free if self.share is None else min(self.slots.free, self.share())
+            if self.turn is not None:
+                if not self.has_work:  # looking for a call, without a turn: not a level that waits
+                    self.turn.idle()
+                elif not self.turn.may(free > 0):  # no slot, or another level's turn: it takes the slots first
+                    await self.slots.wait_release(CONTENDED_WAIT)
+                    continue
             if free <= 0:
                 await self.slots.wait_release(FETCH_TIMEOUT)
                 continue
@@ -176,6 +187,8 @@ class ConsumerLoop:
                 self.slots.release(n - len(msgs))  # each fetched message keeps its reserved slot
             last_message = clock()
             self.has_work = True
+            if self.turn is not None:
+                self.turn.took(len(msgs))
             for m in msgs:
                 self._start(m)
 

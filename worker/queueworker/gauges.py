@@ -38,8 +38,8 @@ async def refresh(
         try:
             counts: dict[str, int] = {}
             submitted = 0
-            for partition, stream in list(partitions.served.items()):  # every partition's, summed
-                info = await js.stream_info(stream, subjects_filter=contract.queue_subjects(queue, partition))
+            for stream in list(partitions.served.values()):  # every partition's, summed
+                info = await js.stream_info(stream, subjects_filter=">")  # every level's calls (only calls in it)
                 for subj, n in (info.state.subjects or {}).items():
                     fn = contract.function_of_subject(subj)
                     counts[fn] = counts.get(fn, 0) + n

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import replace
 
 from aiohttp import web
 from nats.aio.client import Client
@@ -38,10 +37,12 @@ from jetqueue.queueworker.metrics import WorkerMetrics
 from jetqueue.queueworker.partitions import Partitions
 from jetqueue.queueworker.pauses import PauseFollower
 from jetqueue.queueworker.policy import Policies
+from jetqueue.queueworker.priorities import Turns
 from jetqueue.queueworker.pullrequests import ConsumerPull
 from jetqueue.queueworker.ratelimit import DispatchRate
 from jetqueue.queueworker.schedule import Holder, Mover
 from jetqueue.queueworker.statuswriter import StatusWriter
+from jetqueue.queueworker.streams import QueueStreams
 from jetqueue.queueworker.ticks import Ticks
 from jetqueue.results import ResultBodies
 from jetqueue.settings import WorkerSettings
@@ -79,9 +80,11 @@ class Worker:
         self.invoker: Invoker | None = None
         self.function_mode: FunctionMode | None = None  # serves every partition
         self.pauses: PauseFollower | None = None
-        self.pulls: dict[int, ConsumerPull] = {}  # static mode's sources, per partition
-        self.partition_loops: list[ConsumerLoop] = []  # static mode's loops, one per partition (sharing `slots`)
+        self.pulls: dict[tuple[int, contract.Priority | None], ConsumerPull] = {}  # static: per partition (, level)
+        self.partition_loops: list[ConsumerLoop] = []  # static mode's loops, per partition (and level), sharing slots
+        self.turns = Turns()  # which level's loops take free slots next (priorities.py)
         self.partitions: Partitions | None = None
+        self.streams: QueueStreams | None = None  # the queue's streams and static consumers (streams.py)
         self.ctx: Context | None = None
         # The functions' OpenFaaS annotations (JETQUEUE_OPENFAAS_URL), read in the background for the policies.
         self.catalog = FunctionCatalog.of(settings, self.policies.annotations_changed)
@@ -106,6 +109,7 @@ class Worker:
         partitions = self.partitions = Partitions(js, s, self._consume)
         self.pauses = PauseFollower(js, s, self.metrics, lambda: partitions.streams)
         await self.pauses.start()  # before any consumer is created: a paused one is created paused
+        streams = self.streams = QueueStreams(js, s, partitions, self.pauses)
         ack_wait = await self._provision()
         store = (
             QueueStatus.of(js, s.queue, s.partitions, s.status_ttl, s.stream_replicas, s.stream_storage)
@@ -160,7 +164,7 @@ class Worker:
                 await asyncio.wait_for(self.cancels.ready.wait(), CANCELS_READY_WAIT)
         await partitions.start()  # a consumer loop (or a function mode) for each partition: _consume
         ticks = Ticks(js, s.queue, jetstream.schedule_bucket(s.stream_replicas, s.stream_storage), self.metrics, store)
-        mover = Mover(js, s.queue, self._restore_work_stream, s.partitions, ticks)
+        mover = Mover(js, s.queue, self._restore_work_stream, s.partitions, ticks, lambda: bool(streams.leveled))
         self._add_loop(
             ConsumerLoop(
                 contract.due_durable_name(s.queue),
@@ -187,28 +191,13 @@ class Worker:
         max_inflight holds over every partition), or a part of the one function mode."""
         s, js, ctx = self.s, self.js, self.ctx
         assert js is not None and ctx is not None and self.processor is not None and self.partitions is not None
-        assert self.pauses is not None
+        assert self.pauses is not None and self.streams is not None
         stream = self.partitions.stream(partition)
         if partition >= s.partitions:  # found beyond the queue's partitions: its stream and consumer, as for others
-            await self._provision_partition(partition)
+            await self.streams.provision_partition(partition)
         if s.mode == "static":
-            pull = self.pulls[partition] = await ConsumerPull(
-                js, stream, s.durable, orphan=lambda m: loop.adopt(m)
-            ).start()
-            name = s.durable if partition == 0 else f"{s.durable} on {stream}"
-            # Loops share the slots: an idle one waits for its next call holding one slot, not every free one (it
-            # would starve the other partitions' loops for its whole wait), and takes as many as are free once busy.
-            loop = ConsumerLoop(
-                name,
-                pull,
-                self.slots,
-                self.processor,
-                share=lambda: self.slots.limit,
-                rebind=lambda: self._rebind(partition),
-                contended=lambda: any(other.has_work for other in self.partition_loops if other is not loop),
-            )
-            self.partition_loops.append(loop)
-            self._add_loop(loop)
+            for level in contract.LEVELS if partition in self.streams.leveled else (None,):
+                await self._consume_static(partition, level)
             return
         if self.function_mode is not None:  # one function mode serves every partition: a part each
             self.function_mode.add(partition, stream)
@@ -226,32 +215,35 @@ class Worker:
         )
         await self.function_mode.start()
 
-    async def _provision(self) -> float:
-        """The queue's streams (every partition's) and (static mode) their consumers, created if missing: at start,
-        and again when they were deleted underneath. Returns the consumers' ack wait."""
-        s, js = self.s, self.js
-        assert js is not None and self.partitions is not None
-        ack_wait = s.ack_wait
-        for partition in list(self.partitions.served):
-            ack_wait = await self._provision_partition(partition)
-        # The names may be overridden (an adopted OpenFaaS stream); everything else is the contract's.
-        dlq = jetstream.dead_letter_stream(s.queue, s.stream_replicas, s.stream_storage)
-        await provision.ensure_dlq_stream(js, replace(dlq, name=s.dlq_stream))
-        return ack_wait
-
-    async def _provision_partition(self, partition: int) -> float:
-        s, js = self.s, self.js
-        assert js is not None and self.pauses is not None and self.partitions is not None
+    async def _consume_static(self, partition: int, level: contract.Priority | None) -> None:
+        """One static consumer's loop: the partition's, or one level's of it (`level`, taking slots in turns)."""
+        js, processor = self.js, self.processor
+        assert js is not None and processor is not None and self.partitions is not None and self.streams is not None
         stream = self.partitions.stream(partition)
-        work = jetstream.work_stream(
-            s.queue, s.stream_replicas, s.stream_storage, s.max_queue_length, s.max_queue_bytes, partition, s.partitions
+        durable = self.streams.durable(level)
+        pull = self.pulls[(partition, level)] = await ConsumerPull(
+            js, stream, durable, orphan=lambda m: loop.adopt(m)
+        ).start()
+        name = durable if partition == 0 else f"{durable} on {stream}"
+        # Loops share the slots: an idle one waits for its next call holding one slot, not every free one (it
+        # would starve the other partitions' loops for its whole wait), and takes as many as are free once busy.
+        loop = ConsumerLoop(
+            name,
+            pull,
+            self.slots,
+            processor,
+            share=lambda: self.slots.limit,
+            rebind=lambda: self._rebind(partition, level),
+            contended=lambda: any(other.has_work for other in self.partition_loops if other is not loop),
+            turn=None if level is None else self.turns.turn(level),
         )
-        await provision.ensure_stream(js, replace(work, name=stream))
-        if s.mode != "static":
-            return s.ack_wait
-        consumer = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting, partition)
-        durable = replace(consumer, stream=stream, durable=s.durable)
-        return await provision.ensure_consumer(js, durable, self.pauses.until())
+        self.partition_loops.append(loop)
+        self._add_loop(loop)
+
+    async def _provision(self) -> float:
+        """The queue's streams and consumers (streams.py), at start and when deleted underneath."""
+        assert self.streams is not None
+        return await self.streams.provision()
 
     async def _bind_due(self) -> JetStreamContext.PullSubscription:
         """The schedule stream, the consumer that moves due calls into the queue and the schedules queues.yaml
@@ -297,11 +289,11 @@ class Worker:
             durable=contract.callback_durable_name(s.queue), stream=contract.callback_stream_name(s.queue)
         )
 
-    async def _rebind(self, partition: int) -> ConsumerPull:
+    async def _rebind(self, partition: int, level: contract.Priority | None) -> ConsumerPull:
         """A static consumer vanished (deleted, or lost with the server's state): set it up again (pulls go on
         under the same name)."""
         await self._provision()
-        return self.pulls[partition]
+        return self.pulls[(partition, level)]
 
     def _add_loop(self, loop: ConsumerLoop) -> None:
         self.loops.append(loop)

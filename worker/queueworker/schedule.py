@@ -67,10 +67,12 @@ class Mover:
         stream_deleted: Callable[[], Awaitable[None]] | None = None,
         partitions: int = 1,
         ticks: Ticks | None = None,
+        levels: Callable[[], bool] = lambda: False,
     ) -> None:
         self.js = js
         self.queue = queue
         self.partitions = partitions
+        self.levels = levels  # the queue's streams take high and low calls: a due call keeps its Jq-Priority
         self.extender = AckExtender(jetstream.SERVER_ACK_WAIT)
         self.stream_deleted = stream_deleted  # sets the work stream up again when a publish finds none
         self.ticks = ticks  # a cron schedule's ticks, one call each (ticks.py); None: moved like held calls
@@ -108,7 +110,9 @@ class Mover:
         """Store one due call in the work stream of its partition (by its Jq-Partition-Key or its function); False
         when the queue is full (the due message is put back)."""
         partition = contract.choose_partition(function, self.partitions, headers.get(contract.H_PARTITION_KEY, ""))
-        subject = contract.subject(self.queue, function or "_invalid", partition)  # an unparsable one: dead-lettered
+        level = contract.message_priority(headers) if self.levels() else contract.Priority.NORMAL
+        # An unparsable one: dead-lettered. A level the streams no longer take: normal (it must land somewhere).
+        subject = contract.subject(self.queue, function or "_invalid", partition, level)
         try:
             await self.js.publish(subject, msg.data, headers=headers)
         except APIError as e:

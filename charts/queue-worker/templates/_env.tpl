@@ -15,6 +15,7 @@ wiring, Secrets), then one entry per setting taken from a value, in values.yaml 
 - {name: JETQUEUE_DLQ_STREAM, value: {{ .Values.queue.deadLetterStream | quote }}}
 - {name: JETQUEUE_PARTITIONS, value: {{ .Values.queue.partitions | int64 | toString | quote }}}
 - {name: JETQUEUE_MODE, value: {{ .Values.queue.mode | quote }}}
+- {name: JETQUEUE_PRIORITIES, value: {{ .Values.queue.priorities | toString | quote }}}
 - {name: JETQUEUE_STREAM_REPLICAS, value: {{ .Values.queue.streamReplicas | int64 | toString | quote }}}
 - {name: JETQUEUE_STREAM_STORAGE, value: {{ .Values.queue.streamStorage | quote }}}
 - {name: JETQUEUE_MAX_QUEUE_LENGTH, value: {{ .Values.queue.maxQueueLength | int64 | toString | quote }}}
