@@ -529,3 +529,6 @@ def test_keda_scales_a_queue_with_priorities_on_every_level(tmp_path):
     assert scaled["spec"]["advanced"]["scalingModifiers"]["formula"] == "t0 + t1 + t2"  # the sum of the levels
     env = {e["name"]: e.get("value") for e in deployment(docs)["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["JETQUEUE_PRIORITIES"] == "true"
+    bad = {**values, "queue": {**values["queue"], "mode": "function"}}
+    with pytest.raises(Exception, match="priorities"):  # the worker would refuse to start: helm refuses first
+        helm_python.Chart.load(CHARTS["queue-worker"]).validate_schema(bad)

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,8 +18,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from nats.js.errors import NoStreamResponseError
 
 from jetqueue import contract, pauses, provision
+from jetqueue.client import submit_nats
 from jetqueue.contract import Priority, jetstream
 from jetqueue.pauses import FOREVER, Pause
 from jetqueue.queueworker.metrics import WorkerMetrics
@@ -122,7 +128,7 @@ def routes(tmp_path: Path, priorities: bool) -> str:
     return str(path)
 
 
-async def test_the_gateway_takes_a_level_only_where_a_stream_does(nats_server, tmp_path):
+async def test_the_gateway_takes_a_level_only_where_a_stream_does(nats_server, functions, tmp_path):
     nc = await connect(nats_server.url)
     js = nc.jetstream()
     async with running_gateway(gateway_settings(nats_server.url, routes_file=routes(tmp_path, False))) as gw:
@@ -137,11 +143,15 @@ async def test_the_gateway_takes_a_level_only_where_a_stream_does(nats_server, t
     async with running_gateway(gateway_settings(nats_server.url, routes_file=routes(tmp_path, True))) as gw:
         url = f"http://127.0.0.1:{gw.s.http_port}/async-function/gf"
         async with aiohttp.ClientSession() as http:
+            async with http.post(url, headers={"X-Priority": "high"}) as r:  # the workers add the levels, not it
+                assert r.status == 503 and "nothing was stored" in (await r.json())["error"]
+            async with running_worker(worker_settings(nats_server.url, functions.url_template, priorities=True)):
+                pass
             for level in ("high", "LOW"):
                 async with http.post(url, headers={"X-Priority": level}) as r:
                     assert r.status == 202, await r.text()
     info = await js.stream_info(contract.stream_name(Q), subjects_filter=">")
-    assert info.state.subjects == {f"{Q}.gf": 1, f"{Q}_HI.gf": 1, f"{Q}_LO.gf": 1}
+    assert info.state.subjects == {f"{Q}_HI.gf": 1, f"{Q}_LO.gf": 1}  # the normal one ran meanwhile
     await nc.close()
 
 
@@ -162,17 +172,39 @@ async def test_priorities_turned_on_then_off_lose_no_call(nats_server, functions
     await nc.close()
 
 
-async def test_function_mode_refuses_a_stream_with_calls_of_a_level(nats_server, functions):
+async def test_function_mode_refuses_a_stream_with_calls_of_a_level_and_drops_empty_levels(nats_server, functions):
     nc = await connect(nats_server.url)
+    js = nc.jetstream()
     async with running_worker(worker_settings(nats_server.url, functions.url_template, priorities=True)):
         pass
-    await enqueue(nc, "ff", b"", priority=Priority.LOW)
+    call_id = await enqueue(nc, "ff", b"", priority=Priority.LOW)
     s = worker_settings(nats_server.url, functions.url_template, mode="function")
     w = Worker(s, WorkerMetrics())
     with pytest.raises(provision.StreamSetupError, match=r"1 call.*priority"):
         await w.start()
     await w.stop()
-    assert (await nc.jetstream().stream_info(contract.stream_name(Q))).state.messages == 1  # still there
+    assert (await js.stream_info(contract.stream_name(Q))).state.messages == 1  # still there
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, priorities=True)):
+        await eventually(lambda: functions.completed["ff"] == [call_id], timeout=30)  # static drains it
+    for consumer in await js.consumers_info(contract.stream_name(Q)):  # stopped: its consumers removed
+        await js.delete_consumer(contract.stream_name(Q), consumer.name)
+    async with running_worker(s):  # then function mode: the empty levels' subjects are gone
+        assert (await js.stream_info(contract.stream_name(Q))).config.subjects == [f"{Q}.>"]
+        with pytest.raises(NoStreamResponseError):  # a high call now fails loudly instead of waiting for ever
+            await submit_nats(nc, "ff", b"", priority="high")
+        held = await submit_nats(nc, "ff", b"", delay=1.0, headers={"X": "y"})
+        await eventually(lambda: held in functions.completed["ff"], timeout=30)
+    await nc.close()
+
+
+async def test_a_call_held_with_a_level_is_moved_as_normal_where_no_level_is_served(nats_server, functions):
+    nc = await connect(nats_server.url)
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, mode="function")) as w:
+        call = contract.Call(call_id=contract.new_call_id(Q), queue=Q, function="hf", priority=Priority.HIGH)
+        subject, headers = contract.held_message(call, call.to_headers(), time.time() + 1, call.call_id)
+        await nc.jetstream().publish(subject, b"", headers=headers)  # held before the switch to function mode
+        await eventually(lambda: functions.completed["hf"] == [call.call_id], timeout=30)
+        assert not w.turns.started
     await nc.close()
 
 
@@ -202,4 +234,69 @@ async def test_a_queue_pause_holds_every_level(nats_server, functions):
     stream, now = contract.stream_name(Q), datetime.now(UTC)
     changed = await pauses.bring_consumers(js, Q, stream, contract.durable_name(Q), [Pause(Q, "", FOREVER, now)], now)
     assert sorted(name for name, _ in changed) == [f"{Q}-workers", f"{Q}-workers-high", f"{Q}-workers-low"]
+    await nc.close()
+
+
+def test_a_level_back_after_an_idle_time_starts_at_the_last_turn_given():
+    turns = Turns()
+    high, low = turns.turn(Priority.HIGH), turns.turn(Priority.LOW)
+    for _ in range(4000):  # high alone, then the queue empties
+        assert high.may()
+        high.took(1)
+    high.idle()
+    assert low.may()  # a low batch comes first, alone
+    low.took(1)
+    assert not low.may(free=False)
+    order = []
+    for _ in range(50):  # then high calls too
+        level, turn = next((lv, t) for lv, t in ((Priority.HIGH, high), (Priority.LOW, low)) if t.may())
+        turn.took(1)
+        order.append(level)
+        for other in (high, low):
+            assert not other.may(free=False)
+    assert order.index(Priority.HIGH) <= 1  # not behind the low level's 1,000 calls of credit
+    assert Counter(order)[Priority.HIGH] == pytest.approx(40, abs=3)
+
+
+class Long:
+    """A function whose `long` body takes `seconds`, every other one 10 ms."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.short = 0  # short calls done
+
+    async def __call__(self, request: web.Request, _: FunctionServer) -> web.Response:
+        long = await request.read() == b"long"
+        await asyncio.sleep(self.seconds if long else 0.01)
+        self.short += not long
+        return web.Response(text="ok")
+
+
+async def test_a_level_with_a_call_running_and_none_queued_holds_no_slot(nats_server, functions):
+    fn = functions.handlers["lf"] = Long(4.0)
+    s = worker_settings(nats_server.url, functions.url_template, priorities=True, max_inflight=2)
+    nc = await connect(nats_server.url)
+    async with running_worker(s):
+        await enqueue(nc, "lf", b"long", priority=Priority.HIGH)
+        await eventually(lambda: functions.concurrent == 1, timeout=30)
+        t0 = time.monotonic()
+        for _ in range(100):
+            await enqueue(nc, "lf", b"short")
+        await eventually(lambda: fn.short == 100, timeout=60)
+        elapsed = time.monotonic() - t0
+    print(f"100 normal calls of 10 ms beside one high call of 4 s on 2 slots: {elapsed:.2f} s")
+    assert elapsed < 3.5  # done on the one free slot while the high call runs, not after it
+    await nc.close()
+
+
+async def test_jetqueue_submit_takes_a_level(nats_server, functions):
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, priorities=True)):
+        pass
+    env = {**os.environ, "JETQUEUE_NATS_URL": nats_server.url}
+    argv = [sys.executable, "-m", "jetqueue", "submit", "cf", "--priority", "low"]
+    res = await asyncio.to_thread(subprocess.run, argv, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    nc = await connect(nats_server.url)
+    info = await nc.jetstream().stream_info(contract.stream_name(Q), subjects_filter=">")
+    assert info.state.subjects == {f"{Q}_LO.cf": 1}
     await nc.close()

@@ -97,7 +97,8 @@ async def submit_nats(
     (seconds), the call is held in the queue's schedule stream until then (the queue's worker must have set it
     up: it creates `OF_<queue>_SCHED` at start). `partitions`: the queue's, as in queues.yaml (the partition is
     chosen as the gateway chooses it, by `partition_key` when given, else by the function). `priority`: high, normal
-    or low (a queue with `priorities: true`; a queue without has no stream for high or low calls: the publish fails)."""
+    or low, for a queue with `priorities: true` (its workers have added the levels' subjects: until then, and on a
+    queue without priorities, a high or low publish fails with NoStreamResponseError and nothing is stored)."""
     if not contract.FUNCTION_NAME.match(function):
         raise SubmitError(f"{function!r} is not a valid function name")
     if partition_key and (reason := contract.partition_key_problem(partition_key)):

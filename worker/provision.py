@@ -100,6 +100,16 @@ def _metadata(have: dict[str, str], ours: dict[str, str]) -> dict[str, str] | No
     return {k: v for k, v in have.items() if not k.startswith("_nats.") and k not in stale} | ours
 
 
+async def drop_subjects(js: JetStreamContext, stream: str, subjects: set[str]) -> None:
+    """Remove `subjects` from a stream's (function mode: a queue's empty priority levels, so that a publish there
+    fails instead of being stored where no consumer takes it)."""
+    cfg = (await js.stream_info(stream)).config
+    kept = [s for s in cfg.subjects or [] if s not in subjects]
+    if kept != list(cfg.subjects or []):
+        await js.update_stream(replace(cfg, subjects=kept))
+        log.warning("stream %s: removed the subjects %s (no worker of this mode takes them)", stream, sorted(subjects))
+
+
 async def ensure_dlq_stream(js: JetStreamContext, want: StreamSpec) -> None:
     try:
         await js.stream_info(want.name)

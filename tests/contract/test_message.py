@@ -133,3 +133,15 @@ def test_call_ids_made_from_threads_at_once_are_all_different(monkeypatch):
     for t in threads:
         t.join()
     assert len(made) == 8 and len(set(made)) == 8, made
+
+
+def test_a_held_call_carries_the_level_of_its_subject_whatever_its_headers_said():
+    normal = contract.Call(call_id="c1", queue="q", function="f")
+    _, headers = contract.held_message(normal, {contract.H_PRIORITY: "high"}, 1e9, "k")
+    assert contract.H_PRIORITY not in headers  # a stale header would promote it on its next move
+    high = contract.Call(call_id="c2", queue="q", function="f", priority=contract.Priority.HIGH)
+    _, headers = contract.held_message(high, {}, 1e9, "k")
+    assert contract.message_priority(headers) is contract.Priority.HIGH
+    assert contract.decode("q_P1_LO.f", b"", {}, "id").priority is contract.Priority.LOW
+    counts = {"q.f": 2, "q_HI.f": 1, "q_LO.g.ns": 4, "other.thing": 9, "not a call": 1}
+    assert contract.calls_per_function("q", counts) == {"f": 3, "g.ns": 4}

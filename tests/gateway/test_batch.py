@@ -93,3 +93,22 @@ async def test_a_concurrency_key_field_is_checked_and_stored_with_the_call(nats_
             assert (msg.headers or {})[contract.H_CONCURRENCY_KEY] == "customer-7"
         finally:
             await nc.close()
+
+
+async def test_a_priority_field_is_checked_and_stored_on_its_level(nats_server, functions, http, tmp_path):
+    routes = tmp_path / "routes.json"
+    routes.write_text(json.dumps({"routes": {}, "queues": {contract.DEFAULT_QUEUE: {"priorities": True}}}))
+    async with running_worker(worker_settings(nats_server.url, functions.url_template, priorities=True)):
+        pass  # the levels' subjects and consumers
+    calls = [{"function": "echo", "priority": "high"}, {"function": "echo", "priority": "urgent"}]
+    async with running_gateway(gateway_settings(nats_server.url, routes_file=str(routes))) as gw:
+        async with http.post(f"http://127.0.0.1:{gw.s.http_port}/async-batch", data=json.dumps(calls)) as r:
+            results = (await r.json())["results"]
+        assert [x["status"] for x in results] == [202, 400] and "X-Priority" in results[1]["error"]
+        nc = await connect(nats_server.url)
+        try:
+            msg = await nc.jetstream().get_msg(contract.stream_name(contract.DEFAULT_QUEUE), 1)
+            assert msg.subject == contract.subject(contract.DEFAULT_QUEUE, "echo", 0, contract.Priority.HIGH)
+            assert (msg.headers or {})[contract.H_PRIORITY] == "high"
+        finally:
+            await nc.close()

@@ -256,6 +256,20 @@ def parse_call_subject(subj: str) -> tuple[str, str, Priority]:
     return found[0], function, level
 
 
+def calls_per_function(queue: str, subjects: Mapping[str, int]) -> dict[str, int]:
+    """Calls per function from a work stream's per-subject counts, every level's summed; a subject that is no call
+    of `queue`'s (an adopted stream's own) is left out."""
+    out: dict[str, int] = {}
+    for subj, n in subjects.items():
+        try:
+            owner, function, _ = parse_call_subject(subj)
+        except BadMessage:
+            continue
+        if owner == queue:
+            out[function] = out.get(function, 0) + n
+    return out
+
+
 def message_priority(headers: Mapping[str, str] | None) -> Priority:
     """The level a message's Jq-Priority names (normal when none, or not a level)."""
     return parse_priority((headers or {}).get(H_PRIORITY, "")) or Priority.NORMAL
@@ -340,6 +354,7 @@ def held_message(call: Call, headers: Mapping[str, str], at: float, key: str) ->
             **schedule_headers(at, due_subject(call.queue, call.function)),
         }
     )
-    if call.priority is not Priority.NORMAL:  # the level of the subject it came from, header or not
+    kept.pop(H_PRIORITY, None)  # the level of the subject it came from, whatever a header said
+    if call.priority is not Priority.NORMAL:
         kept[H_PRIORITY] = call.priority.value
     return schedule_subject(call.queue, call.function, uuid.uuid4().hex), kept

@@ -216,7 +216,9 @@ class Backend:
 
     async def ensure_queue(self, queue: str) -> bool:
         """Create the queue's streams if missing (the work stream of each partition, and the stream that holds
-        scheduled calls), so calls are stored even before its worker starts."""
+        scheduled calls), so calls are stored even before its worker starts. Never the subjects of priority levels:
+        the workers add them once their consumers are ready for them (queueworker/streams.py); a high or low call
+        before that is answered 503, not stored where nothing takes it."""
         if queue in self.ready_streams:
             return True
         if self.js is None:
@@ -224,7 +226,7 @@ class Backend:
         info = self.routing.queues.get(queue) or QueueInfo(self.s.stream_replicas, self.s.stream_storage)
         wants = [
             jetstream.work_stream(
-                queue, info.replicas, info.storage, info.max_length, info.max_bytes, p, info.partitions, info.priorities
+                queue, info.replicas, info.storage, info.max_length, info.max_bytes, p, info.partitions
             )
             for p in range(info.partitions)
         ]

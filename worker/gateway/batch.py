@@ -7,8 +7,8 @@ The request body is a JSON array; each element is one call:
      "path": "/thumb?w=64",                     optional: sub-path and query, percent-encoded as in a URL
      "body": "text" | "bodyBase64": "aGk=",     optional: the body, as UTF-8 text or base64 (one of them)
      "headers": {"Content-Type": "..."},        optional: request headers, as a single submission would send them
-     "callId", "callbackUrl", "failureCallbackUrl", "delay", "notBefore", "partitionKey", "idempotencyKey",
-     "tags"                                     optional: the X-Call-Id, X-Callback-Url, ... headers, as fields}
+     "callId", "callbackUrl", "failureCallbackUrl", "delay", "notBefore", "partitionKey", "concurrencyKey",
+     "priority", "idempotencyKey", "tags"      optional: the X-Call-Id, X-Callback-Url, ... headers, as fields}
 
 Each call goes through the same code as a single submission (accept.py: checks, partition, idempotency key,
 PubAck), all of them at once: the publishes are pipelined on the connection, not awaited one by one. The answer

@@ -71,12 +71,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="choose the partition by KEY instead of the function (sent as X-Partition-Key through the gateway)",
     )
     p.add_argument("--concurrency-key", default="", metavar="KEY", help="the call's X-Concurrency-Key (docs/keys.md)")
-    p.add_argument(
-        "--priority",
-        default="",
-        choices=[level.value for level in contract.LEVELS],
-        help="the call's X-Priority, on a queue with priorities: true (docs/priorities.md)",
-    )
+    levels = [level.value for level in contract.LEVELS]
+    p.add_argument("--priority", default="", choices=levels, help="the call's X-Priority (docs/priorities.md)")
     nats_args(p)
     p.set_defaults(func=cmd_submit)
 
@@ -313,10 +309,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.gateway:
             if args.partition_key:
                 headers[contract.PARTITION_KEY] = args.partition_key
-            if args.concurrency_key:
-                headers[contract.CONCURRENCY_KEY] = args.concurrency_key
-            if args.priority:
-                headers[contract.PRIORITY_HEADER] = args.priority
+            given = {contract.CONCURRENCY_KEY: args.concurrency_key, contract.PRIORITY_HEADER: args.priority}
+            headers.update({k: v for k, v in given.items() if v})
             return await submit_http(
                 args.gateway,
                 args.function,

@@ -121,7 +121,7 @@ async def _report(js: JetStreamContext, q: str, names: list[str], records: list[
     expired = await count_reason(js, q, EXPIRED)
     pending: Counter[str] = Counter()
     for i in infos.values():
-        pending.update({contract.function_of_subject(subj): n for subj, n in (i.state.subjects or {}).items()})
+        pending.update(contract.calls_per_function(q, i.state.subjects or {}))
     # A static consumer serves every function: only the whole queue's pause holds them back.
     static = any(c.name == contract.durable_name(q) for c in consumers)
     paused_functions = {p.function for p in records if p.queue == q and p.function and p.active(now)}

@@ -1,8 +1,10 @@
 """Pull calls from one consumer into free slots and hand each to the Processor (handle.py).
 
-`Slots` bounds the calls running in the worker; each `ConsumerLoop` (one for the static consumer,
-one per function in function mode) fetches only as many messages as there are free slots, so a
-fetched message always has a task and `max_inflight` is never exceeded.
+`Slots` bounds the calls running in the worker; each `ConsumerLoop` (one per static consumer: per partition, and
+per level on a queue with priorities) fetches only as many messages as there are free slots, so a fetched message
+has a task at once and `max_inflight` is never exceeded. The one exception is a level's loop looking for its next
+call while it has none: it asks for one holding no slot (a slot held through that wait is one the other levels
+could use), and the call it finds waits in `surplus`, its ack extended, for a free slot and the level's turn.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Slots:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.waiting = 0  # loops waiting for a slot to be released
         self._changed = asyncio.Event()
 
     @property
@@ -52,8 +55,12 @@ class Slots:
     async def wait_release(self, timeout: float) -> None:
         """Until the next call finishes (or timeout): then there may be room again."""
         self._changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        self.waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+        finally:
+            self.waiting -= 1
 
 
 class Source(Protocol):
@@ -134,35 +141,46 @@ class ConsumerLoop:
         clock = asyncio.get_running_loop().time
         while not self.stopping:
             free = self.slots.free if self.share is None else min(self.slots.free, self.share())
+            # A level without calls looks for one holding no slot (what it finds waits in `surplus` for its turn):
+            # a slot held through its wait would be one the other levels cannot use.
+            probe = self.turn is not None and not self.has_work and not self.surplus
             if self.turn is not None:
-                if not self.has_work:  # looking for a call, without a turn: not a level that waits
+                if probe:  # looking for a call, without a turn: not a level that waits
                     self.turn.idle()
                 elif not self.turn.may(free > 0):  # no slot, or another level's turn: it takes the slots first
                     await self.slots.wait_release(CONTENDED_WAIT)
                     continue
-            if free <= 0:
+            if free <= 0 and not probe:
                 await self.slots.wait_release(FETCH_TIMEOUT)
                 continue
             if self.surplus:  # messages already delivered go first
-                for _ in range(min(free, len(self.surplus))):
+                started = min(free, len(self.surplus))
+                for _ in range(started):
                     self.slots.take()
                     self._start(self.surplus.popleft())
+                if self.turn is not None:
+                    self.turn.took(started)
                 continue
             # Reserve the slots before the fetch: loops fetching at once must not together ask for more than is
             # free. An idle function-mode loop asks for one; its fair share once it has work.
-            n = min(free, FETCH_MAX) if self.share is None or self.has_work else 1
+            n = 0 if probe else min(free, FETCH_MAX) if self.share is None or self.has_work else 1
             self.slots.take(n)
             msgs: list[Msg] = []
-            brief = self.contended is not None and not self.has_work and self.contended()
+            # Another loop has calls, or waits for a slot: an idle loop asks briefly, then lets the slot go (it would
+            # hold it for the whole wait). A level (turn) does so even with calls of its own: the slots it holds
+            # while its stream may be empty are slots another level waits for.
+            others = self.contended is not None and (self.slots.waiting > 0 or self.contended())
+            brief = others and not probe and (self.turn is not None or not self.has_work)
             try:
-                msgs = await self.psub.fetch(n, timeout=CONTENDED_WAIT if brief else FETCH_TIMEOUT)
+                msgs = await self.psub.fetch(max(n, 1), timeout=CONTENDED_WAIT if brief else FETCH_TIMEOUT)
                 if len(msgs) > n:  # nats-py can hand over messages of an earlier, timed-out pull as well:
                     msgs, surplus = msgs[:n], msgs[n:]  # they wait here (acks extended) for free slots
                     for m in surplus:
                         self.processor.extender.track(m)
                     self.surplus.extend(surplus)
             except TimeoutError:  # nats' TimeoutError subclasses it; fetch raises either when idle
-                self.has_work = bool(self.tasks)
+                # A level found nothing: it has no turn to take until it finds calls (running ones are not wanting).
+                self.has_work = bool(self.tasks) and self.turn is None
                 if brief:  # the slot goes to the loop that wants it before this one asks again
                     self.slots.release(n)
                     n = 0

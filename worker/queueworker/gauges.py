@@ -39,9 +39,8 @@ async def refresh(
             counts: dict[str, int] = {}
             submitted = 0
             for stream in list(partitions.served.values()):  # every partition's, summed
-                info = await js.stream_info(stream, subjects_filter=">")  # every level's calls (only calls in it)
-                for subj, n in (info.state.subjects or {}).items():
-                    fn = contract.function_of_subject(subj)
+                info = await js.stream_info(stream, subjects_filter=">")  # every level's calls
+                for fn, n in contract.calls_per_function(queue, info.state.subjects or {}).items():
                     counts[fn] = counts.get(fn, 0) + n
                 submitted += info.state.last_seq
             metrics.submitted.labels(queue).set(submitted)

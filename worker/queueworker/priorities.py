@@ -8,8 +8,10 @@ its turns go to the others (work-conserving). A level that has calls again after
 level with the lowest pass of the levels that have calls, not with the credit of its idle time: it cannot then
 hold the others back.
 
-Only loops with work ask (a loop whose last fetch found calls); an idle loop looks for a call without a turn, as
-across partitions (fetch.py), so a level with nothing queued never holds a slot a waiting level could use for long.
+Only loops with work ask (a loop whose last fetch found calls; one that found none, even with calls still running,
+is idle again): an idle loop looks for its next call without a turn and without holding a slot (fetch.py), so a
+level with nothing queued holds no slot another level could use. A loop given a turn asks the server briefly while
+other levels have calls, so its slots come back at once when its stream is empty.
 """
 
 from __future__ import annotations
@@ -27,16 +29,17 @@ class Turns:
         self.active: Counter[Priority] = Counter()  # loops of each level that have calls
         self.waiting: Counter[Priority] = Counter()  # loops of each level refused a turn, waiting for one
         self.started: Counter[Priority] = Counter()  # calls started per level (the tests read it)
+        self.clock = 0.0  # the pass of the last level given a turn: where a level coming back starts
 
     def turn(self, level: Priority) -> Turn:
         return Turn(self, level)
 
     def _activate(self, level: Priority) -> None:
-        """A level has calls again: it starts level with the others that have, not with its idle time's credit."""
+        """A level has calls again: it starts level with the others that have (or with the last turn given, when
+        none has), not with the credit of its time without calls."""
         if not self.active[level]:
             others = [self.passes[other] for other, n in self.active.items() if n and other is not level]
-            if others:
-                self.passes[level] = max(self.passes[level], min(others))
+            self.passes[level] = max(self.passes[level], self.clock, min(others, default=self.clock))
         self.active[level] += 1
 
     def _may(self, level: Priority) -> bool:
@@ -44,6 +47,7 @@ class Turns:
         return not others or self.passes[level] <= min(others)
 
     def _took(self, level: Priority, n: int) -> None:
+        self.clock = max(self.clock, self.passes[level])
         self.passes[level] += n / WEIGHTS[level]
         self.started[level] += n
 

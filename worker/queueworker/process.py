@@ -164,7 +164,7 @@ class Worker:
                 await asyncio.wait_for(self.cancels.ready.wait(), CANCELS_READY_WAIT)
         await partitions.start()  # a consumer loop (or a function mode) for each partition: _consume
         ticks = Ticks(js, s.queue, jetstream.schedule_bucket(s.stream_replicas, s.stream_storage), self.metrics, store)
-        mover = Mover(js, s.queue, self._restore_work_stream, s.partitions, ticks, lambda: bool(streams.leveled))
+        mover = Mover(js, s.queue, self._restore_work_stream, s.partitions, ticks, streams.served_by_level)
         self._add_loop(
             ConsumerLoop(
                 contract.due_durable_name(s.queue),

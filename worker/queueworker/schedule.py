@@ -67,12 +67,12 @@ class Mover:
         stream_deleted: Callable[[], Awaitable[None]] | None = None,
         partitions: int = 1,
         ticks: Ticks | None = None,
-        levels: Callable[[], bool] = lambda: False,
+        levels: Callable[[int], bool] = lambda partition: False,
     ) -> None:
         self.js = js
         self.queue = queue
         self.partitions = partitions
-        self.levels = levels  # the queue's streams take high and low calls: a due call keeps its Jq-Priority
+        self.levels = levels  # a partition served by level (static mode, priorities): a due call keeps its level
         self.extender = AckExtender(jetstream.SERVER_ACK_WAIT)
         self.stream_deleted = stream_deleted  # sets the work stream up again when a publish finds none
         self.ticks = ticks  # a cron schedule's ticks, one call each (ticks.py); None: moved like held calls
@@ -110,11 +110,16 @@ class Mover:
         """Store one due call in the work stream of its partition (by its Jq-Partition-Key or its function); False
         when the queue is full (the due message is put back)."""
         partition = contract.choose_partition(function, self.partitions, headers.get(contract.H_PARTITION_KEY, ""))
-        level = contract.message_priority(headers) if self.levels() else contract.Priority.NORMAL
-        # An unparsable one: dead-lettered. A level the streams no longer take: normal (it must land somewhere).
-        subject = contract.subject(self.queue, function or "_invalid", partition, level)
+        level = contract.message_priority(headers) if self.levels(partition) else contract.Priority.NORMAL
+        subject = contract.subject(self.queue, function or "_invalid", partition, level)  # unparsable: dead-lettered
         try:
-            await self.js.publish(subject, msg.data, headers=headers)
+            try:
+                await self.js.publish(subject, msg.data, headers=headers)
+            except NoStreamResponseError:
+                if level is contract.Priority.NORMAL:
+                    raise
+                # That level's subjects were removed from the stream meanwhile: a normal call, not stuck here.
+                await self.js.publish(contract.subject(self.queue, function, partition), msg.data, headers=headers)
         except APIError as e:
             if e.err_code != jetstream.QUEUE_FULL:
                 raise

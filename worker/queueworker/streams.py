@@ -1,11 +1,14 @@
 """A queue's work streams and static consumers, as the worker's settings want them: created if missing, brought
 to the settings if present (provision.py), at start and again whenever one is found deleted underneath.
 
-Which partitions take high and low calls (`leveled`) is decided here: those whose stream has the levels' subjects,
-because the settings ask for priorities or because an earlier worker's did (a stream keeps them: calls may still be
-there). A static worker gives each level of those a consumer of its own, normal's (the queue's durable, narrowed to
-normal calls) made first: a work queue refuses a consumer whose filter overlaps another's. Function mode takes no
-level: a stream still holding such calls is refused, with the way out.
+Which partitions a static worker serves by level (`leveled`) is decided here, once per partition (its loops are
+made for it): those whose stream has the levels' subjects, because the settings ask for priorities or because an
+earlier worker's did (a stream keeps them: calls may still be there). Each level of those gets a consumer of its
+own. The order matters: the queue's durable is narrowed to normal calls *before* the levels' subjects are added to
+the stream, so no unfiltered consumer ever delivers a high or low call that the level's consumer, once made, would
+deliver again (and a work queue refuses consumers whose filters overlap). Function mode serves no level: a stream
+holding high or low calls is refused, with the way out; one whose level subjects are empty loses them, so a
+publish there fails loudly instead of waiting for ever.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ class QueueStreams:
         self.s = s
         self.partitions = partitions
         self.pauses = pauses
-        self.leveled: set[int] = set()  # partitions whose stream takes high and low calls
+        self.leveled: set[int] = set()  # partitions served by level (decided at each partition's first provision)
+        self._decided: set[int] = set()
 
     async def provision(self) -> float:
         """The queue's streams (every partition's) and (static mode) their consumers, created if missing. Returns
@@ -56,19 +60,31 @@ class QueueStreams:
             s.partitions,
             s.priorities,
         )
-        subjects = await provision.ensure_stream(js, replace(work, name=stream))
-        if any(contract.queue_subjects(s.queue, partition, level) in subjects for level in contract.LEVEL_MARKS):
-            self.leveled.add(partition)
-            if s.mode != "static":
-                await refuse_levels(js, stream, s.queue, partition)
+        work = replace(work, name=stream)
+        normal = replace(work, subjects=work.subjects[:1])
+        subjects = await provision.ensure_stream(js, normal)  # the levels' subjects, if any, after the narrowing
+        found = [lv for lv in contract.LEVEL_MARKS if contract.queue_subjects(s.queue, partition, lv) in subjects]
         if s.mode != "static":
+            if found:
+                await unlevel(js, stream, s.queue, partition)
             return s.ack_wait
+        if partition not in self._decided:
+            self._decided.add(partition)
+            if s.priorities or found:
+                self.leveled.add(partition)
+        levels = NORMAL_FIRST if partition in self.leveled else (None,)
         ack_wait = s.ack_wait
-        for level in NORMAL_FIRST if partition in self.leveled else (None,):
+        for level in levels:
             spec = jetstream.static_consumer(s.queue, s.ack_wait, s.max_ack_pending, s.max_waiting, partition, level)
             spec = replace(spec, stream=stream, durable=self.durable(level))
             ack_wait = await provision.ensure_consumer(js, spec, self.pauses.until())
+            if level is contract.Priority.NORMAL and s.priorities:
+                await provision.ensure_stream(js, work)  # narrowed: now the levels' subjects
         return ack_wait
+
+    def served_by_level(self, partition: int) -> bool:
+        """Does this worker take the partition's calls by level (the Mover then keeps a due call's level)?"""
+        return partition in self.leveled
 
     def durable(self, level: contract.Priority | None) -> str:
         """A static consumer's name: the settings' (an adopted stream may name it otherwise) for the whole queue or
@@ -78,15 +94,17 @@ class QueueStreams:
         return contract.level_durable_name(self.s.queue, level)
 
 
-async def refuse_levels(js: JetStreamContext, stream: str, queue: str, partition: int) -> None:
-    """Function mode serves no level's consumer: a stream still holding high or low calls (of static mode with
-    priorities) must be drained by static mode first, or they would wait there for ever."""
+async def unlevel(js: JetStreamContext, stream: str, queue: str, partition: int) -> None:
+    """Function mode serves no level: a stream still holding high or low calls (of static mode with priorities) must
+    be drained by static mode first, or they would wait there for ever; an empty one loses the levels' subjects."""
+    level_subjects = {contract.queue_subjects(queue, partition, level) for level in contract.LEVEL_MARKS}
     left = 0
-    for level in contract.LEVEL_MARKS:
-        info = await js.stream_info(stream, subjects_filter=contract.queue_subjects(queue, partition, level))
+    for subject in level_subjects:
+        info = await js.stream_info(stream, subjects_filter=subject)
         left += sum((info.state.subjects or {}).values())
     if left:
         raise provision.StreamSetupError(
             f"stream {stream} holds {left} call(s) with a priority (X-Priority high or low): function mode does not "
             "take them. Run the queue in static mode (priorities: true) until they are done, then switch."
         )
+    await provision.drop_subjects(js, stream, level_subjects)
