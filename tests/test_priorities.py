@@ -6,6 +6,7 @@ off or to function mode loses no call."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -179,15 +180,29 @@ async def test_function_mode_refuses_a_stream_with_calls_of_a_level_and_drops_em
         pass
     call_id = await enqueue(nc, "ff", b"", priority=Priority.LOW)
     s = worker_settings(nats_server.url, functions.url_template, mode="function")
-    w = Worker(s, WorkerMetrics())
-    with pytest.raises(provision.StreamSetupError, match=r"1 call.*priority"):
-        await w.start()
-    await w.stop()
+
+    async def refused(reason: str) -> None:
+        w = Worker(s, WorkerMetrics())
+        with pytest.raises(provision.StreamSetupError, match=reason):
+            await w.start()
+        await w.stop()
+
+    async def remove_consumers() -> None:  # the static workers stopped: their consumers removed
+        for consumer in await js.consumers_info(contract.stream_name(Q)):
+            await js.delete_consumer(contract.stream_name(Q), consumer.name)
+
+    await refused(f"static-mode consumers {Q}-workers, {Q}-workers-high, {Q}-workers-low")  # nothing changed
+    assert set((await js.stream_info(contract.stream_name(Q))).config.subjects or []) == {
+        f"{Q}.>",
+        f"{Q}_HI.>",
+        f"{Q}_LO.>",
+    }
+    await remove_consumers()
+    await refused(r"1 call.*priority")
     assert (await js.stream_info(contract.stream_name(Q))).state.messages == 1  # still there
-    async with running_worker(worker_settings(nats_server.url, functions.url_template, priorities=True)):
+    async with running_worker(worker_settings(nats_server.url, functions.url_template)):  # priorities off: found
         await eventually(lambda: functions.completed["ff"] == [call_id], timeout=30)  # static drains it
-    for consumer in await js.consumers_info(contract.stream_name(Q)):  # stopped: its consumers removed
-        await js.delete_consumer(contract.stream_name(Q), consumer.name)
+    await remove_consumers()
     async with running_worker(s):  # then function mode: the empty levels' subjects are gone
         assert (await js.stream_info(contract.stream_name(Q))).config.subjects == [f"{Q}.>"]
         with pytest.raises(NoStreamResponseError):  # a high call now fails loudly instead of waiting for ever
@@ -213,16 +228,18 @@ async def test_a_high_call_behind_a_low_backlog_waits_for_a_few_of_them_not_all(
     s = worker_settings(nats_server.url, functions.url_template, priorities=True, max_inflight=10)
     nc = await connect(nats_server.url)
     async with running_worker(s):
-        for _ in range(1000):
-            await enqueue(nc, "bf", b"low", priority=Priority.LOW)
+        pass  # the streams and the levels' consumers: the backlog is queued before a worker runs
+    for _ in range(2000):
+        await enqueue(nc, "bf", b"low", priority=Priority.LOW)
+    async with running_worker(s):
         await eventually(lambda: len(fn.order) >= 50, timeout=60)  # the worker is busy with the low backlog
         before = len(fn.order)
         await enqueue(nc, "bf", b"high", priority=Priority.HIGH)
         await eventually(lambda: "high" in fn.order, timeout=60)
         behind = fn.order.index("high") - before
-        left = 1000 - fn.order.count("low")
+        left = 2000 - fn.order.index("high")  # low calls not started yet when it started
     print(f"the high call started after {behind} more low calls; {left} low calls still queued")
-    assert left > 100 and behind < 100  # it did not wait for the backlog
+    assert left > 500 and behind < 100  # it did not wait for the backlog
     await nc.close()
 
 
@@ -299,4 +316,22 @@ async def test_jetqueue_submit_takes_a_level(nats_server, functions):
     nc = await connect(nats_server.url)
     info = await nc.jetstream().stream_info(contract.stream_name(Q), subjects_filter=">")
     assert info.state.subjects == {f"{Q}_LO.cf": 1}
+    await nc.close()
+
+
+async def test_a_full_worker_leaves_a_new_high_call_to_an_idle_replica(nats_server, functions):
+    fn = functions.handlers["wf"] = Long(6.0)
+    s = functools.partial(worker_settings, nats_server.url, functions.url_template, priorities=True, max_inflight=1)
+    nc = await connect(nats_server.url)
+    async with running_worker(s()):
+        await enqueue(nc, "wf", b"long")
+        await eventually(lambda: functions.concurrent == 1, timeout=30)  # its one slot is taken for 6 s
+        async with running_worker(s()):
+            await asyncio.sleep(1.5)  # both look for calls
+            t0 = time.monotonic()
+            high = await enqueue(nc, "wf", b"short", priority=Priority.HIGH)
+            await eventually(lambda: high in functions.completed["wf"], timeout=30)
+            waited = time.monotonic() - t0
+    print(f"a high call beside a full worker ran after {waited:.2f} s (the full one is busy for 6 s)")
+    assert waited < 3.0 and fn.short == 1  # the idle replica took it: the full one did not hold it
     await nc.close()

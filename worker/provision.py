@@ -100,6 +100,13 @@ def _metadata(have: dict[str, str], ours: dict[str, str]) -> dict[str, str] | No
     return {k: v for k, v in have.items() if not k.startswith("_nats.") and k not in stale} | ours
 
 
+async def lists_subject(js: JetStreamContext, stream: str, subject: str) -> bool:
+    """Does the stream take `subject` (its filter, e.g. `q_HI.>`) by its configuration? A publish that found no
+    stream while it does met a passing outage (an election), not a missing subject."""
+    subjects = (await js.stream_info(stream)).config.subjects or []
+    return subject in subjects or ">" in subjects
+
+
 async def drop_subjects(js: JetStreamContext, stream: str, subjects: set[str]) -> None:
     """Remove `subjects` from a stream's (function mode: a queue's empty priority levels, so that a publish there
     fails instead of being stored where no consumer takes it)."""

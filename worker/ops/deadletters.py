@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
-from jetqueue import contract, partitioned
+from jetqueue import contract, partitioned, provision
 from jetqueue.ops.queues import Confirm, OpsError, table
 
 REASON_SCAN = 10_000  # `jetqueue status` reads the reasons of at most this many dead letters: the latest ones
@@ -203,9 +203,11 @@ async def dlq_replay(
         try:
             await js.publish(subject, d.data, headers=headers)
         except NoStreamResponseError:
-            if level is contract.Priority.NORMAL:
+            partition = contract.choose_partition(fn, partitions, key)
+            stream, taken = contract.stream_name(queue, partition), contract.queue_subjects(queue, partition, level)
+            if level is contract.Priority.NORMAL or await provision.lists_subject(js, stream, taken):
                 raise
-            # A level its stream does not take (that partition's stream never had priorities): as a normal call.
+            # A level its stream does not take (function mode dropped it): as a normal call.
             await js.publish(
                 contract.subject(queue, fn, contract.choose_partition(fn, partitions, key)), d.data, headers=headers
             )

@@ -150,7 +150,7 @@ class ConsumerLoop:
                 elif not self.turn.may(free > 0):  # no slot, or another level's turn: it takes the slots first
                     await self.slots.wait_release(CONTENDED_WAIT)
                     continue
-            if free <= 0 and not probe:
+            if free <= 0:  # a full worker looks for no call: another replica may have room for it
                 await self.slots.wait_release(FETCH_TIMEOUT)
                 continue
             if self.surplus:  # messages already delivered go first
@@ -167,10 +167,10 @@ class ConsumerLoop:
             self.slots.take(n)
             msgs: list[Msg] = []
             # Another loop has calls, or waits for a slot: an idle loop asks briefly, then lets the slot go (it would
-            # hold it for the whole wait). A level (turn) does so even with calls of its own: the slots it holds
-            # while its stream may be empty are slots another level waits for.
+            # hold it for the whole wait). A level given a turn always asks briefly: the slots it holds while its
+            # stream may be empty are slots another level may want; it waits for calls as a probe, holding none.
             others = self.contended is not None and (self.slots.waiting > 0 or self.contended())
-            brief = others and not probe and (self.turn is not None or not self.has_work)
+            brief = not probe and (self.turn is not None or (others and not self.has_work))
             try:
                 msgs = await self.psub.fetch(max(n, 1), timeout=CONTENDED_WAIT if brief else FETCH_TIMEOUT)
                 if len(msgs) > n:  # nats-py can hand over messages of an earlier, timed-out pull as well:
@@ -195,10 +195,12 @@ class ConsumerLoop:
                 if self.rebind is None:
                     await self._retire("consumer deleted")  # function mode: discovery makes it again if needed
                     return
+                self._pause_turns()
                 await self._recover(self.rebind)
                 continue
             except Exception as e:  # disconnected, ...: keep trying
                 log.warning("fetch from %s failed: %r", self.name, e)
+                self._pause_turns()
                 await asyncio.sleep(1)
                 continue
             finally:
@@ -209,6 +211,12 @@ class ConsumerLoop:
                 self.turn.took(len(msgs))
             for m in msgs:
                 self._start(m)
+
+    def _pause_turns(self) -> None:
+        """Fetching failed: a level takes no turns meanwhile, and comes back without the credit of the time."""
+        if self.turn is not None:
+            self.has_work = False
+            self.turn.idle()
 
     def _start(self, msg: Msg) -> None:
         """Handle a message in a task of its own; its slot is already taken."""

@@ -70,7 +70,7 @@ class Partitions:
                 await self._report()
                 await self._spread()
             except Exception as e:
-                log.debug("partition check failed: %r", e)
+                log.warning("partition check failed (tried again in %.0f s): %r", CHECK_EVERY, e)
 
     async def _find(self) -> None:
         for p, stream in (await partitioned.found(self.js, self.s.queue)).items():
@@ -89,8 +89,8 @@ class Partitions:
     async def _consume_new(self) -> None:
         for p in sorted(self.served):
             if p not in self._started:
+                await self.consume(p)  # raised (its stream refused): tried again at the next check
                 self._started.add(p)
-                await self.consume(p)
 
     async def _report(self) -> None:
         for p in sorted(q for q in self.served if q >= self.s.partitions):

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
 
-from jetqueue import contract
+from jetqueue import contract, provision
 from jetqueue.contract import Call, jetstream
 from jetqueue.queueworker.heartbeat import AckExtender
 from jetqueue.queueworker.ticks import Ticks, tick_of
@@ -116,10 +116,15 @@ class Mover:
             try:
                 await self.js.publish(subject, msg.data, headers=headers)
             except NoStreamResponseError:
-                if level is contract.Priority.NORMAL:
+                stream, taken = (
+                    contract.stream_name(self.queue, partition),
+                    contract.queue_subjects(self.queue, partition, level),
+                )
+                if level is contract.Priority.NORMAL or await provision.lists_subject(self.js, stream, taken):
                     raise
-                # That level's subjects were removed from the stream meanwhile: a normal call, not stuck here.
-                await self.js.publish(contract.subject(self.queue, function, partition), msg.data, headers=headers)
+                # That level's subjects were removed from the stream (function mode): a normal call, not stuck here.
+                normal = contract.subject(self.queue, function or "_invalid", partition)
+                await self.js.publish(normal, msg.data, headers=headers)
         except APIError as e:
             if e.err_code != jetstream.QUEUE_FULL:
                 raise

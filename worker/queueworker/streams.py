@@ -63,14 +63,16 @@ class QueueStreams:
         work = replace(work, name=stream)
         normal = replace(work, subjects=work.subjects[:1])
         subjects = await provision.ensure_stream(js, normal)  # the levels' subjects, if any, after the narrowing
-        found = [lv for lv in contract.LEVEL_MARKS if contract.queue_subjects(s.queue, partition, lv) in subjects]
+        level_subjects = {contract.queue_subjects(s.queue, partition, level) for level in contract.LEVEL_MARKS}
+        # Levels are found by the stream's subjects, or by calls stored on them (a stream taking `>` lists none).
+        found = bool(level_subjects & set(subjects))
         if s.mode != "static":
-            if found:
-                await unlevel(js, stream, s.queue, partition)
+            if found or await level_calls(js, stream, level_subjects):
+                await unlevel(js, stream, s, level_subjects)
             return s.ack_wait
         if partition not in self._decided:
             self._decided.add(partition)
-            if s.priorities or found:
+            if s.priorities or found or await level_calls(js, stream, level_subjects):
                 self.leveled.add(partition)
         levels = NORMAL_FIRST if partition in self.leveled else (None,)
         ack_wait = s.ack_wait
@@ -94,17 +96,29 @@ class QueueStreams:
         return contract.level_durable_name(self.s.queue, level)
 
 
-async def unlevel(js: JetStreamContext, stream: str, queue: str, partition: int) -> None:
-    """Function mode serves no level: a stream still holding high or low calls (of static mode with priorities) must
-    be drained by static mode first, or they would wait there for ever; an empty one loses the levels' subjects."""
-    level_subjects = {contract.queue_subjects(queue, partition, level) for level in contract.LEVEL_MARKS}
+async def level_calls(js: JetStreamContext, stream: str, level_subjects: set[str]) -> int:
+    """Calls stored on a partition's high and low subjects (whether or not the stream still lists them)."""
     left = 0
     for subject in level_subjects:
         info = await js.stream_info(stream, subjects_filter=subject)
         left += sum((info.state.subjects or {}).values())
-    if left:
+    return left
+
+
+async def unlevel(js: JetStreamContext, stream: str, s: WorkerSettings, level_subjects: set[str]) -> None:
+    """Function mode serves no level. Static workers still there (their consumers exist): refused before anything
+    changes, or they would add the subjects again. Otherwise the levels' subjects are dropped first, so no call can
+    land there meanwhile, and then a stream still holding high or low calls is refused: static mode must drain them."""
+    names = {consumer.name for consumer in await js.consumers_info(stream)}
+    static = sorted(names & {s.durable, *(contract.level_durable_name(s.queue, lv) for lv in contract.LEVEL_MARKS)})
+    if static:
+        raise provision.StreamSetupError(
+            f"stream {stream} has the static-mode consumers {', '.join(static)}: stop the static workers, remove "
+            f"them (nats consumer rm {stream} <name>) and start function mode again."
+        )
+    await provision.drop_subjects(js, stream, level_subjects)
+    if left := await level_calls(js, stream, level_subjects):
         raise provision.StreamSetupError(
             f"stream {stream} holds {left} call(s) with a priority (X-Priority high or low): function mode does not "
             "take them. Run the queue in static mode (priorities: true) until they are done, then switch."
         )
-    await provision.drop_subjects(js, stream, level_subjects)
