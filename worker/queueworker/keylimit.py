@@ -39,13 +39,11 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
-from jetqueue import contract, provision
+from jetqueue import contract
 from jetqueue.contract import jetstream
 from jetqueue.queueworker.policy import FunctionPolicy, Policies
-from jetqueue.queueworker.ratelimit import Conflict, RateBucket, grant
+from jetqueue.queueworker.ratelimit import CasBucket, Conflict, RateBucket, grant
 from jetqueue.settings import WorkerSettings
 
 log = logging.getLogger("jetqueue.keylimit")
@@ -55,7 +53,6 @@ POLL = 0.05  # while a call waits, its key's record is read again this often (an
 HOLD = (2.0, 4.0)  # then it goes back to the queue for a random time in this range (replicas do not return together)
 LATE = 0.05  # a rate slot starting this soon is taken at once
 CAS_TRIES = 5  # compare-and-set races lost in a row: the key is busy, as if over its limit
-OP_TIMEOUT = 2.0
 WARN_EVERY = 60.0
 
 
@@ -67,45 +64,20 @@ class Lease:
     lease_id: str = ""
 
 
-class Leases:
+class Leases(CasBucket):
     """The concurrency records: `{lease id: expiry}` JSON, compare-and-set by revision."""
 
-    def __init__(self, js: JetStreamContext, config: KeyValueConfig) -> None:
-        self.js = js
-        self.config = config
-        self.kv: KeyValue | None = None
-
-    async def _bucket(self) -> KeyValue:
-        if self.kv is None:
-            self.kv = await asyncio.wait_for(provision.ensure_bucket(self.js, self.config), OP_TIMEOUT)
-        return self.kv
-
     async def read(self, record: str) -> tuple[dict[str, float], int]:
-        kv = await self._bucket()
+        value, revision = await self.get(record)
         try:
-            entry = await asyncio.wait_for(kv.get(record), OP_TIMEOUT)
-        except KeyNotFoundError:
-            return {}, 0
-        except Exception:
-            self.kv = None
-            raise
-        try:
-            leases = {str(k): float(v) for k, v in json.loads(entry.value or b"{}").items()}
+            leases = {str(k): float(v) for k, v in json.loads(value or b"{}").items()}
         except (ValueError, TypeError, AttributeError):  # not ours (written by hand): taken over by its revision
             leases = {}
-        return leases, entry.revision or 0
+        return leases, revision
 
     async def write(self, record: str, leases: dict[str, float], last: int) -> None:
-        kv = await self._bucket()
         value = json.dumps({k: round(v, 3) for k, v in leases.items()}, separators=(",", ":")).encode()
-        try:  # create() also takes over a deleted or expired key
-            op = kv.create(record, value) if last == 0 else kv.update(record, value, last=last)
-            await asyncio.wait_for(op, OP_TIMEOUT)
-        except KeyWrongLastSequenceError:
-            raise Conflict(record) from None
-        except Exception:
-            self.kv = None
-            raise
+        await self.put(record, value, last)
 
 
 class KeyLimits:

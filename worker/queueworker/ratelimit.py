@@ -107,9 +107,9 @@ class Store(Protocol):
         ...
 
 
-class RateBucket:
-    """The `jetqueue-rates` bucket, opened (created if missing) on first use, and again after any failure: it may
-    have been deleted underneath."""
+class CasBucket:
+    """A bucket of compare-and-set records (`jetqueue-rates`, `jetqueue-keys`), opened (created if missing) on first
+    use, and again after any failure: it may have been deleted underneath."""
 
     def __init__(self, js: JetStreamContext, config: KeyValueConfig) -> None:
         self.js = js
@@ -121,25 +121,22 @@ class RateBucket:
             self.kv = await asyncio.wait_for(provision.ensure_bucket(self.js, self.config), OP_TIMEOUT)
         return self.kv
 
-    async def read(self, key: str) -> tuple[float, int]:
+    async def get(self, key: str) -> tuple[bytes | None, int]:
+        """(value, revision); (None, 0) when the key does not exist."""
         kv = await self._bucket()
         try:
             entry = await asyncio.wait_for(kv.get(key), OP_TIMEOUT)
         except KeyNotFoundError:
-            return 0.0, 0
+            return None, 0
         except Exception:
             self.kv = None
             raise
-        try:
-            tat = float(entry.value or 0)
-        except ValueError:  # not ours (written by hand): claimed over, by its revision
-            tat = 0.0
-        return tat, entry.revision or 0
+        return entry.value, entry.revision or 0
 
-    async def write(self, key: str, tat: float, last: int) -> int:
+    async def put(self, key: str, value: bytes, last: int) -> int:
+        """Compare-and-set (`last` 0: the key must not exist); the new revision, or `Conflict`."""
         kv = await self._bucket()
-        value = f"{tat:.6f}".encode()
-        try:  # create() also takes over a deleted key (its tombstone has a revision)
+        try:  # create() also takes over a deleted or expired key (its tombstone has a revision)
             op = kv.create(key, value) if last == 0 else kv.update(key, value, last=last)
             return int(await asyncio.wait_for(op, OP_TIMEOUT))
         except KeyWrongLastSequenceError:
@@ -147,6 +144,21 @@ class RateBucket:
         except Exception:
             self.kv = None
             raise
+
+
+class RateBucket(CasBucket):
+    """The scopes' TATs, as text."""
+
+    async def read(self, key: str) -> tuple[float, int]:
+        value, revision = await self.get(key)
+        try:
+            tat = float(value or 0)
+        except ValueError:  # not ours (written by hand): claimed over, by its revision
+            tat = 0.0
+        return tat, revision
+
+    async def write(self, key: str, tat: float, last: int) -> int:
+        return await self.put(key, f"{tat:.6f}".encode(), last)
 
 
 @dataclass(order=True)
